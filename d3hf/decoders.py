@@ -1,0 +1,173 @@
+"""Decoders: latent vectors to images in [0, 1] pixel space.
+
+A decoder is described by a plain-data ``DecoderSpec`` (stored in the artifact's config) and
+built by ``build_decoder``. Normalisation is GroupNorm with one group (per sample, over
+channels and pixels), so an image never depends on which other latents share its batch; it
+has the same two parameters per channel as the reference code's BatchNorm, so parameter
+counts of the reference shapes are reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+UPSAMPLE_KINDS = ("nearest", "transpose4", "transpose3")
+
+
+@dataclass
+class DecoderSpec:
+    """Shape of one decoder.
+
+    ``channels[0]`` is the width of the stem's ``start_hw`` feature map; each further entry
+    is one upsampling stage. ``stem`` is ``"linear"`` (Linear z -> c0*h0*w0) or ``"reshape"``
+    (z itself is the c0 x h0 x w0 map). ``output`` is ``"sigmoid"`` ([0, 1] pixels, the d3hf
+    default) or ``"tanh"`` (the reference's [-1, 1], mapped to [0, 1] when sampling).
+    """
+
+    z_dim: int
+    out_shape: list[int]
+    channels: list[int]
+    start_hw: list[int]
+    stem: str = "linear"
+    upsample: str = "nearest"
+    output: str = "sigmoid"
+    stage_sizes: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.out_shape = [int(v) for v in self.out_shape]
+        self.channels = [int(v) for v in self.channels]
+        self.start_hw = [int(v) for v in self.start_hw]
+        if self.upsample not in UPSAMPLE_KINDS:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_KINDS}, got {self.upsample!r}")
+        if self.stem == "reshape" and self.z_dim != self.channels[0] * self.start_hw[0] * self.start_hw[1]:
+            raise ValueError("a 'reshape' stem needs z_dim == channels[0] * h0 * w0")
+        if not self.stage_sizes:
+            h, w = self.start_hw
+            sizes = []
+            for _ in self.channels[1:]:
+                h, w = 2 * h, 2 * w
+                sizes.append([h, w])
+            if self.upsample == "nearest" and sizes:
+                sizes = _halving_sizes(self.out_shape[1:], len(sizes))
+            self.stage_sizes = sizes
+        self.stage_sizes = [[int(a), int(b)] for a, b in self.stage_sizes]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DecoderSpec":
+        return cls(**data)
+
+    def num_parameters(self) -> int:
+        """Stored scalars of the decoder, without building it."""
+        c0, (h0, w0) = self.channels[0], self.start_hw
+        n = (self.z_dim * c0 * h0 * w0 + c0 * h0 * w0) if self.stem == "linear" else 0
+        k = {"nearest": 9, "transpose4": 16, "transpose3": 9}[self.upsample]
+        for cin, cout in zip(self.channels[:-1], self.channels[1:]):
+            n += cin * cout * k + cout + 2 * cout
+        return n + self.channels[-1] * self.out_shape[0] * 9 + self.out_shape[0]
+
+
+def _halving_sizes(out_hw: list[int], stages: int) -> list[list[int]]:
+    """Feature-map sizes after each of ``stages`` upsamplings, ending exactly at ``out_hw``."""
+    sizes = [list(out_hw)]
+    for _ in range(stages - 1):
+        sizes.append([math.ceil(sizes[-1][0] / 2), math.ceil(sizes[-1][1] / 2)])
+    return sizes[::-1]
+
+
+class _Stage(nn.Module):
+    def __init__(self, cin: int, cout: int, kind: str, size: list[int]):
+        super().__init__()
+        self.size = tuple(size)
+        self.kind = kind
+        if kind == "nearest":
+            self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        elif kind == "transpose4":
+            self.conv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
+        else:
+            self.conv = nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+        self.norm = nn.GroupNorm(1, cout)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "nearest":
+            x = nn.functional.interpolate(x, size=self.size, mode="nearest")
+        return self.act(self.norm(self.conv(x)))
+
+
+class Decoder(nn.Module):
+    """Latents (N, z_dim) -> images (N, C, H, W) in [0, 1]."""
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        self.spec = spec
+        c0, (h0, w0) = spec.channels[0], spec.start_hw
+        self.stem = nn.Linear(spec.z_dim, c0 * h0 * w0) if spec.stem == "linear" else nn.Identity()
+        self.stages = nn.ModuleList(
+            _Stage(cin, cout, spec.upsample, size)
+            for cin, cout, size in zip(spec.channels[:-1], spec.channels[1:], spec.stage_sizes)
+        )
+        self.head = nn.Conv2d(spec.channels[-1], spec.out_shape[0], 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        x = self.stem(z).reshape(z.shape[0], spec.channels[0], *spec.start_hw)
+        for stage in self.stages:
+            x = stage(x)
+        x = self.head(x)
+        if tuple(x.shape[-2:]) != tuple(spec.out_shape[1:]):
+            x = x[..., : spec.out_shape[1], : spec.out_shape[2]]
+        if spec.output == "tanh":
+            return (torch.tanh(x) + 1) / 2
+        return torch.sigmoid(x)
+
+
+def build_decoder(spec: DecoderSpec) -> Decoder:
+    return Decoder(spec)
+
+
+def num_stages(out_hw: list[int] | tuple[int, int]) -> int:
+    """Upsampling stages for the default family: halve the smaller side down to at most 2."""
+    side, stages = min(out_hw), 0
+    while side > 2:
+        side = math.ceil(side / 2)
+        stages += 1
+    return stages
+
+
+def family_spec(out_shape: tuple[int, int, int] | list[int], z_dim: int, width: int) -> DecoderSpec:
+    """The default decoder family: nearest upsampling + 3x3 convs, sized by one ``width``.
+
+    The last stage has ``width`` channels; going back towards the stem each stage doubles,
+    capped at 4x ``width``. Every size and aspect ratio is reached exactly.
+    """
+    out_shape = [int(v) for v in out_shape]
+    k = num_stages(out_shape[1:])
+    sizes = _halving_sizes(out_shape[1:], k + 1)
+    channels = [width * min(4, 2 ** (k - i)) for i in range(k + 1)]
+    return DecoderSpec(
+        z_dim=z_dim,
+        out_shape=out_shape,
+        channels=channels,
+        start_hw=sizes[0],
+        stem="linear",
+        upsample="nearest",
+        stage_sizes=sizes[1:],
+    )
+
+
+def reference_spec(name: str) -> DecoderSpec:
+    """The reference code's 64x64 RGB decoders (``small``, ``medium``, ``large``)."""
+    if name == "small":
+        return DecoderSpec(64, [3, 64, 64], [256, 128, 64, 32, 32, 32], [2, 2], "linear", "transpose4", "tanh")
+    if name == "medium":
+        return DecoderSpec(2048, [3, 64, 64], [512, 256, 128, 64, 32, 32], [2, 2], "linear", "transpose3", "tanh")
+    if name == "large":
+        return DecoderSpec(4096, [3, 64, 64], [1024, 512, 256, 128, 64, 64], [2, 2], "reshape", "transpose3", "tanh")
+    raise ValueError(f"Unknown reference decoder {name!r}; choose small, medium or large.")

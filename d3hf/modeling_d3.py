@@ -1,0 +1,203 @@
+"""The D3 artifact: Gaussian latent priors per class plus one decoder per subtask."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from .configuration_d3 import D3Config
+from .decoders import build_decoder
+from .storage import StorageLedger, ledger_from_tensors
+
+
+def class_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for one (seed, key...) cell, independent of every other cell."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(int(k) for k in keys)]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class D3Model(PreTrainedModel):
+    """A distilled dataset: ``num_classes * priors_per_class`` diagonal Gaussian priors in a
+    ``z_dim`` latent space and one decoder per subtask, each decoding its own classes' priors.
+
+    Priors are stored class by class: prior ``p`` belongs to class ``p // priors_per_class``.
+    Images come out in the original pixel space scaled to [0, 1].
+    """
+
+    config_class = D3Config
+    base_model_prefix = "d3"
+    main_input_name = "latents"
+    _no_split_modules = ["Decoder"]
+
+    def __init__(self, config: D3Config):
+        super().__init__(config)
+        config.validate()
+        shape = (config.num_priors, config.z_dim)
+        self.prior_means = nn.Parameter(torch.empty(shape))
+        self.prior_logvars = nn.Parameter(torch.empty(shape))
+        self.decoders = nn.ModuleList(build_decoder(spec) for spec in config.decoder_specs())
+        if config.soft_labels:
+            self.soft_labels = nn.Parameter(torch.empty(config.num_priors, config.num_classes))
+        else:
+            self.soft_labels = None
+        decoder_of_class = [0] * config.num_classes
+        for d, classes in enumerate(config.subtasks):
+            for c in classes:
+                decoder_of_class[c] = d
+        self._decoder_of_class = decoder_of_class
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the root owns bare parameters; decoders keep PyTorch's default layer init.
+        if module is self:
+            with torch.no_grad():
+                if not self.prior_means.is_meta:
+                    self.prior_means.normal_()
+                    self.prior_logvars.normal_()
+                    if self.soft_labels is not None:
+                        self.soft_labels.fill_(1.0 / self.config.num_classes)
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def prior_labels(self) -> torch.Tensor:
+        """Global class id of every prior (derived from the config, not stored)."""
+        lpc = self.config.priors_per_class
+        return torch.arange(self.config.num_classes, device=self.prior_means.device).repeat_interleave(lpc)
+
+    @property
+    def prior_decoders(self) -> torch.Tensor:
+        """Decoder index of every prior."""
+        return torch.tensor(self._decoder_of_class, device=self.prior_means.device).repeat_interleave(
+            self.config.priors_per_class
+        )
+
+    def priors_of_class(self, class_id: int) -> range:
+        lpc = self.config.priors_per_class
+        return range(class_id * lpc, (class_id + 1) * lpc)
+
+    # ------------------------------------------------------------------ generation
+
+    def decode(self, latents: torch.Tensor, prior_ids: torch.Tensor) -> torch.Tensor:
+        """Decode ``latents`` (N, z_dim), row i with the decoder of prior ``prior_ids[i]``."""
+        decoder_ids = self.prior_decoders[prior_ids.to(self.prior_means.device)]
+        c, h, w = self.config.image_shape
+        if len(self.decoders) == 1:
+            return self.decoders[0](latents)
+        out = latents.new_empty((latents.shape[0], c, h, w))
+        for d, decoder in enumerate(self.decoders):
+            rows = (decoder_ids == d).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                out = out.index_copy(0, rows, decoder(latents[rows]))
+        return out
+
+    def reparameterize(self, prior_ids: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """z = mu + exp(logvar / 2) * noise for each row's prior (differentiable)."""
+        mu = self.prior_means[prior_ids]
+        return mu + torch.exp(0.5 * self.prior_logvars[prior_ids]) * noise
+
+    def forward(self, prior_ids: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Images for ``prior_ids``: decoded prior samples (or the prior means if noise is None)."""
+        latents = self.prior_means[prior_ids] if noise is None else self.reparameterize(prior_ids, noise)
+        return self.decode(latents, prior_ids)
+
+    def draw(self, num_per_class: int, seed: int, classes=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prior ids and unit Gaussian noise for ``num_per_class`` samples of each class.
+
+        Sample j of class c uses prior ``j % priors_per_class`` of that class and noise from
+        a generator seeded by (seed, c), so a class's samples do not depend on the other
+        classes requested, and the noise is the same on every device.
+        """
+        classes = range(self.config.num_classes) if classes is None else classes
+        lpc, z = self.config.priors_per_class, self.config.z_dim
+        ids, noise = [], []
+        for c in classes:
+            c = int(c)
+            if not 0 <= c < self.config.num_classes:
+                raise ValueError(f"class id {c} is out of range 0..{self.config.num_classes - 1}")
+            gen = torch.Generator().manual_seed(class_seed(seed, c))
+            noise.append(torch.randn(num_per_class, z, generator=gen))
+            ids.append(c * lpc + torch.arange(num_per_class) % lpc)
+        if not ids:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, z)
+        return torch.cat(ids), torch.cat(noise)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_per_class: int,
+        seed: int = 0,
+        classes=None,
+        soft_labels: bool = False,
+        batch_size: int = 4096,
+    ):
+        """``num_per_class`` fresh samples of each class: ``(images, labels)`` or, with
+        ``soft_labels=True``, ``(images, labels, soft_labels)``.
+
+        Images are float (N, C, H, W) in [0, 1]; labels are global class ids. Same seed, same
+        output; samples are spread evenly over each class's priors.
+        """
+        if soft_labels and self.soft_labels is None:
+            raise ValueError("This artifact was distilled without soft labels (config.soft_labels is False).")
+        prior_ids, noise = self.draw(num_per_class, seed, classes)
+        images = self._generate(prior_ids, noise, batch_size)
+        labels = self.prior_labels.cpu()[prior_ids]
+        if soft_labels:
+            return images, labels, self.soft_labels.detach().float().cpu()[prior_ids]
+        return images, labels
+
+    @torch.no_grad()
+    def mean_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each prior's mean decoded: ``(images, labels)``, one image per prior."""
+        prior_ids = torch.arange(self.config.num_priors)
+        return self._generate(prior_ids, None, 4096), self.prior_labels.cpu()
+
+    def _generate(self, prior_ids: torch.Tensor, noise: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        device, dtype = self.prior_means.device, self.prior_means.dtype
+        chunks = []
+        for start in range(0, len(prior_ids), batch_size):
+            ids = prior_ids[start : start + batch_size].to(device)
+            eps = None if noise is None else noise[start : start + batch_size].to(device, dtype)
+            chunks.append(self(ids, eps).float().cpu())
+        if not chunks:
+            return torch.zeros(0, *self.config.image_shape)
+        return torch.cat(chunks)
+
+    def to_dataset(self, num_per_class: int, seed: int = 0, soft_labels: bool = False, classes=None):
+        """A ``datasets.Dataset`` of fresh samples: ``image: Image()``, ``label: ClassLabel``
+        (plus ``soft_label`` with ``soft_labels=True``)."""
+        from .synthetic_data import samples_to_dataset
+
+        out = self.sample(num_per_class, seed, classes=classes, soft_labels=soft_labels)
+        return samples_to_dataset(*out, class_names=self.config.class_names)
+
+    def to_iterable_dataset(self, num_per_class: int, seed: int = 0, num_shards: int = 8):
+        """A ``datasets.IterableDataset`` of ``num_per_class`` samples per class per epoch.
+
+        ``set_epoch(e)`` draws new samples for every epoch and the same ones again for the same
+        epoch; shards split each class's samples so dataloader workers see disjoint data.
+        """
+        from .synthetic_data import epoch_sampled_iterable
+
+        return epoch_sampled_iterable(self, num_per_class, seed, num_shards)
+
+    # ------------------------------------------------------------------ accounting & saving
+
+    def storage(self) -> StorageLedger:
+        """Every stored tensor, grouped: each decoder, the means, the log-variances, soft labels."""
+        return ledger_from_tensors(self.state_dict(), self.config.num_classes, self.config.image_shape)
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        """``PreTrainedModel.save_pretrained`` plus the model card (README.md) and samples.png."""
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            from .model_card import write_card_and_samples
+
+            write_card_and_samples(self, os.fspath(save_directory))
