@@ -1,0 +1,83 @@
+"""Settings of a distillation run (``d3hf distill CONFIG.yaml --key value``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+
+@dataclass
+class DistillArguments:
+    """Every key has a default; a config with ``dataset``, ``output_dir`` and ``ipc_budget`` runs."""
+
+    # data
+    dataset: str = field(default="mnist5k", metadata={"help": "embedded name, local path or Hub dataset id"})
+    dataset_config: Optional[str] = field(default=None, metadata={"help": "Hub dataset config name"})
+    dataset_revision: Optional[str] = field(default=None, metadata={"help": "Hub dataset revision"})
+    image_column: str = "image"
+    label_column: str = "label"
+    train_split: str = "train"
+    test_split: str = "test"
+    test_size: float = field(default=0.2, metadata={"help": "held-out share when the source has no test split"})
+    output_dir: str = "outputs/d3"
+    seed: int = 0
+
+    # representation and budget
+    ipc_budget: float = field(default=1.0, metadata={"help": "images per class of storage, counted in scalars"})
+    decoder: str = field(default="auto", metadata={"help": "auto, an integer width, or small/medium/large"})
+    lpc: str = field(default="auto", metadata={"help": "latent priors per class, or auto"})
+    z_dim: str = field(default="auto", metadata={"help": "latent size, or auto"})
+    soft_labels: bool = False
+
+    # experts
+    num_experts: int = 5
+    expert_epochs_total: int = field(default=10, metadata={"help": "epochs each expert trains"})
+    expert_lr: float = 0.01
+    expert_batch_size: int = 256
+    expert_dtype: str = field(default="float32", metadata={"help": "float32 or float16 snapshots"})
+    buffer_dir: Optional[str] = field(default=None, metadata={"help": "defaults to OUTPUT_DIR/experts"})
+    student_depth: int = 3
+    student_width: int = 32
+
+    # objective
+    iterations: int = 1000
+    syn_steps: int = 10
+    expert_epochs: int = 2
+    max_start_epoch: int = 2
+    samples_per_class: int = field(default=10, metadata={"help": "decoded samples per class in each inner step"})
+    mtt_weight: float = 1.0
+    mmd_weight: float = 1.0
+    mmd_samples: int = field(default=32, metadata={"help": "real and decoded samples per class for the MMD term"})
+    mmd_bandwidths: str = "1,2,4,8,16"
+    mmd_classes_per_iter: int = field(default=0, metadata={"help": "classes in the MMD term per iteration (0 = all)"})
+    checkpoint_steps: str = field(default="auto", metadata={"help": "recompute inner steps in backward: auto/true/false"})
+
+    # optimisers
+    lr_priors: float = 0.05
+    lr_decoder: float = 1e-3
+    lr_step_size: float = 1e-5
+    init_step_size: float = 0.01
+
+    # bookkeeping
+    checkpoint_every: int = 100
+    log_every: int = 20
+    cpu: bool = field(default=False, metadata={"help": "run on CPU even when a GPU is present"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    num_threads: int = field(default=0, metadata={"help": "torch threads per process (0 = leave as is)"})
+
+    # evaluation after distilling
+    eval_epochs: int = field(default=300, metadata={"help": "downstream epochs for the final evaluation (0 = skip)"})
+    eval_seeds: int = 1
+    eval_num_per_class: int = 20
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def bandwidths(self) -> list[float]:
+        return [float(v) for v in str(self.mmd_bandwidths).split(",") if v.strip()]
+
+    # Keys that change what is computed; a resumed run must match on all of them.
+    def run_identity(self) -> dict:
+        skip = {"output_dir", "checkpoint_every", "log_every", "num_threads", "eval_epochs", "eval_seeds",
+                "eval_num_per_class", "buffer_dir", "iterations"}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}

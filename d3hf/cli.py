@@ -1,0 +1,164 @@
+"""The ``d3hf`` command line: ``distill``, ``evaluate``, ``info``.
+
+User errors end with one line on stderr and exit code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+import yaml
+
+from .arguments import DistillArguments
+
+logger = logging.getLogger("d3hf")
+
+
+def _setup_logging(debug: bool = False) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("d3hf")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+
+
+def parse_distill_args(argv: Sequence[str]) -> DistillArguments:
+    """``[CONFIG.yaml] [--key value ...]``: YAML values, overridden by the command line."""
+    from transformers import HfArgumentParser
+
+    argv = list(argv)
+    values: dict = {}
+    if argv and not argv[0].startswith("-"):
+        path = argv.pop(0)
+        if not os.path.exists(path):
+            raise ValueError(f"Config file {path!r} does not exist.")
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a mapping of keys to values.")
+    known = {f for f in DistillArguments.__dataclass_fields__}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown config key(s) {unknown}. Known keys: {', '.join(sorted(known))}.")
+    parser = HfArgumentParser(DistillArguments)
+    parser.set_defaults(**{k: (str(v) if DistillArguments.__dataclass_fields__[k].type in (str, "str") and
+                               not isinstance(v, str) and v is not None else v) for k, v in values.items()})
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    except SystemExit as err:
+        raise ValueError("Invalid command-line arguments for distill (see the message above).") from err
+    _check_types(args)
+    return args
+
+
+def _check_types(args: DistillArguments) -> None:
+    for name, f in DistillArguments.__dataclass_fields__.items():
+        value = getattr(args, name)
+        expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(getattr(f.type, "__name__", str(f.type)))
+        if expected is not None and value is not None and not isinstance(value, expected):
+            raise ValueError(f"Config key {name!r} must be of type {f.type.__name__}; got {value!r}.")
+        if expected in (int,) and isinstance(value, bool):
+            raise ValueError(f"Config key {name!r} must be an integer; got {value!r}.")
+
+
+def cmd_distill(argv: Sequence[str]) -> int:
+    from accelerate import Accelerator
+
+    args = parse_distill_args(argv)
+    if args.num_threads:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
+    if accelerator.num_processes > 1:
+        raise ValueError("Multi-process runs need subtasks, which this version does not distribute yet; "
+                         "run a single process.")
+    from .pipeline import run_distillation
+
+    model, summary = run_distillation(args, accelerator=accelerator, show_progress=accelerator.is_main_process)
+    ledger = summary["ledger"]
+    lines = [f"artifact: {os.path.join(args.output_dir, 'artifact')}",
+             f"storage: {ledger['total_scalars']:,} scalars = {ledger['ipc_equivalent']:.3f} IPC-equivalent "
+             f"(budget {args.ipc_budget})"]
+    for r in summary.get("evaluation", {}).get("results", []):
+        lines.append(f"{r['method']}: test accuracy {100 * r['mean']:.2f} % ({r['notes']}, {r['seeds']} seed(s))")
+    lines.append("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["timings"].items()))
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_evaluate(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="d3hf evaluate")
+    p.add_argument("model", help="artifact folder or Hub id")
+    p.add_argument("--dataset", default=None, help="defaults to the dataset recorded in the artifact")
+    p.add_argument("--arch", "--arch", default="convnet", choices=["convnet", "mlp"])
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--num_per_class", "--num-per-class", type=int, default=20)
+    a = p.parse_args(list(argv))
+    from .data import load_image_classification
+    from .evaluation import Protocol, evaluate, model_source
+    from .modeling_d3 import D3Model
+
+    model = D3Model.from_pretrained(a.model)
+    source = model.config.source
+    data = load_image_classification(a.dataset or source.get("source"), test_size=0.2,
+                                     split_seed=model.config.distillation.get("seed", 0))
+    protocol = Protocol(arch=a.arch, epochs=a.epochs, num_per_class=a.num_per_class)
+    result = evaluate(lambda s: model_source(model, a.num_per_class, s), data, protocol, a.seeds, show_progress=True)
+    sys.stdout.write(f"{100 * result['mean']:.2f} +- {100 * result['std']:.2f} % over {a.seeds} seed(s); "
+                     f"{result['notes']}\n")
+    if os.path.isdir(a.model):
+        from .io_utils import atomic_write_json
+
+        atomic_write_json(os.path.join(a.model, "eval.json"), {"results": [result], "protocol_text": result["notes"]})
+    return 0
+
+
+def cmd_info(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="d3hf info")
+    p.add_argument("model")
+    a = p.parse_args(list(argv))
+    from .modeling_d3 import D3Model
+
+    model = D3Model.from_pretrained(a.model)
+    sys.stdout.write(json.dumps({"classes": model.config.num_classes, "image_shape": model.config.image_shape,
+                                 "priors_per_class": model.config.priors_per_class, "z_dim": model.config.z_dim,
+                                 "decoders": len(model.decoders)}, indent=2) + "\n")
+    sys.stdout.write(str(model.storage()) + "\n")
+    return 0
+
+
+COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "info": cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        sys.stderr.write("usage: d3hf {distill,evaluate,info} ... [--debug]\n")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    _setup_logging(debug)
+    from .budget import BudgetError
+    from .data import DataError
+    from .engine import NonFiniteError
+    from .pipeline import RunConflictError
+
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (DataError, BudgetError, RunConflictError, NonFiniteError, ValueError, OSError) as err:
+        if debug:
+            raise
+        sys.stderr.write(f"d3hf {argv[0]}: error: {err}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

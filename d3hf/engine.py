@@ -1,0 +1,230 @@
+"""The D3 distillation loop for one task: priors + decoder(s) trained against expert
+trajectories (MTT) and real-feature distributions (MMD)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from .arguments import DistillArguments
+from .data import ImageClassificationData
+from .experts import ExpertBuffer
+from .io_utils import atomic_path
+from .modeling_d3 import D3Model
+from .networks import ConvNet, unflatten
+from .objectives import mmd2_unbiased, trajectory_matching_loss, unroll_student
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "distill_state.pt"
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or parameter became NaN/inf; the last good checkpoint is left as it was."""
+
+
+def use_step_checkpointing(args: DistillArguments) -> bool:
+    """``auto``: recompute inner steps when the unroll is long enough for memory to matter."""
+    value = str(args.checkpoint_steps).lower()
+    if value == "auto":
+        return args.syn_steps > 10
+    return value in ("1", "true", "yes", "on")
+
+
+class Distiller:
+    """Owns the optimisation state of one distillation task; ``step()`` runs one iteration."""
+
+    def __init__(
+        self,
+        model: D3Model,
+        data: ImageClassificationData,
+        buffer: ExpertBuffer,
+        args: DistillArguments,
+        device: torch.device | str | None = None,
+        autocast=None,
+    ):
+        self.args = args
+        self.data = data
+        self.buffer = buffer
+        self.device = torch.device(device) if device is not None else model.prior_means.device
+        self.model = model.to(self.device).train()
+        self.autocast = autocast or contextlib.nullcontext
+        s = buffer.settings
+        self.student = ConvNet(data.image_shape, data.num_classes, s.depth, s.width).to(self.device)
+        self.feature_net = ConvNet(data.image_shape, data.num_classes, s.depth, s.width).to(self.device)
+        final = buffer.snapshot(0, buffer.final_epoch()).to(self.device)
+        self.feature_net.load_state_dict(unflatten(self.feature_net, final), strict=True)
+        self.feature_net.eval().requires_grad_(False)
+        self.student.requires_grad_(False)
+        mean, std = data.normalization()
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.log_step_size = nn.Parameter(torch.tensor(math.log(args.init_step_size), device=self.device))
+        prior_params = [model.prior_means, model.prior_logvars]
+        self.opt_priors = torch.optim.SGD(prior_params, lr=args.lr_priors, momentum=0.5)
+        self.opt_step_size = torch.optim.SGD([self.log_step_size], lr=args.lr_step_size, momentum=0.5)
+        self.opt_decoder = torch.optim.Adam(model.decoders.parameters(), lr=args.lr_decoder, weight_decay=1e-5)
+        self.generator = torch.Generator().manual_seed(args.seed)  # CPU: the same draws on every device
+        self.np_rng = np.random.default_rng(args.seed)
+        self.iteration = 0
+        self.history: list[dict] = []
+        self.checkpoint_steps = use_step_checkpointing(args)
+        self.bandwidths = args.bandwidths()
+
+    # ------------------------------------------------------------------ one iteration
+
+    def _prior_choice(self, classes: list[int], per_class: int) -> torch.Tensor:
+        """``per_class`` prior ids of each class, spread evenly over its priors, random offset."""
+        lpc = self.model.config.priors_per_class
+        ids = []
+        for c in classes:
+            perm = torch.randperm(lpc, generator=self.generator)
+            ids.append(c * lpc + perm[torch.arange(per_class) % lpc])
+        return torch.cat(ids)
+
+    def _decode(self, prior_ids: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        images = self.model(prior_ids.to(self.device), noise.to(self.device))
+        return (images - self.mean) / self.std
+
+    def mtt_term(self) -> torch.Tensor:
+        a = self.args
+        num_classes = self.data.num_classes
+        expert = int(torch.randint(len(self.buffer), (1,), generator=self.generator))
+        start = int(torch.randint(a.max_start_epoch, (1,), generator=self.generator))
+        theta0 = self.buffer.snapshot(expert, start).to(self.device)
+        target = self.buffer.snapshot(expert, start + a.expert_epochs).to(self.device)
+        classes = list(range(num_classes))
+        ids = [self._prior_choice(classes, a.samples_per_class) for _ in range(a.syn_steps)]
+        noise = [torch.randn(len(i), self.model.config.z_dim, generator=self.generator) for i in ids]
+        labels = self.model.prior_labels[ids[0].to(self.device)]  # same class layout every step
+        step_size = self.log_step_size.exp()
+
+        def make_batch(step: int):
+            return self._decode(ids[step], noise[step]), labels
+
+        with self.autocast():
+            theta_n = unroll_student(self.student, theta0.clone(), make_batch, step_size, a.syn_steps,
+                                     self.checkpoint_steps)
+        return trajectory_matching_loss(theta_n.float(), theta0, target)
+
+    def mmd_term(self) -> tuple[torch.Tensor, dict]:
+        a = self.args
+        num_classes = self.data.num_classes
+        classes = list(range(num_classes))
+        if 0 < a.mmd_classes_per_iter < num_classes:
+            classes = sorted(torch.randperm(num_classes, generator=self.generator)[: a.mmd_classes_per_iter].tolist())
+        n = max(2, a.mmd_samples)
+        ids = self._prior_choice(classes, n)
+        noise = torch.randn(len(ids), self.model.config.z_dim, generator=self.generator)
+        real = torch.cat([self.data.sample_class(c, n, self.np_rng) for c in classes]).to(self.device)
+        with self.autocast():
+            syn_feat = self.feature_net.embed(self._decode(ids, noise)).float()
+            real_feat = self.feature_net.embed((real - self.mean) / self.std).float()
+        losses, stats = [], {"kxx": 0.0, "kyy": 0.0, "kxy": 0.0}
+        for k in range(len(classes)):
+            rows = slice(k * n, (k + 1) * n)
+            loss, st = mmd2_unbiased(syn_feat[rows], real_feat[rows], self.bandwidths)
+            losses.append(loss)
+            for key in stats:
+                stats[key] += st[key] / len(classes)
+        return torch.stack(losses).mean(), stats
+
+    def step(self) -> dict:
+        """One iteration: both terms, one backward pass, one step of each optimiser."""
+        a = self.args
+        it = self.iteration
+        terms: dict[str, torch.Tensor] = {}
+        record: dict = {"iteration": it}
+        if a.mtt_weight > 0:
+            terms["mtt"] = self.mtt_term()
+        if a.mmd_weight > 0:
+            terms["mmd"], kernel_stats = self.mmd_term()
+            record.update(kernel_stats)
+        for name, value in terms.items():
+            if not torch.isfinite(value):
+                raise NonFiniteError(f"iteration {it}: the {name} loss is {float(value)}; stopped before the update "
+                                     "(the last checkpoint is intact). Lower the learning rates or step size.")
+            record[name] = float(value)
+        total = sum((getattr(a, f"{name}_weight") * value for name, value in terms.items()), torch.zeros((), device=self.device))
+        for opt in (self.opt_priors, self.opt_step_size, self.opt_decoder):
+            opt.zero_grad(set_to_none=True)
+        if total.requires_grad:
+            total.backward()
+        for opt in (self.opt_priors, self.opt_step_size, self.opt_decoder):
+            opt.step()
+        for name, p in [("prior_means", self.model.prior_means), ("prior_logvars", self.model.prior_logvars),
+                        ("step_size", self.log_step_size)] + list(self.model.decoders.named_parameters()):
+            if not torch.isfinite(p).all():
+                raise NonFiniteError(f"iteration {it}: parameter {name} became non-finite after the "
+                                     f"{'+'.join(terms)} update; the last checkpoint is intact.")
+        record["step_size"] = float(self.log_step_size.exp())
+        record["loss"] = float(total)
+        self.history.append(record)
+        self.iteration += 1
+        return record
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "log_step_size": self.log_step_size.detach().cpu(),
+            "opt_priors": self.opt_priors.state_dict(),
+            "opt_step_size": self.opt_step_size.state_dict(),
+            "opt_decoder": self.opt_decoder.state_dict(),
+            "generator": self.generator.get_state(),
+            "np_rng": self.np_rng.bit_generator.state,
+            "iteration": self.iteration,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        with torch.no_grad():
+            self.log_step_size.copy_(state["log_step_size"])
+        self.opt_priors.load_state_dict(state["opt_priors"])
+        self.opt_step_size.load_state_dict(state["opt_step_size"])
+        self.opt_decoder.load_state_dict(state["opt_decoder"])
+        self.generator.set_state(state["generator"])
+        self.np_rng.bit_generator.state = state["np_rng"]
+        self.iteration = int(state["iteration"])
+        self.history = list(state["history"])
+
+    def save_checkpoint(self, directory: str) -> str:
+        path = os.path.join(directory, CHECKPOINT_NAME)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(self.state_dict(), f)
+        return path
+
+    def load_checkpoint(self, directory: str) -> bool:
+        path = os.path.join(directory, CHECKPOINT_NAME)
+        if not os.path.exists(path):
+            return False
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return True
+
+    def run(self, iterations: int, checkpoint_dir: str | None = None, show_progress: bool = True) -> list[dict]:
+        """Iterate up to ``iterations`` (resuming from ``self.iteration``), checkpointing periodically."""
+        from tqdm.auto import tqdm
+
+        a = self.args
+        bar = tqdm(total=iterations, initial=self.iteration, desc="distill", disable=not show_progress)
+        while self.iteration < iterations:
+            record = self.step()
+            bar.update(1)
+            bar.set_postfix({k: f"{record[k]:.4g}" for k in ("mtt", "mmd", "step_size") if k in record})
+            if a.log_every and self.iteration % a.log_every == 0:
+                logger.info("iteration %d: %s", self.iteration,
+                            ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"))
+            if checkpoint_dir and a.checkpoint_every and self.iteration % a.checkpoint_every == 0:
+                self.save_checkpoint(checkpoint_dir)
+        bar.close()
+        if checkpoint_dir:
+            self.save_checkpoint(checkpoint_dir)
+        return self.history

@@ -1,0 +1,162 @@
+"""Expert trajectories: ConvNets trained on real data, one parameter snapshot per epoch.
+
+A buffer folder holds ``settings.json`` plus one ``expert_<i>.safetensors`` per expert with a
+flat parameter vector per kept epoch (``epoch_<e>``). Snapshots are read lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .data import ImageClassificationData
+from .io_utils import atomic_write_json, atomic_path
+from .networks import ConvNet, flat_parameters
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExpertSettings:
+    num_experts: int = 5
+    epochs: int = 10
+    keep_epochs: int = 4
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    depth: int = 3
+    width: int = 32
+    dtype: str = "float32"
+    seed: int = 0
+
+
+class ExpertBuffer:
+    """Lazy access to stored expert trajectories."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(os.path.join(path, "settings.json")) as f:
+            meta = json.load(f)
+        self.settings = ExpertSettings(**meta["settings"])
+        self.fingerprint = meta["data_fingerprint"]
+        self.kept_epochs: list[int] = meta["kept_epochs"]
+
+    def __len__(self) -> int:
+        return self.settings.num_experts
+
+    def snapshot(self, expert: int, epoch: int) -> torch.Tensor:
+        """Flat float32 parameters of ``expert`` after ``epoch`` epochs."""
+        with safe_open(os.path.join(self.path, f"expert_{expert}.safetensors"), framework="pt") as f:
+            return f.get_tensor(f"epoch_{epoch}").float()
+
+    def final_epoch(self) -> int:
+        return self.settings.epochs
+
+    def size_on_disk(self) -> int:
+        return sum(os.path.getsize(os.path.join(self.path, f)) for f in os.listdir(self.path))
+
+
+def _matches(path: str, settings: ExpertSettings, fingerprint: str) -> bool:
+    meta_path = os.path.join(path, "settings.json")
+    if not os.path.exists(meta_path):
+        return False
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get("settings") != asdict(settings) or meta.get("data_fingerprint") != fingerprint:
+        return False
+    return all(os.path.exists(os.path.join(path, f"expert_{i}.safetensors")) for i in range(settings.num_experts))
+
+
+def train_one_expert(
+    data: ImageClassificationData, settings: ExpertSettings, index: int, device: torch.device, progress=None
+) -> dict[str, torch.Tensor]:
+    """Train expert ``index`` and return its kept snapshots as ``{"epoch_<e>": flat params}``."""
+    from .modeling_d3 import class_seed
+
+    seed = class_seed(settings.seed, 7919, index)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = ConvNet(data.image_shape, data.num_classes, settings.depth, settings.width).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=settings.momentum,
+                          weight_decay=settings.weight_decay)
+    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in data.normalization())
+    labels = data.labels()
+    dtype = getattr(torch, settings.dtype)
+    kept = {"epoch_0": flat_parameters(net).to(dtype).cpu()}
+    for epoch in range(1, settings.epochs + 1):
+        order = rng.permutation(len(labels))
+        for start in range(0, len(order), settings.batch_size):
+            idx = np.sort(order[start : start + settings.batch_size])
+            x = (data.images(idx, device=device) - mean) / std
+            y = torch.from_numpy(labels[idx]).to(device)
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if epoch <= settings.keep_epochs or epoch == settings.epochs:
+            kept[f"epoch_{epoch}"] = flat_parameters(net).to(dtype).cpu()
+        if progress is not None:
+            progress.update(1)
+    return kept
+
+
+def build_expert_buffer(
+    data: ImageClassificationData,
+    settings: ExpertSettings,
+    path: str,
+    device: torch.device | str = "cpu",
+    experts: list[int] | None = None,
+    show_progress: bool = True,
+) -> ExpertBuffer:
+    """Train (or reuse) the experts in ``path``; finished experts are never retrained.
+
+    A buffer whose recorded settings and data fingerprint match is reused as is; otherwise
+    stale files are replaced. ``experts`` limits the work to some indices (for splitting it
+    across processes); the buffer is complete once every index has been built.
+    """
+    from tqdm.auto import tqdm
+
+    fingerprint = data.fingerprint()
+    os.makedirs(path, exist_ok=True)
+    if _matches(path, settings, fingerprint):
+        buffer = ExpertBuffer(path)
+        logger.info("Reusing expert buffer %s (%.1f MB)", path, buffer.size_on_disk() / 1e6)
+        return buffer
+    meta_path = os.path.join(path, "progress.json")
+    done: dict = {}
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            done = json.load(f)
+    if done.get("settings") != asdict(settings) or done.get("data_fingerprint") != fingerprint:
+        done = {"settings": asdict(settings), "data_fingerprint": fingerprint, "finished": []}
+    todo = [i for i in (experts if experts is not None else range(settings.num_experts)) if i not in done["finished"]]
+    device = torch.device(device)
+    bar = tqdm(total=len(todo) * settings.epochs, desc="experts", disable=not show_progress or not todo)
+    for i in todo:
+        kept = train_one_expert(data, settings, i, device, progress=bar)
+        with atomic_path(os.path.join(path, f"expert_{i}.safetensors")) as tmp:
+            save_file(kept, tmp, metadata={"epochs": str(settings.epochs)})
+        done["finished"].append(i)
+        atomic_write_json(meta_path, done)
+    bar.close()
+    if sorted(done["finished"]) == list(range(settings.num_experts)):
+        kept_epochs = list(range(settings.keep_epochs + 1)) + (
+            [settings.epochs] if settings.epochs > settings.keep_epochs else []
+        )
+        atomic_write_json(
+            os.path.join(path, "settings.json"),
+            {"settings": asdict(settings), "data_fingerprint": fingerprint, "kept_epochs": kept_epochs},
+        )
+        buffer = ExpertBuffer(path)
+        logger.info("Expert buffer %s: %d experts, %.2f MB on disk", path, len(buffer), buffer.size_on_disk() / 1e6)
+        return buffer
+    return None

@@ -1,0 +1,78 @@
+"""Classifier networks: experts, distillation students, feature nets and evaluation models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":  # instance norm with affine parameters, as in the MTT/DC code bases
+        return nn.GroupNorm(channels, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; use 'instance' or 'none'")
+
+
+class ConvNet(nn.Module):
+    """``depth`` x [Conv3x3(width) + norm + ReLU + AvgPool2]; linear classifier on the flat features."""
+
+    def __init__(self, image_shape, num_classes: int, depth: int = 3, width: int = 128, norm: str = "instance"):
+        super().__init__()
+        c, h, w = image_shape
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=1), _norm(norm, width), nn.ReLU(inplace=False)]
+            if h >= 2 and w >= 2:
+                layers.append(nn.AvgPool2d(2))
+                h, w = h // 2, w // 2
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = c * h * w
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class MLP(nn.Module):
+    """Two hidden layers of ``width`` with ReLU: a second architecture family for evaluation."""
+
+    def __init__(self, image_shape, num_classes: int, width: int = 256):
+        super().__init__()
+        c, h, w = image_shape
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
+        self.feature_dim = width
+        self.classifier = nn.Linear(width, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+def build_classifier(arch: str, image_shape, num_classes: int, depth: int = 3, width: int = 128) -> nn.Module:
+    """``convnet`` (instance norm) or ``mlp``."""
+    if arch == "convnet":
+        return ConvNet(image_shape, num_classes, depth=depth, width=width)
+    if arch == "mlp":
+        return MLP(image_shape, num_classes, width=max(width, 64))
+    raise ValueError(f"unknown architecture {arch!r}; use 'convnet' or 'mlp'")
+
+
+def flat_parameters(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def unflatten(model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Split a flat parameter vector into ``{name: tensor}`` for ``torch.func.functional_call``."""
+    out, offset = {}, 0
+    for name, p in model.named_parameters():
+        n = p.numel()
+        out[name] = flat[offset : offset + n].view_as(p)
+        offset += n
+    return out
