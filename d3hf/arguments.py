@@ -49,13 +49,17 @@ class DistillArguments:
     mmd_weight: float = 1.0
     mmd_samples: int = field(default=32, metadata={"help": "real and decoded samples per class for the MMD term"})
     mmd_bandwidths: str = "1,2,4,8,16"
+    mmd_kernel_scale: str = field(
+        default="median",
+        metadata={"help": "median: distances in units of the real features' median squared distance; absolute: raw"},
+    )
     mmd_classes_per_iter: int = field(default=0, metadata={"help": "classes in the MMD term per iteration (0 = all)"})
     checkpoint_steps: str = field(default="auto", metadata={"help": "recompute inner steps in backward: auto/true/false"})
 
     # optimisers
-    lr_priors: float = 0.05
+    lr_priors: float = 1.0
     lr_decoder: float = 1e-3
-    lr_step_size: float = 1e-5
+    lr_step_size: float = 1e-2
     init_step_size: float = 0.01
 
     # bookkeeping

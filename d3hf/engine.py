@@ -18,7 +18,7 @@ from .experts import ExpertBuffer
 from .io_utils import atomic_path
 from .modeling_d3 import D3Model
 from .networks import ConvNet, unflatten
-from .objectives import mmd2_unbiased, trajectory_matching_loss, unroll_student
+from .objectives import median_sq_distance, mmd2_unbiased, trajectory_matching_loss, unroll_student
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ class Distiller:
         losses, stats = [], {"kxx": 0.0, "kyy": 0.0, "kxy": 0.0}
         for k in range(len(classes)):
             rows = slice(k * n, (k + 1) * n)
-            loss, st = mmd2_unbiased(syn_feat[rows], real_feat[rows], self.bandwidths)
+            scale = median_sq_distance(real_feat[rows]) if self.args.mmd_kernel_scale == "median" else 1.0
+            loss, st = mmd2_unbiased(syn_feat[rows], real_feat[rows], self.bandwidths, scale)
             losses.append(loss)
             for key in stats:
                 stats[key] += st[key] / len(classes)
@@ -150,7 +151,7 @@ class Distiller:
             if not torch.isfinite(value):
                 raise NonFiniteError(f"iteration {it}: the {name} loss is {float(value)}; stopped before the update "
                                      "(the last checkpoint is intact). Lower the learning rates or step size.")
-            record[name] = float(value)
+            record[name] = float(value.detach())
         total = sum((getattr(a, f"{name}_weight") * value for name, value in terms.items()), torch.zeros((), device=self.device))
         for opt in (self.opt_priors, self.opt_step_size, self.opt_decoder):
             opt.zero_grad(set_to_none=True)
@@ -163,8 +164,8 @@ class Distiller:
             if not torch.isfinite(p).all():
                 raise NonFiniteError(f"iteration {it}: parameter {name} became non-finite after the "
                                      f"{'+'.join(terms)} update; the last checkpoint is intact.")
-        record["step_size"] = float(self.log_step_size.exp())
-        record["loss"] = float(total)
+        record["step_size"] = float(self.log_step_size.detach().exp())
+        record["loss"] = float(total.detach())
         self.history.append(record)
         self.iteration += 1
         return record

@@ -49,26 +49,32 @@ def trajectory_matching_loss(theta_n: torch.Tensor, theta_start: torch.Tensor, t
     return (theta_n - theta_target).pow(2).sum() / (theta_start - theta_target).pow(2).sum().clamp_min(1e-12)
 
 
-def rbf_kernel_sum(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float], mean_distance: bool) -> torch.Tensor:
-    """sum_s exp(-d(x, y) / (2 s^2)); d is the squared distance, or its mean per feature."""
+def rbf_kernel_sum(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float], scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """sum_s exp(-||x - y||^2 / (2 s^2 scale))."""
     d = torch.cdist(x, y).pow(2)
-    if mean_distance:
-        d = d / x.shape[1]
-    return sum(torch.exp(-d / (2.0 * s * s)) for s in bandwidths)
+    return sum(torch.exp(-d / (2.0 * s * s * scale)) for s in bandwidths)
+
+
+def median_sq_distance(x: torch.Tensor) -> torch.Tensor:
+    """Median squared pairwise distance within ``x`` (detached): a data-driven kernel scale."""
+    d = torch.cdist(x.detach(), x.detach()).pow(2)
+    off = d[~torch.eye(len(x), dtype=torch.bool, device=x.device)]
+    return off.median().clamp_min(1e-12)
 
 
 def mmd2_unbiased(
-    x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] = (1, 2, 4, 8, 16), mean_distance: bool = False
+    x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] = (1, 2, 4, 8, 16), scale: float | torch.Tensor = 1.0
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Unbiased MMD^2 between samples ``x`` (n, d) and ``y`` (m, d), n, m >= 2.
+    """Unbiased MMD^2 between samples ``x`` (n, d) and ``y`` (m, d), n, m >= 2, with the kernel
+    sum_s exp(-||a - b||^2 / (2 s^2 scale)).
 
     Also returns the mean kernel values (divided by the number of bandwidths, so in [0, 1])
     within x, within y and across, to show saturation (all near 0 or all near 1).
     """
     n, m = x.shape[0], y.shape[0]
-    kxx = rbf_kernel_sum(x, x, bandwidths, mean_distance)
-    kyy = rbf_kernel_sum(y, y, bandwidths, mean_distance)
-    kxy = rbf_kernel_sum(x, y, bandwidths, mean_distance)
+    kxx = rbf_kernel_sum(x, x, bandwidths, scale)
+    kyy = rbf_kernel_sum(y, y, bandwidths, scale)
+    kxy = rbf_kernel_sum(x, y, bandwidths, scale)
     sxx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
     syy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
     sxy = kxy.mean()

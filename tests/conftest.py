@@ -1,0 +1,88 @@
+"""Shared fixtures: one thread, hermetic Hugging Face caches, tiny digits runs."""
+
+import os
+import shutil
+import tempfile
+
+# Set before torch / datasets are imported anywhere in the test session.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_HF_CACHE = tempfile.mkdtemp(prefix="d3hf-tests-hf-")
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_CACHE, "datasets")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+import d3hf  # noqa: E402
+from d3hf.arguments import DistillArguments  # noqa: E402
+from d3hf.experts import build_expert_buffer  # noqa: E402
+from d3hf.pipeline import expert_settings  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: loads a larger embedded dataset (a few seconds)")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_HF_CACHE, ignore_errors=True)
+
+
+# Tiny settings shared by the engine and CLI tests (digits, 8x8 grayscale, 10 classes).
+TINY = dict(
+    dataset="digits",
+    ipc_budget=10.0,
+    decoder="4",
+    num_experts=2,
+    expert_epochs_total=4,
+    max_start_epoch=2,
+    expert_epochs=1,
+    student_depth=2,
+    student_width=8,
+    syn_steps=3,
+    samples_per_class=2,
+    mmd_samples=4,
+    iterations=50,
+    eval_epochs=0,
+    checkpoint_every=0,
+    log_every=0,
+)
+
+
+def tiny_args(**overrides) -> DistillArguments:
+    return DistillArguments(**{**TINY, **overrides})
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits dataset (1437 train / 360 test, 1x8x8); loaded once."""
+    data = d3hf.load_image_classification("digits")
+    data.normalization()
+    return data
+
+
+@pytest.fixture(scope="session")
+def digits_buffer(digits, tmp_path_factory):
+    """Expert trajectories for ``tiny_args()`` on digits, built once per session."""
+    path = tmp_path_factory.mktemp("experts")
+    return build_expert_buffer(digits, expert_settings(tiny_args()), str(path), show_progress=False)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps a process-wide state; reset it around tests that create an Accelerator."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

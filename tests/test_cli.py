@@ -1,0 +1,191 @@
+"""The ``d3hf`` command line, in process (plus one real subprocess run)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from d3hf.cli import main, parse_distill_args
+from d3hf.modeling_d3 import D3Model
+
+CLI_TINY = dict(
+    dataset="digits",
+    ipc_budget=10,
+    decoder="4",
+    num_experts=1,
+    expert_epochs_total=3,
+    max_start_epoch=1,
+    expert_epochs=1,
+    student_depth=2,
+    student_width=8,
+    syn_steps=2,
+    samples_per_class=2,
+    mmd_samples=4,
+    eval_epochs=2,
+    eval_num_per_class=5,
+    eval_seeds=1,
+    cpu=True,
+    num_threads=1,
+    checkpoint_every=1,
+    log_every=1,
+)
+
+
+def write_config(path, output_dir, **overrides):
+    path.write_text(yaml.safe_dump({**CLI_TINY, "output_dir": str(output_dir), **overrides}))
+    return str(path)
+
+
+def _state(output_dir):
+    return torch.load(os.path.join(output_dir, "distill_state.pt"), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """One tiny ``d3hf distill`` run (3 iterations, 2 evaluation epochs)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "out"
+    cfg = write_config(root / "cfg.yaml", out)
+    rc = main(["distill", cfg, "--iterations", "3"])
+    return {"rc": rc, "cfg": cfg, "out": out, "root": root}
+
+
+def test_distill_writes_a_complete_artifact(first_run):
+    assert first_run["rc"] == 0
+    artifact = first_run["out"] / "artifact"
+    for name in ("config.json", "model.safetensors", "README.md", "samples.png", "eval.json"):
+        assert (artifact / name).is_file(), name
+    model = D3Model.from_pretrained(str(artifact))
+    assert model.config.num_classes == 10 and model.config.image_shape == [1, 8, 8]
+    assert model.storage().ipc_equivalent <= 10
+    assert model.config.distillation["syn_steps"] == 2
+    evaluation = json.loads((artifact / "eval.json").read_text())
+    assert [r["method"] for r in evaluation["results"]] == ["d3hf artifact", "random real, 10 image(s) per class"]
+    assert all(0.0 <= r["mean"] <= 1.0 and r["settings"]["epochs"] == 2 for r in evaluation["results"])
+    assert "## Evaluation" in (artifact / "README.md").read_text()
+    assert _state(first_run["out"])["iteration"] == 3
+    summary = json.loads((first_run["out"] / "summary.json").read_text())
+    assert summary["ledger"]["total_scalars"] == model.storage().total_scalars
+
+
+def test_dash_and_underscore_spellings(first_run):
+    cfg = first_run["cfg"]
+    assert parse_distill_args([cfg]).ipc_budget == 10
+    assert parse_distill_args([cfg, "--ipc-budget", "7"]).ipc_budget == 7.0
+    assert parse_distill_args([cfg, "--ipc_budget", "7"]).ipc_budget == 7.0
+    assert parse_distill_args([cfg, "--syn-steps", "5"]).syn_steps == 5
+    args = parse_distill_args([cfg, "--mixed-precision", "bf16"])
+    assert args.mixed_precision == "bf16" and args.decoder == "4"  # YAML values stay unless overridden
+
+
+@pytest.mark.xfail(
+    reason="BUG: cli.parse_distill_args stringifies YAML scalars for str fields, and YAML 1.1 reads "
+    "`mixed_precision: no` (the documented default value) as False, so it becomes 'False' and "
+    "Accelerator rejects it",
+    raises=AssertionError,
+    strict=True,
+)
+def test_yaml_mixed_precision_no_means_no(tmp_path):
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out")
+    with open(cfg, "a") as f:
+        f.write("mixed_precision: no\n")
+    assert parse_distill_args([cfg]).mixed_precision == "no"
+
+
+def test_unknown_yaml_key_is_refused(tmp_path, capsys):
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", not_a_real_key=3)
+    assert main(["distill", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "not_a_real_key" in err and "Unknown config key" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_type_is_refused(tmp_path, capsys):
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", iterations="many")
+    assert main(["distill", cfg]) == 2
+    assert "iterations" in capsys.readouterr().err
+
+
+def test_unknown_dataset_is_refused_clearly(tmp_path, capsys):
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", dataset="no_such_dataset_xyz")
+    assert main(["distill", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown dataset 'no_such_dataset_xyz'" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    assert main(["distil"]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_different_settings_in_the_same_output_dir_are_refused(first_run, capsys):
+    run_file = first_run["out"] / "run_config.json"
+    before = run_file.read_text()
+    assert main(["distill", first_run["cfg"], "--iterations", "3", "--syn_steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "different settings" in err and "syn_steps" in err
+    assert run_file.read_text() == before
+
+
+def test_rerun_resumes_instead_of_redoing(first_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(first_run["out"], out)
+    cfg = write_config(tmp_path / "cfg.yaml", out)
+    first_state = _state(out)
+    first_weights = load_file(str(out / "artifact" / "model.safetensors"))
+    expert_mtime = os.stat(out / "experts" / "expert_0.safetensors").st_mtime_ns
+
+    assert main(["distill", cfg, "--iterations", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "Resuming from" in err and "iteration 3" in err
+    state = _state(out)
+    assert state["iteration"] == 3 and len(state["history"]) == 3
+    weights = load_file(str(out / "artifact" / "model.safetensors"))
+    assert all(torch.equal(weights[k], first_weights[k]) for k in first_weights)
+    assert os.stat(out / "experts" / "expert_0.safetensors").st_mtime_ns == expert_mtime
+
+    assert main(["distill", cfg, "--iterations", "5", "--eval_epochs", "0"]) == 0
+    state = _state(out)
+    assert state["iteration"] == 5
+    assert state["history"][:3] == first_state["history"]
+
+
+def test_python_dash_m_subprocess(tmp_path):
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", eval_epochs=0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "d3hf", "distill", cfg, "--iterations", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "artifact:" in proc.stdout and "IPC-equivalent" in proc.stdout
+    assert (tmp_path / "out" / "artifact" / "model.safetensors").is_file()
+
+
+@pytest.mark.xfail(
+    reason="BUG: pipeline.run_distillation stores timings['s_per_iteration'] = float('nan') when a resumed "
+    "run has nothing left to do, and atomic_write_json writes it as the non-standard token NaN, so "
+    "summary.json is not valid JSON for strict parsers",
+    raises=ValueError,
+    strict=True,
+)
+def test_summary_is_strict_json_after_a_resume_with_nothing_to_do(first_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(first_run["out"], out)
+    cfg = write_config(tmp_path / "cfg.yaml", out, eval_epochs=0)
+    assert main(["distill", cfg, "--iterations", "3"]) == 0
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    json.loads((out / "summary.json").read_text(), parse_constant=refuse)

@@ -1,0 +1,182 @@
+"""The distillation engine: learning, exact resume, expert buffer reuse, budget refusal,
+mixed precision and non-finite losses."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_args
+
+from d3hf.budget import BudgetError
+from d3hf.engine import CHECKPOINT_NAME, Distiller, NonFiniteError
+from d3hf.experts import ExpertBuffer, build_expert_buffer
+from d3hf.modeling_d3 import D3Model
+from d3hf.pipeline import build_config, expert_settings, run_distillation
+
+
+def make_distiller(data, buffer, args, **kwargs) -> Distiller:
+    config = build_config(args, data)
+    torch.manual_seed(args.seed)
+    return Distiller(D3Model(config), data, buffer, args, **kwargs)
+
+
+def _snapshot(distiller):
+    return {k: v.detach().clone() for k, v in distiller.model.state_dict().items()}
+
+
+def test_buffer_has_the_requested_trajectories(digits_buffer):
+    s = digits_buffer.settings
+    assert len(digits_buffer) == 2
+    assert digits_buffer.kept_epochs == [0, 1, 2, 3, 4]  # epochs 0..max_start_epoch + expert_epochs, and the last
+    assert digits_buffer.final_epoch() == 4
+    first, last = digits_buffer.snapshot(0, 0), digits_buffer.snapshot(0, 4)
+    assert first.dtype == torch.float32 and first.shape == last.shape
+    assert not torch.equal(first, last)
+    assert not torch.equal(digits_buffer.snapshot(0, 0), digits_buffer.snapshot(1, 0))  # experts differ
+    assert s.depth == 2 and s.width == 8
+
+
+def test_distillation_lowers_the_loss(digits, digits_buffer):
+    args = tiny_args(iterations=50)
+    distiller = make_distiller(digits, digits_buffer, args)
+    history = distiller.run(args.iterations, show_progress=False)
+    assert len(history) == 50 and distiller.iteration == 50
+    losses = np.array([h["loss"] for h in history])
+    assert np.isfinite(losses).all()
+    assert losses[-10:].mean() < losses[:10].mean()
+    assert all({"mtt", "mmd", "step_size", "kxx", "kyy", "kxy"} <= set(h) for h in history)
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(digits, digits_buffer, tmp_path):
+    args = tiny_args(iterations=6)
+    straight = make_distiller(digits, digits_buffer, args)
+    straight.run(6, show_progress=False)
+
+    first = make_distiller(digits, digits_buffer, args)
+    first.run(3, show_progress=False)
+    first.save_checkpoint(str(tmp_path))
+    del first
+    resumed = make_distiller(digits, digits_buffer, tiny_args(iterations=6, seed=123))  # another init
+    resumed.args = args
+    assert resumed.load_checkpoint(str(tmp_path))
+    assert resumed.iteration == 3
+    resumed.run(6, show_progress=False)
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(straight.log_step_size, resumed.log_step_size)
+    assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
+
+
+def test_load_checkpoint_without_file_returns_false(digits, digits_buffer, tmp_path):
+    distiller = make_distiller(digits, digits_buffer, tiny_args())
+    assert distiller.load_checkpoint(str(tmp_path)) is False
+    assert distiller.iteration == 0
+
+
+def test_step_checkpointing_gives_the_same_step(digits, digits_buffer):
+    plain = make_distiller(digits, digits_buffer, tiny_args(checkpoint_steps="false"))
+    ckpt = make_distiller(digits, digits_buffer, tiny_args(checkpoint_steps="true"))
+    assert not plain.checkpoint_steps and ckpt.checkpoint_steps
+    rp, rc = plain.step(), ckpt.step()
+    assert rc["mtt"] == pytest.approx(rp["mtt"], rel=1e-6)
+    for k, v in plain.model.state_dict().items():
+        torch.testing.assert_close(ckpt.model.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- expert buffer
+
+
+def test_expert_buffer_is_reused_rebuilt_and_fp16_is_half_size(digits, tmp_path):
+    path = str(tmp_path / "buf")
+    settings = expert_settings(tiny_args(num_experts=1))
+    buffer = build_expert_buffer(digits, settings, path, show_progress=False)
+    expert_file = os.path.join(path, "expert_0.safetensors")
+    mtime = os.stat(expert_file).st_mtime_ns
+    fp32_size = buffer.size_on_disk()
+    fp32_first = buffer.snapshot(0, 0)
+
+    again = build_expert_buffer(digits, settings, path, show_progress=False)
+    assert os.stat(expert_file).st_mtime_ns == mtime  # reused, not retrained
+    assert torch.equal(again.snapshot(0, 3), buffer.snapshot(0, 3))
+
+    half = expert_settings(tiny_args(num_experts=1, expert_dtype="float16"))
+    rebuilt = build_expert_buffer(digits, half, path, show_progress=False)
+    assert os.stat(expert_file).st_mtime_ns != mtime  # settings changed: rebuilt
+    with open(os.path.join(path, "settings.json")) as f:
+        assert json.load(f)["settings"]["dtype"] == "float16"
+    assert 0.4 < rebuilt.size_on_disk() / fp32_size < 0.6
+    torch.testing.assert_close(rebuilt.snapshot(0, 0), fp32_first, atol=2e-3, rtol=1e-3)  # same seed, fp16 storage
+
+
+def test_expert_buffer_is_rebuilt_when_the_data_changes(digits, tmp_path):
+    path = str(tmp_path / "buf")
+    settings = expert_settings(tiny_args(num_experts=1, expert_epochs_total=3, max_start_epoch=1))
+    build_expert_buffer(digits, settings, path, show_progress=False)
+    mtime = os.stat(os.path.join(path, "expert_0.safetensors")).st_mtime_ns
+    build_expert_buffer(digits.subset([0, 1, 2]), settings, path, show_progress=False)
+    assert os.stat(os.path.join(path, "expert_0.safetensors")).st_mtime_ns != mtime
+    assert ExpertBuffer(path).fingerprint == digits.subset([0, 1, 2]).fingerprint()
+
+
+# ----------------------------------------------------------------------------- budget refusal
+
+
+def test_explicit_decoder_over_budget_is_refused_with_the_ledger(digits, tmp_path):
+    args = tiny_args(ipc_budget=1.0, decoder="64", output_dir=str(tmp_path / "run"))
+    with pytest.raises(BudgetError) as err:
+        build_config(args, digits)
+    message = str(err.value)
+    assert "decoder_0" in message and "total" in message and "ipc_budget" in message
+    with pytest.raises(BudgetError, match="decoder_0"):
+        run_distillation(args, show_progress=False)
+    assert not os.path.exists(args.output_dir)  # refused before any work
+
+
+def test_auto_representation_fits_the_budget(digits):
+    config = build_config(tiny_args(ipc_budget=1.0, decoder="auto"), digits)
+    from d3hf.storage import estimate_storage
+
+    ledger = estimate_storage(config)
+    assert 0.8 <= ledger.ipc_equivalent <= 1.0
+    assert config.source["num_train_rows"] == 1437
+    assert config.normalization_mean == pytest.approx(digits.normalization()[0])
+
+
+# ----------------------------------------------------------------------------- precision and failures
+
+
+def test_one_step_under_accelerate_bf16(digits, digits_buffer, fresh_accelerate_state):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    distiller = make_distiller(digits, digits_buffer, tiny_args(), device=accelerator.device,
+                               autocast=accelerator.autocast)
+    before = _snapshot(distiller)
+    record = distiller.step()
+    for key in ("mtt", "mmd", "loss", "step_size"):
+        assert np.isfinite(record[key]), key
+    assert distiller.model.prior_means.dtype == torch.float32
+    assert not torch.equal(before["prior_means"], distiller.model.prior_means)
+
+
+def test_non_finite_loss_stops_before_the_update(digits, digits_buffer, tmp_path, monkeypatch):
+    args = tiny_args(iterations=2, checkpoint_every=1)
+    distiller = make_distiller(digits, digits_buffer, args)
+    distiller.run(2, checkpoint_dir=str(tmp_path), show_progress=False)
+    checkpoint = tmp_path / CHECKPOINT_NAME
+    saved = checkpoint.read_bytes()
+    before = _snapshot(distiller)
+
+    monkeypatch.setattr(Distiller, "mtt_term", lambda self: torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteError, match=r"iteration 2\b.*mtt"):
+        distiller.run(4, checkpoint_dir=str(tmp_path), show_progress=False)
+    assert checkpoint.read_bytes() == saved
+    after = distiller.model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    assert distiller.iteration == 2
