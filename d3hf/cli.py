@@ -47,14 +47,22 @@ def parse_distill_args(argv: Sequence[str]) -> DistillArguments:
     if unknown:
         raise ValueError(f"Unknown config key(s) {unknown}. Known keys: {', '.join(sorted(known))}.")
     parser = HfArgumentParser(DistillArguments)
-    parser.set_defaults(**{k: (str(v) if DistillArguments.__dataclass_fields__[k].type in (str, "str") and
-                               not isinstance(v, str) and v is not None else v) for k, v in values.items()})
+    parser.set_defaults(**{k: _as_field_value(k, v) for k, v in values.items()})
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except SystemExit as err:
         raise ValueError("Invalid command-line arguments for distill (see the message above).") from err
     _check_types(args)
     return args
+
+
+def _as_field_value(key: str, value):
+    """YAML reads `no`/`yes` as booleans and numbers as numbers; string keys get strings back."""
+    if DistillArguments.__dataclass_fields__[key].type is not str or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _check_types(args: DistillArguments) -> None:
@@ -88,7 +96,7 @@ def cmd_distill(argv: Sequence[str]) -> int:
              f"(budget {args.ipc_budget})"]
     for r in summary.get("evaluation", {}).get("results", []):
         lines.append(f"{r['method']}: test accuracy {100 * r['mean']:.2f} % ({r['notes']}, {r['seeds']} seed(s))")
-    lines.append("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["timings"].items()))
+    lines.append("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["timings"].items() if v is not None))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
@@ -97,19 +105,22 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="d3hf evaluate")
     p.add_argument("model", help="artifact folder or Hub id")
     p.add_argument("--dataset", default=None, help="defaults to the dataset recorded in the artifact")
-    p.add_argument("--arch", "--arch", default="convnet", choices=["convnet", "mlp"])
+    p.add_argument("--arch", default="convnet", choices=["convnet", "mlp"])
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--num_per_class", "--num-per-class", type=int, default=20)
     a = p.parse_args(list(argv))
-    from .data import load_image_classification
+    import dataclasses
+
     from .evaluation import Protocol, evaluate, model_source
     from .modeling_d3 import D3Model
+    from .pipeline import load_data
 
     model = D3Model.from_pretrained(a.model)
-    source = model.config.source
-    data = load_image_classification(a.dataset or source.get("source"), test_size=0.2,
-                                     split_seed=model.config.distillation.get("seed", 0))
+    # Test on the dataset, columns and split recorded in the artifact unless told otherwise.
+    recorded = {k: v for k, v in model.config.distillation.items() if k in DistillArguments.__dataclass_fields__}
+    data_args = dataclasses.replace(DistillArguments(**recorded), dataset=a.dataset or recorded.get("dataset", "mnist5k"))
+    data = load_data(data_args)
     protocol = Protocol(arch=a.arch, epochs=a.epochs, num_per_class=a.num_per_class)
     result = evaluate(lambda s: model_source(model, a.num_per_class, s), data, protocol, a.seeds, show_progress=True)
     sys.stdout.write(f"{100 * result['mean']:.2f} +- {100 * result['std']:.2f} % over {a.seeds} seed(s); "

@@ -127,13 +127,19 @@ def _load_parquet(files: list[str]):
     """Parquet files grouped into splits by a split name in the file or folder name."""
     import datasets
 
+    import re
+
     splits: dict[str, list[str]] = {}
     for f in files:
-        parts = os.path.normpath(f).replace("\\", "/").split("/")
-        name = next(
-            (s for s in ("train", "test", "validation") if any(p.startswith(s) or f"-{s}" in p for p in parts[-2:])),
-            "train",
-        )
+        name = "train"
+        if len(files) > 1:
+            stem = os.path.basename(f)
+            parent = os.path.basename(os.path.dirname(f))
+            match = re.match(r"(train|test|validation)([-_.]|$)", stem)
+            if match:
+                name = match.group(1)
+            elif parent in ("train", "test", "validation"):
+                name = parent
         splits.setdefault(name, []).append(f)
     return datasets.load_dataset("parquet", data_files=splits)
 
@@ -294,7 +300,10 @@ class ImageClassificationData:
         return self._stats
 
     def subset(self, classes: Sequence[int]) -> "ImageClassificationData":
-        """A view with only the rows of ``classes``, relabelled 0..len(classes)-1 in that order."""
+        """A view with only the rows of ``classes``, relabelled 0..len(classes)-1 in that order.
+
+        The view keeps the whole dataset's normalisation statistics.
+        """
         classes = [int(c) for c in classes]
         keep_train = np.concatenate([self.class_rows[c] for c in classes]) if classes else np.zeros(0, np.int64)
         keep_train.sort()
@@ -310,7 +319,7 @@ class ImageClassificationData:
             pixel_scale=self.pixel_scale,
         )
         view._train_labels = np.array([remap[int(v)] for v in self.labels("train")[keep_train]], dtype=np.int64)
-        view._stats = self._stats
+        view._stats = self.normalization()  # a view is normalised like the whole dataset
         if self.test is not None:
             test_labels = self.labels("test")
             keep_test = np.flatnonzero(np.isin(test_labels, classes))
@@ -389,9 +398,15 @@ def load_image_classification(
         labels = np.asarray(train[label_column])
         counts = np.bincount(np.unique(labels, return_inverse=True)[1])
         stratify = labels if counts.min() >= 2 else None
-        train_idx, test_idx = train_test_split(
-            np.arange(len(labels)), test_size=test_size, stratify=stratify, random_state=split_seed
-        )
+        try:
+            train_idx, test_idx = train_test_split(
+                np.arange(len(labels)), test_size=test_size, stratify=stratify, random_state=split_seed
+            )
+        except ValueError as err:
+            raise DataError(
+                f"Cannot hold out a stratified test split of {test_size} from {source!r} ({err}). "
+                "Provide a test split (test_split) or change test_size."
+            ) from err
         full = train
         train = full.select(np.sort(train_idx).tolist())
         test = full.select(np.sort(test_idx).tolist())

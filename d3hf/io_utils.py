@@ -27,7 +27,7 @@ def atomic_path(path: str):
 def atomic_write_json(path: str, data) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            json.dump(data, f, indent=2, sort_keys=True, allow_nan=False)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,10 @@ def sample_grid(model: "D3Model", seed: int = 0, per_row: int = SAMPLES_PER_ROW)
     return Image.fromarray(grid[..., 0] if c == 1 else grid)
 
 
+def _is_hub_id(source: str) -> bool:
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not os.path.exists(source)
+
+
 def _eval_table(evaluation: dict) -> str:
     rows = ["| protocol | architecture | accuracy (mean ± std) | seeds | notes |", "|---|---|---|---|---|"]
     for r in evaluation.get("results", []):
@@ -56,7 +60,7 @@ def card_text(model: "D3Model", evaluation: dict | None = None) -> str:
     data = ModelCardData(
         library_name="d3hf",
         tags=["dataset-distillation", "d3", "synthetic-data"],
-        datasets=[source] if "/" in str(source) else None,
+        datasets=[source] if _is_hub_id(str(source)) else None,
     )
     c, h, w = cfg.image_shape
     body = [

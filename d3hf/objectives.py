@@ -31,7 +31,9 @@ def unroll_student(
     def one_step(theta: torch.Tensor, step: int) -> torch.Tensor:
         images, labels = make_batch(step)
         logits = functional_call(student, unflatten(student, theta), (images,))
-        loss = F.cross_entropy(logits.float(), labels)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        loss = F.cross_entropy(logits, labels)
         (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
         return theta - step_size * grad
 

@@ -128,7 +128,7 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     distiller.run(args.iterations, checkpoint_dir=args.output_dir, show_progress=show_progress)
     done = distiller.iteration - start_iteration
     timings["distill_s"] = time.perf_counter() - t
-    timings["s_per_iteration"] = timings["distill_s"] / done if done else float("nan")
+    timings["s_per_iteration"] = timings["distill_s"] / done if done else None
 
     model = distiller.model.cpu().eval()
     if config.soft_labels:

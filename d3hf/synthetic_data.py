@@ -44,7 +44,7 @@ def samples_to_dataset(images: torch.Tensor, labels: torch.Tensor, soft_labels: 
 
 
 def _shard_examples(model: "D3Model", num_per_class: int, seed: int, shards: list[int], num_shards: int,
-                    epoch: int = 0):
+                    epoch: int = 0, sharded: bool = False):
     """Examples of the given shards for one epoch, classes interleaved round-robin."""
     epoch_seed = int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch)]).generate_state(1)[0])
     for shard in shards:
@@ -70,6 +70,10 @@ class EpochSampledExamples(ExamplesIterable):
         super().__init__(_shard_examples, kwargs)
 
     def shift_rngs(self, value: int) -> "EpochSampledExamples":
+        # datasets shifts RNGs by the epoch before sharding and by the dataloader worker id
+        # after it; only the epoch may change the samples.
+        if self.kwargs.get("sharded"):
+            return self
         return EpochSampledExamples({**self.kwargs, "epoch": int(value)})
 
     def shuffle_data_sources(self, generator) -> "EpochSampledExamples":
@@ -77,15 +81,17 @@ class EpochSampledExamples(ExamplesIterable):
 
     def shard_data_sources(self, num_shards: int, index: int, contiguous=True) -> "EpochSampledExamples":
         picked = self.split_shard_indices_by_worker(num_shards, index, contiguous=contiguous)
-        return EpochSampledExamples({**self.kwargs, "shards": [self.kwargs["shards"][i] for i in picked]})
+        return EpochSampledExamples(
+            {**self.kwargs, "shards": [self.kwargs["shards"][i] for i in picked], "sharded": True}
+        )
 
 
 def epoch_sampled_iterable(model: "D3Model", num_per_class: int, seed: int, num_shards: int = 8):
     """An ``IterableDataset`` whose examples are drawn anew for each epoch (``set_epoch``).
 
     The epoch reaches the generator through datasets' own RNG-shifting hook
-    (``shift_rngs``), which ``IterableDataset`` applies on every iteration with the current
-    epoch, also inside dataloader workers and after ``map``/``shuffle``.
+    (``shift_rngs``), which ``IterableDataset`` applies with the current epoch before it
+    splits shards between dataloader workers, and which survives ``map``/``shuffle``.
     """
     import datasets
 

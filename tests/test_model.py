@@ -162,12 +162,6 @@ def test_model_card_header_and_sample_grid(model, saved):
     assert abs(png.shape[0] / 10 - small.shape[0] / 3) <= 1.0  # height proportional to the number of classes
 
 
-@pytest.mark.xfail(
-    reason="BUG: model_card.card_text lists any source containing '/' (so local paths too) under the "
-    "card's Hub 'datasets' metadata; only Hub ids (owner/name, not an existing local path) belong there",
-    raises=AssertionError,
-    strict=True,
-)
 def test_model_card_does_not_list_local_paths_as_hub_datasets(tmp_path):
     from d3hf.model_card import card_text
 
@@ -224,13 +218,6 @@ def test_iterable_dataset_with_dataloader_workers(model):
     assert sorted(label for label, _ in via_workers) == sorted(label for label, _ in direct)
 
 
-@pytest.mark.xfail(
-    reason="BUG: synthetic_data.EpochSampledExamples.shift_rngs replaces the epoch with its argument, but "
-    "datasets also calls shift_rngs(worker_id) inside every DataLoader worker, so worker k draws the "
-    "samples of epoch k whatever set_epoch said (and epoch 0 with 2 workers mixes epochs 0 and 1)",
-    raises=AssertionError,
-    strict=True,
-)
 @pytest.mark.parametrize("epoch", [0, 2])
 def test_dataloader_workers_yield_the_same_examples_as_direct_iteration(model, epoch):
     from torch.utils.data import DataLoader

@@ -124,12 +124,6 @@ def _mtt_problem():
     return loss, inputs
 
 
-@pytest.mark.xfail(
-    reason="BUG: objectives.unroll_student computes F.cross_entropy(logits.float(), ...), which DOWNcasts "
-    "float64 logits to float32, so the MTT loss is not float64-exact and gradcheck fails",
-    raises=RuntimeError,
-    strict=True,
-)
 @pytest.mark.parametrize("checkpoint_steps", [False, True])
 def test_mtt_loss_gradcheck_float64(checkpoint_steps):
     loss, inputs = _mtt_problem()
