@@ -333,7 +333,7 @@ class ImageClassificationData:
         h.update(str((self.source_info.get("source"), self.image_shape, len(self.labels()))).encode())
         h.update(self.labels().tobytes())
         fp = getattr(self.train, "_fingerprint", None)
-        if fp and not self.source_info.get("source") in EMBEDDED_DATASETS:
+        if fp and self.source_info.get("source") not in EMBEDDED_DATASETS:
             h.update(fp.encode())
         return h.hexdigest()[:16]
 
