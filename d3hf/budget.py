@@ -77,8 +77,12 @@ def plan_representation(
     z_dim="auto",
     decoder="auto",
     lpc="auto",
+    soft_labels: bool = False,
 ) -> Plan:
-    """Resolve ``auto`` values by the module's rule; refuse what cannot fit ``ipc_budget``."""
+    """Resolve ``auto`` values by the module's rule; refuse what cannot fit ``ipc_budget``.
+
+    With ``soft_labels`` each prior also costs ``num_classes`` scalars (its stored soft label).
+    """
     budget = budget_scalars(ipc_budget, num_classes, image_shape)
     if z_dim == "auto":
         fits = [z for z in Z_CHOICES if num_classes * 2 * z <= 0.10 * budget]
@@ -86,7 +90,7 @@ def plan_representation(
     z_dim = int(z_dim)
     if isinstance(decoder, str) and decoder in ("small", "medium", "large"):
         z_dim = reference_spec(decoder).z_dim
-    per_prior = num_classes * 2 * z_dim
+    per_prior = num_classes * (2 * z_dim + (num_classes if soft_labels else 0))
     if decoder == "auto":
         if lpc == "auto":
             target = max(1, min(MAX_AUTO_LPC, int(0.25 * budget // per_prior)))
@@ -108,7 +112,7 @@ def plan_representation(
         spec = _decoder_for(decoder, image_shape, z_dim)
         if spec.z_dim != z_dim:
             z_dim = spec.z_dim
-            per_prior = num_classes * 2 * z_dim
+            per_prior = num_classes * (2 * z_dim + (num_classes if soft_labels else 0))
     specs = [DecoderSpec.from_dict(spec.to_dict()) for _ in range(num_subtasks)]
     decoder_scalars = sum(s.num_parameters() for s in specs)
     if lpc == "auto":

@@ -46,7 +46,7 @@ def load_data(args: DistillArguments) -> ImageClassificationData:
 def build_config(args: DistillArguments, data: ImageClassificationData) -> D3Config:
     """The artifact's config for this run; refuses a representation over ``ipc_budget``."""
     plan = plan_representation(args.ipc_budget, data.num_classes, data.image_shape, 1, args.z_dim, args.decoder,
-                               args.lpc)
+                               args.lpc, soft_labels=args.soft_labels)
     mean, std = data.normalization()
     config = D3Config(
         class_names=data.class_names,

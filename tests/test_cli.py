@@ -175,3 +175,26 @@ def test_summary_is_strict_json_after_a_resume_with_nothing_to_do(first_run, tmp
         raise ValueError(f"non-standard JSON constant {token}")
 
     json.loads((out / "summary.json").read_text(), parse_constant=refuse)
+
+
+def test_soft_label_mode_stores_counts_and_returns_teacher_labels(tmp_path):
+    """soft_labels: true stores one softmax per prior, counts it in the ledger, and samples carry it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "cfg.yaml", out, soft_labels=True, eval_epochs=0)
+    assert main(["distill", cfg, "--iterations", "2"]) == 0
+    model = D3Model.from_pretrained(str(out / "artifact"))
+    num_priors, num_classes = model.config.num_priors, model.config.num_classes
+    assert model.config.soft_labels
+    assert model.storage().components["soft_labels"] == num_priors * num_classes
+    stored = load_file(str(out / "artifact" / "model.safetensors"))["soft_labels"]
+    assert stored.shape == (num_priors, num_classes)
+    assert torch.allclose(stored.sum(1), torch.ones(num_priors), atol=1e-5)
+    assert not torch.allclose(stored, torch.full_like(stored, 1.0 / num_classes))  # a teacher, not the init
+    images, labels, soft = model.sample(3, seed=0, soft_labels=True)
+    assert soft.shape == (len(labels), num_classes)
+    assert torch.equal(soft, stored[model.draw(3, 0)[0]])
+    ds = model.to_dataset(2, seed=0, soft_labels=True)
+    assert "soft_label" in ds.column_names and len(ds[0]["soft_label"]) == num_classes
