@@ -8,8 +8,8 @@ B = ipc_budget * K * C * H * W scalars:
 2. ``decoder``: the default family (``decoders.family_spec``) at the largest integer width for
    which S decoders plus a target number of priors fit in B; the target is one prior per
    class, or as many as 25 % of B holds (at most ``MAX_AUTO_LPC``) when that is more.
-3. ``lpc``: then fill what the decoders leave: floor((B - decoders) / (K * 2 * z_dim)), at
-   most ``MAX_AUTO_LPC``.
+3. ``lpc``: then fill what the decoders leave: floor((B - decoders) / prior_cost), at most
+   ``MAX_AUTO_LPC``; ``prior_cost`` is K * 2 * z_dim scalars, plus K * K with soft labels.
 
 With integer widths this uses at least 80 % of the budget for every budget that admits a
 decoder (checked by the tests over a grid of shapes and budgets).
@@ -29,22 +29,27 @@ class BudgetError(ValueError):
     """The requested representation does not fit the storage budget."""
 
 
+def prior_cost(num_classes: int, z_dim: int, soft_labels: bool = False) -> int:
+    """Scalars of one prior per class: mean and log-variance, plus a soft label if stored."""
+    return num_classes * (2 * z_dim + (num_classes if soft_labels else 0))
+
+
 @dataclass
 class Plan:
     z_dim: int
     lpc: int
     decoder_specs: list[DecoderSpec]
     budget_scalars: int
+    num_classes: int
+    soft_labels: bool = False
+
+    @property
+    def prior_scalars(self) -> int:
+        return self.lpc * prior_cost(self.num_classes, self.z_dim, self.soft_labels)
 
     @property
     def used_scalars(self) -> int:
         return sum(s.num_parameters() for s in self.decoder_specs) + self.prior_scalars
-
-    @property
-    def prior_scalars(self) -> int:
-        return self.num_classes * self.lpc * 2 * self.z_dim
-
-    num_classes: int = 0
 
 
 def budget_scalars(ipc_budget: float, num_classes: int, image_shape) -> int:
@@ -90,7 +95,7 @@ def plan_representation(
     z_dim = int(z_dim)
     if isinstance(decoder, str) and decoder in ("small", "medium", "large"):
         z_dim = reference_spec(decoder).z_dim
-    per_prior = num_classes * (2 * z_dim + (num_classes if soft_labels else 0))
+    per_prior = prior_cost(num_classes, z_dim, soft_labels)
     if decoder == "auto":
         if lpc == "auto":
             target = max(1, min(MAX_AUTO_LPC, int(0.25 * budget // per_prior)))
@@ -112,10 +117,10 @@ def plan_representation(
         spec = _decoder_for(decoder, image_shape, z_dim)
         if spec.z_dim != z_dim:
             z_dim = spec.z_dim
-            per_prior = num_classes * (2 * z_dim + (num_classes if soft_labels else 0))
+            per_prior = prior_cost(num_classes, z_dim, soft_labels)
     specs = [DecoderSpec.from_dict(spec.to_dict()) for _ in range(num_subtasks)]
     decoder_scalars = sum(s.num_parameters() for s in specs)
     if lpc == "auto":
         lpc = max(1, min(MAX_AUTO_LPC, (budget - decoder_scalars) // per_prior))
-    plan = Plan(z_dim=z_dim, lpc=int(lpc), decoder_specs=specs, budget_scalars=budget, num_classes=num_classes)
-    return plan
+    return Plan(z_dim=z_dim, lpc=int(lpc), decoder_specs=specs, budget_scalars=budget, num_classes=num_classes,
+                soft_labels=soft_labels)

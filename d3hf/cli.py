@@ -16,8 +16,6 @@ import yaml
 
 from .arguments import DistillArguments
 
-logger = logging.getLogger("d3hf")
-
 
 def _setup_logging(debug: bool = False) -> None:
     handler = logging.StreamHandler()
@@ -71,7 +69,7 @@ def _check_types(args: DistillArguments) -> None:
         expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(getattr(f.type, "__name__", str(f.type)))
         if expected is not None and value is not None and not isinstance(value, expected):
             raise ValueError(f"Config key {name!r} must be of type {f.type.__name__}; got {value!r}.")
-        if expected in (int,) and isinstance(value, bool):
+        if expected is int and isinstance(value, bool):
             raise ValueError(f"Config key {name!r} must be an integer; got {value!r}.")
 
 

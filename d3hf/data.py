@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -126,8 +127,6 @@ def _parquet_files(path: str) -> list[str]:
 def _load_parquet(files: list[str]):
     """Parquet files grouped into splits by a split name in the file or folder name."""
     import datasets
-
-    import re
 
     splits: dict[str, list[str]] = {}
     for f in files:
@@ -298,6 +297,11 @@ class ImageClassificationData:
             std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
             self._stats = ([float(v) for v in mean], [float(v) for v in std])
         return self._stats
+
+    def normalization_tensors(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``normalization()`` as (1, C, 1, 1) tensors, ready to normalise a batch."""
+        mean, std = self.normalization()
+        return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
 
     def subset(self, classes: Sequence[int]) -> "ImageClassificationData":
         """A view with only the rows of ``classes``, relabelled 0..len(classes)-1 in that order.

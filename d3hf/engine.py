@@ -14,10 +14,10 @@ from torch import nn
 
 from .arguments import DistillArguments
 from .data import ImageClassificationData
-from .experts import ExpertBuffer
+from .experts import ExpertBuffer, expert_network
 from .io_utils import atomic_path
 from .modeling_d3 import D3Model
-from .networks import ConvNet, unflatten
+from .networks import ConvNet
 from .objectives import median_sq_distance, mmd2_unbiased, trajectory_matching_loss, unroll_student
 
 logger = logging.getLogger(__name__)
@@ -57,14 +57,9 @@ class Distiller:
         self.autocast = autocast or contextlib.nullcontext
         s = buffer.settings
         self.student = ConvNet(data.image_shape, data.num_classes, s.depth, s.width).to(self.device)
-        self.feature_net = ConvNet(data.image_shape, data.num_classes, s.depth, s.width).to(self.device)
-        final = buffer.snapshot(0, buffer.final_epoch()).to(self.device)
-        self.feature_net.load_state_dict(unflatten(self.feature_net, final), strict=True)
-        self.feature_net.eval().requires_grad_(False)
+        self.feature_net = expert_network(buffer, data, device=self.device)
         self.student.requires_grad_(False)
-        mean, std = data.normalization()
-        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.mean, self.std = data.normalization_tensors(self.device)
         self.log_step_size = nn.Parameter(torch.tensor(math.log(args.init_step_size), device=self.device))
         prior_params = [model.prior_means, model.prior_logvars]
         self.opt_priors = torch.optim.SGD(prior_params, lr=args.lr_priors, momentum=0.5)

@@ -78,9 +78,7 @@ def train_and_test(
     net = build_classifier(protocol.arch, data.image_shape, data.num_classes, protocol.depth, protocol.width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[protocol.epochs // 2], gamma=0.1)
-    m, s = data.normalization()
-    mean = torch.tensor(m, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(s, device=device).view(1, -1, 1, 1)
+    mean, std = data.normalization_tensors(device)
     for epoch in tqdm(range(protocol.epochs), desc=f"eval seed {seed}", disable=not show_progress, leave=False):
         images, labels = train_source(epoch)
         order = rng.permutation(len(labels))

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from .data import ImageClassificationData
 from .io_utils import atomic_write_json, atomic_path
-from .networks import ConvNet, flat_parameters
+from .networks import ConvNet, flat_parameters, unflatten
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,16 @@ class ExpertBuffer:
         return sum(os.path.getsize(os.path.join(self.path, f)) for f in os.listdir(self.path))
 
 
+def expert_network(buffer: ExpertBuffer, data: ImageClassificationData, expert: int = 0,
+                   epoch: int | None = None, device=None) -> ConvNet:
+    """The ConvNet of ``expert`` at ``epoch`` (default: its final epoch), frozen, in eval mode."""
+    s = buffer.settings
+    net = ConvNet(data.image_shape, data.num_classes, s.depth, s.width).to(device)
+    flat = buffer.snapshot(expert, buffer.final_epoch() if epoch is None else epoch).to(device)
+    net.load_state_dict(unflatten(net, flat), strict=True)
+    return net.eval().requires_grad_(False)
+
+
 def _matches(path: str, settings: ExpertSettings, fingerprint: str) -> bool:
     meta_path = os.path.join(path, "settings.json")
     if not os.path.exists(meta_path):
@@ -88,7 +98,7 @@ def train_one_expert(
     net = ConvNet(data.image_shape, data.num_classes, settings.depth, settings.width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=settings.momentum,
                           weight_decay=settings.weight_decay)
-    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in data.normalization())
+    mean, std = data.normalization_tensors(device)
     labels = data.labels()
     dtype = getattr(torch, settings.dtype)
     kept = {"epoch_0": flat_parameters(net).to(dtype).cpu()}
@@ -116,12 +126,12 @@ def build_expert_buffer(
     device: torch.device | str = "cpu",
     experts: list[int] | None = None,
     show_progress: bool = True,
-) -> ExpertBuffer:
+) -> ExpertBuffer | None:
     """Train (or reuse) the experts in ``path``; finished experts are never retrained.
 
     A buffer whose recorded settings and data fingerprint match is reused as is; otherwise
     stale files are replaced. ``experts`` limits the work to some indices (for splitting it
-    across processes); the buffer is complete once every index has been built.
+    across processes); the buffer is returned once every index has been built, else None.
     """
     from tqdm.auto import tqdm
 

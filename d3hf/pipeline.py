@@ -164,12 +164,9 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
 @torch.no_grad()
 def _fit_soft_labels(model: D3Model, buffer, data: ImageClassificationData) -> None:
     """Soft labels: the final expert's softmax on each prior's mean image."""
-    from .networks import ConvNet, unflatten
+    from .experts import expert_network
 
-    s = buffer.settings
-    teacher = ConvNet(data.image_shape, data.num_classes, s.depth, s.width)
-    teacher.load_state_dict(unflatten(teacher, buffer.snapshot(0, buffer.final_epoch())))
-    teacher.eval()
+    teacher = expert_network(buffer, data)
     images, _ = model.mean_images()
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in data.normalization())
+    mean, std = data.normalization_tensors()
     model.soft_labels.copy_(teacher((images - mean) / std).softmax(-1))
