@@ -19,7 +19,9 @@ class DistillArguments:
     train_split: str = "train"
     test_split: str = "test"
     test_size: float = field(default=0.2, metadata={"help": "held-out share when the source has no test split"})
-    output_dir: str = "outputs/d3"
+    output_dir: str = field(
+        default="outputs/d3", metadata={"help": "may contain {process_index}: one folder per process, no shared disk"}
+    )
     seed: int = 0
 
     # representation and budget
@@ -28,6 +30,13 @@ class DistillArguments:
     lpc: str = field(default="auto", metadata={"help": "latent priors per class, or auto"})
     z_dim: str = field(default="auto", metadata={"help": "latent size, or auto"})
     soft_labels: bool = False
+
+    # subtask decomposition
+    num_subtasks: int = field(default=1, metadata={"help": "split the classes into this many subtasks"})
+    subtasks: Optional[str] = field(default=None, metadata={"help": "explicit partition, e.g. [[0, 1], [2, 3]]"})
+    subtask_ids: Optional[str] = field(
+        default=None, metadata={"help": "distil only these subtasks (e.g. 0,2); merge later with d3hf aggregate"}
+    )
 
     # experts
     num_experts: int = 5
@@ -83,5 +92,5 @@ class DistillArguments:
     # Keys that change what is computed; a resumed run must match on all of them.
     def run_identity(self) -> dict:
         skip = {"output_dir", "checkpoint_every", "log_every", "num_threads", "eval_epochs", "eval_seeds",
-                "eval_num_per_class", "buffer_dir", "iterations"}
+                "eval_num_per_class", "buffer_dir", "iterations", "subtask_ids"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}

@@ -29,9 +29,10 @@ class BudgetError(ValueError):
     """The requested representation does not fit the storage budget."""
 
 
-def prior_cost(num_classes: int, z_dim: int, soft_labels: bool = False) -> int:
-    """Scalars of one prior per class: mean and log-variance, plus a soft label if stored."""
-    return num_classes * (2 * z_dim + (num_classes if soft_labels else 0))
+def prior_cost(num_classes: int, z_dim: int, soft_labels: bool = False, label_dim: int | None = None) -> int:
+    """Scalars of one prior per class: mean and log-variance, plus a soft label if stored
+    (``label_dim`` entries, by default ``num_classes``)."""
+    return num_classes * (2 * z_dim + ((label_dim or num_classes) if soft_labels else 0))
 
 
 @dataclass
@@ -42,10 +43,11 @@ class Plan:
     budget_scalars: int
     num_classes: int
     soft_labels: bool = False
+    label_dim: int | None = None
 
     @property
     def prior_scalars(self) -> int:
-        return self.lpc * prior_cost(self.num_classes, self.z_dim, self.soft_labels)
+        return self.lpc * prior_cost(self.num_classes, self.z_dim, self.soft_labels, self.label_dim)
 
     @property
     def used_scalars(self) -> int:
@@ -83,10 +85,12 @@ def plan_representation(
     decoder="auto",
     lpc="auto",
     soft_labels: bool = False,
+    label_dim: int | None = None,
 ) -> Plan:
     """Resolve ``auto`` values by the module's rule; refuse what cannot fit ``ipc_budget``.
 
-    With ``soft_labels`` each prior also costs ``num_classes`` scalars (its stored soft label).
+    With ``soft_labels`` each prior also costs ``label_dim`` (default ``num_classes``)
+    scalars: its stored soft label.
     """
     budget = budget_scalars(ipc_budget, num_classes, image_shape)
     if z_dim == "auto":
@@ -95,7 +99,7 @@ def plan_representation(
     z_dim = int(z_dim)
     if isinstance(decoder, str) and decoder in ("small", "medium", "large"):
         z_dim = reference_spec(decoder).z_dim
-    per_prior = prior_cost(num_classes, z_dim, soft_labels)
+    per_prior = prior_cost(num_classes, z_dim, soft_labels, label_dim)
     if decoder == "auto":
         if lpc == "auto":
             target = max(1, min(MAX_AUTO_LPC, int(0.25 * budget // per_prior)))
@@ -117,10 +121,54 @@ def plan_representation(
         spec = _decoder_for(decoder, image_shape, z_dim)
         if spec.z_dim != z_dim:
             z_dim = spec.z_dim
-            per_prior = prior_cost(num_classes, z_dim, soft_labels)
+            per_prior = prior_cost(num_classes, z_dim, soft_labels, label_dim)
     specs = [DecoderSpec.from_dict(spec.to_dict()) for _ in range(num_subtasks)]
     decoder_scalars = sum(s.num_parameters() for s in specs)
     if lpc == "auto":
         lpc = max(1, min(MAX_AUTO_LPC, (budget - decoder_scalars) // per_prior))
     return Plan(z_dim=z_dim, lpc=int(lpc), decoder_specs=specs, budget_scalars=budget, num_classes=num_classes,
+                soft_labels=soft_labels, label_dim=label_dim)
+
+
+def plan_subtasks(
+    ipc_budget: float,
+    subtasks: list[list[int]],
+    image_shape,
+    z_dim="auto",
+    decoder="auto",
+    lpc="auto",
+    soft_labels: bool = False,
+) -> Plan:
+    """One representation for every subtask: each subtask's decoder and priors must fit the
+    share of ``ipc_budget`` its classes bring (``ipc_budget`` images per class).
+
+    All subtasks share z_dim, priors per class and the decoder architecture (chosen for the
+    smallest subtask, so larger ones fit too); the plan returned describes the whole artifact.
+    Explicit (non-auto) values are checked against each share by ``subtask_overruns``.
+    """
+    num_classes = sum(len(s) for s in subtasks)
+    smallest = min(range(len(subtasks)), key=lambda k: len(subtasks[k]))
+    try:
+        one = plan_representation(ipc_budget, len(subtasks[smallest]), image_shape, 1, z_dim, decoder, lpc,
+                                  soft_labels, label_dim=num_classes)
+    except BudgetError as err:
+        raise BudgetError(f"Subtask {smallest} ({len(subtasks[smallest])} classes) gets "
+                          f"{budget_scalars(ipc_budget, len(subtasks[smallest]), image_shape):,} scalars of the "
+                          f"budget: {err}") from None
+    spec = one.decoder_specs[0]
+    return Plan(z_dim=one.z_dim, lpc=one.lpc, decoder_specs=[DecoderSpec.from_dict(spec.to_dict()) for _ in subtasks],
+                budget_scalars=budget_scalars(ipc_budget, num_classes, image_shape), num_classes=num_classes,
                 soft_labels=soft_labels)
+
+
+def subtask_overruns(plan: Plan, subtasks: list[list[int]], ipc_budget: float, image_shape) -> list[str]:
+    """One line per subtask whose decoder and priors exceed its share of ``ipc_budget``."""
+    per_prior = prior_cost(1, plan.z_dim, plan.soft_labels, plan.num_classes)
+    lines = []
+    for k, (classes, spec) in enumerate(zip(subtasks, plan.decoder_specs)):
+        share = budget_scalars(ipc_budget, len(classes), image_shape)
+        priors = len(classes) * plan.lpc * per_prior
+        if spec.num_parameters() + priors > share:
+            lines.append(f"subtask {k} ({len(classes)} classes): decoder {spec.num_parameters():,} + priors "
+                         f"{priors:,} = {spec.num_parameters() + priors:,} scalars > its share {share:,}")
+    return lines

@@ -74,20 +74,17 @@ def _check_types(args: DistillArguments) -> None:
 
 
 def cmd_distill(argv: Sequence[str]) -> int:
-    from accelerate import Accelerator
-
     args = parse_distill_args(argv)
-    if args.num_threads:
-        import torch
-
-        torch.set_num_threads(args.num_threads)
-    accelerator = Accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
-    if accelerator.num_processes > 1:
-        raise ValueError("Multi-process runs need subtasks, which this version does not distribute yet; "
-                         "run a single process.")
+    from .distributed import make_accelerator
     from .pipeline import run_distillation
 
+    accelerator = make_accelerator(args.cpu, args.mixed_precision, args.num_threads)
     model, summary = run_distillation(args, accelerator=accelerator, show_progress=accelerator.is_main_process)
+    if model is None:
+        if accelerator.is_main_process:
+            done = ", ".join(str(s["index"]) for s in summary["subtasks"])
+            sys.stdout.write(f"subtasks {done} distilled under {args.output_dir}; merge with d3hf aggregate\n")
+        return 0
     ledger = summary["ledger"]
     lines = [f"artifact: {os.path.join(args.output_dir, 'artifact')}",
              f"storage: {ledger['total_scalars']:,} scalars = {ledger['ipc_equivalent']:.3f} IPC-equivalent "

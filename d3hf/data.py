@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -192,6 +193,39 @@ def _fit(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 # ----------------------------------------------------------------------------- the data object
 
 
+@dataclass(frozen=True)
+class PixelMoments:
+    """Pixel count and per-channel sums of values and squares, as exact integers, so sums
+    over shards give the same statistics in any order and on any number of processes."""
+
+    count: int
+    sums: tuple[int, ...]
+    squares: tuple[int, ...]
+
+    @classmethod
+    def zero(cls, channels: int) -> "PixelMoments":
+        return cls(0, (0,) * channels, (0,) * channels)
+
+    @classmethod
+    def of(cls, batch: np.ndarray) -> "PixelMoments":
+        """Moments of a uint8 batch (N, C, H, W)."""
+        wide = batch.astype(np.int64)
+        return cls(int(batch.shape[0] * batch.shape[2] * batch.shape[3]),
+                   tuple(int(v) for v in wide.sum(axis=(0, 2, 3))), tuple(int(v) for v in (wide * wide).sum(axis=(0, 2, 3))))
+
+    def __add__(self, other: "PixelMoments") -> "PixelMoments":
+        return PixelMoments(self.count + other.count, tuple(a + b for a, b in zip(self.sums, other.sums)),
+                            tuple(a + b for a, b in zip(self.squares, other.squares)))
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std in [0, 1] pixel units."""
+        if self.count == 0:
+            raise DataError("No training images to compute normalisation statistics from.")
+        mean = [s / self.count / 255.0 for s in self.sums]
+        var = [q / self.count / 255.0**2 - m * m for q, m in zip(self.squares, mean)]
+        return mean, [math.sqrt(max(v, 1e-12)) for v in var]
+
+
 @dataclass
 class ImageClassificationData:
     """A train split (and optional test split) of an image-classification dataset.
@@ -214,6 +248,7 @@ class ImageClassificationData:
     _test_labels: np.ndarray | None = None
     _class_rows: list | None = None
     _stats: tuple | None = None
+    _parent: "ImageClassificationData | None" = None
 
     @property
     def num_classes(self) -> int:
@@ -280,22 +315,22 @@ class ImageClassificationData:
         pick = generator.choice(rows, size=n, replace=n > len(rows))
         return self.images(np.sort(pick), device=device)
 
+    def pixel_moments(self, rows: Sequence[int] | np.ndarray | None = None) -> PixelMoments:
+        """Exact per-channel pixel sums over train ``rows`` (default: all), in uint8 units."""
+        rows = np.arange(len(self.labels("train"))) if rows is None else np.asarray(rows, dtype=np.int64)
+        moments = PixelMoments.zero(self.image_shape[0])
+        for start in range(0, len(rows), 1024):
+            moments = moments + PixelMoments.of(self.images_uint8(rows[start : start + 1024]))
+        return moments
+
+    def set_normalization(self, moments: PixelMoments) -> None:
+        """Use the statistics of ``moments`` (e.g. summed over the processes of a distributed run)."""
+        self._stats = moments.mean_std()
+
     def normalization(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the train split in [0, 1] pixel units."""
         if self._stats is None:
-            c = self.image_shape[0]
-            total = np.zeros(c)
-            total_sq = np.zeros(c)
-            count = 0
-            n = len(self.labels("train"))
-            for start in range(0, n, 1024):
-                batch = self.images_uint8(np.arange(start, min(start + 1024, n))).astype(np.float64) / 255.0
-                total += batch.sum(axis=(0, 2, 3))
-                total_sq += (batch**2).sum(axis=(0, 2, 3))
-                count += batch.shape[0] * batch.shape[2] * batch.shape[3]
-            mean = total / count
-            std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-            self._stats = ([float(v) for v in mean], [float(v) for v in std])
+            self._stats = self._parent.normalization() if self._parent is not None else self.pixel_moments().mean_std()
         return self._stats
 
     def normalization_tensors(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,7 +358,8 @@ class ImageClassificationData:
             pixel_scale=self.pixel_scale,
         )
         view._train_labels = np.array([remap[int(v)] for v in self.labels("train")[keep_train]], dtype=np.int64)
-        view._stats = self.normalization()  # a view is normalised like the whole dataset
+        view._parent = self  # a view is normalised like the whole dataset (computed there, lazily)
+        view._stats = self._stats
         if self.test is not None:
             test_labels = self.labels("test")
             keep_test = np.flatnonzero(np.isin(test_labels, classes))

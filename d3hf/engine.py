@@ -105,7 +105,7 @@ class Distiller:
 
         with self.autocast():
             theta_n = unroll_student(self.student, theta0.clone(), make_batch, step_size, a.syn_steps,
-                                     self.checkpoint_steps)
+                                     self.checkpoint_steps, [p for p in self.model.parameters() if p.requires_grad])
         return trajectory_matching_loss(theta_n.float(), theta0, target)
 
     def mmd_term(self) -> tuple[torch.Tensor, dict]:

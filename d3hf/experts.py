@@ -18,8 +18,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .data import ImageClassificationData
-from .io_utils import atomic_write_json, atomic_path
+from .io_utils import atomic_path, atomic_write_json
 from .networks import ConvNet, flat_parameters, unflatten
+from .seeding import class_seed
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ def train_one_expert(
     data: ImageClassificationData, settings: ExpertSettings, index: int, device: torch.device, progress=None
 ) -> dict[str, torch.Tensor]:
     """Train expert ``index`` and return its kept snapshots as ``{"epoch_<e>": flat params}``."""
-    from .modeling_d3 import class_seed
-
     seed = class_seed(settings.seed, 7919, index)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from .configuration_d3 import D3Config
 from .decoders import build_decoder
+from .seeding import class_seed
 from .storage import StorageLedger, ledger_from_tensors
-
-
-def class_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed for one (seed, key...) cell, independent of every other cell."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(int(k) for k in keys)]).generate_state(2, np.uint64)[0] >> 1)
 
 
 class D3Model(PreTrainedModel):

@@ -8,42 +8,101 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from torch.utils.checkpoint import checkpoint
 
 from .networks import unflatten
+
+BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _inner_loss(student: nn.Module, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = functional_call(student, unflatten(student, theta), (images,))
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits, labels)
 
 
 def unroll_student(
     student: nn.Module,
     theta0: torch.Tensor,
-    make_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    make_batch: BatchFn,
     step_size: torch.Tensor,
     syn_steps: int,
     checkpoint_steps: bool = False,
+    batch_inputs: Sequence[torch.Tensor] = (),
 ) -> torch.Tensor:
     """``syn_steps`` differentiable SGD steps of ``student`` from flat parameters ``theta0``.
 
-    ``make_batch(step)`` returns ``(images, labels)`` for a step and must be deterministic in
-    ``step`` (it is called again during the backward pass when ``checkpoint_steps`` is on,
-    which keeps only each step's parameters instead of its whole graph).
+    ``make_batch(step)`` returns ``(images, labels)`` for a step. With ``checkpoint_steps``
+    only the student's parameters of each step are kept and every step is recomputed in the
+    backward pass, so memory no longer grows with the step's graph; then ``make_batch`` must
+    be deterministic in ``step`` and ``batch_inputs`` must list the tensors it depends on
+    differentiably (priors, decoder weights): gradients reach exactly those.
+    """
+    if checkpoint_steps:
+        if not batch_inputs:
+            raise ValueError("checkpoint_steps needs batch_inputs: the tensors make_batch differentiates through")
+        return _RecomputedUnroll.apply(theta0, step_size, (student, make_batch, syn_steps), *batch_inputs)
+    theta = theta0 if theta0.requires_grad else theta0.requires_grad_(True)
+    for step in range(syn_steps):
+        images, labels = make_batch(step)
+        (grad,) = torch.autograd.grad(_inner_loss(student, theta, images, labels), theta, create_graph=True)
+        theta = theta - step_size * grad
+    return theta
+
+
+class _RecomputedUnroll(torch.autograd.Function):
+    """The unroll as one autograd node that stores theta_0..theta_{N-1} and nothing else.
+
+    With theta_{k+1} = theta_k - a g_k and v = dL/dtheta_{k+1}, the backward pass recomputes
+    step k and applies dL/dtheta_k = v - a H_k v, dL/da -= <g_k, v> and
+    dL/dphi -= a d<g_k, v>/dphi. torch.utils.checkpoint was measured not to bound memory here:
+    the double-backward graph built by ``autograd.grad(create_graph=True)`` escapes its hooks.
     """
 
-    def one_step(theta: torch.Tensor, step: int) -> torch.Tensor:
-        images, labels = make_batch(step)
-        logits = functional_call(student, unflatten(student, theta), (images,))
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        loss = F.cross_entropy(logits, labels)
-        (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
-        return theta - step_size * grad
+    @staticmethod
+    def forward(ctx, theta0, step_size, run, *batch_inputs):
+        student, make_batch, syn_steps = run
+        device_type = theta0.device.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        thetas = [theta0.detach()]
+        for step in range(syn_steps):
+            images, labels = make_batch(step)  # forward runs without grad: no graph to the batch inputs
+            with torch.enable_grad():
+                theta = thetas[-1].detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(_inner_loss(student, theta, images, labels), theta)
+            thetas.append(thetas[-1] - step_size.detach() * grad)
+        ctx.run = run
+        ctx.save_for_backward(step_size, *thetas[:-1])
+        ctx.num_inputs = len(batch_inputs)
+        ctx.batch_inputs = batch_inputs  # leaves/params of the caller; saved by reference
+        return thetas[-1]
 
-    theta = theta0.requires_grad_(True) if not theta0.requires_grad else theta0
-    for step in range(syn_steps):
-        if checkpoint_steps:
-            theta = checkpoint(one_step, theta, step, use_reentrant=False)
-        else:
-            theta = one_step(theta, step)
-    return theta
+    @staticmethod
+    def backward(ctx, grad_out):
+        student, make_batch, _ = ctx.run
+        step_size, *thetas = ctx.saved_tensors
+        inputs = ctx.batch_inputs
+        wanted = [i for i, x in enumerate(inputs) if ctx.needs_input_grad[3 + i]]
+        input_grads = [None] * len(inputs)
+        step_grad = torch.zeros_like(step_size)
+        a = step_size.detach()
+        v = grad_out
+        device_type, enabled, dtype = ctx.autocast
+        for step in reversed(range(len(thetas))):
+            with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+                theta = thetas[step].detach().requires_grad_(True)
+                images, labels = make_batch(step)
+                loss = _inner_loss(student, theta, images, labels)
+                (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
+                dot = (grad * v).sum()
+                grads = torch.autograd.grad(dot, [theta] + [inputs[i] for i in wanted], allow_unused=True)
+            step_grad = step_grad - dot.detach()
+            for i, g in zip(wanted, grads[1:]):
+                if g is not None:
+                    input_grads[i] = -a * g if input_grads[i] is None else input_grads[i] - a * g
+            v = v - a * grads[0]
+        return (v if ctx.needs_input_grad[0] else None, step_grad if ctx.needs_input_grad[1] else None, None,
+                *input_grads)
 
 
 def trajectory_matching_loss(theta_n: torch.Tensor, theta_start: torch.Tensor, theta_target: torch.Tensor) -> torch.Tensor:

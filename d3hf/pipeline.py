@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
 
+import numpy as np
 import torch
+import yaml
 
 from .arguments import DistillArguments
-from .budget import BudgetError, plan_representation
+from .aggregation import aggregate, subtask_config
+from .budget import BudgetError, plan_subtasks, subtask_overruns
 from .configuration_d3 import D3Config
-from .data import ImageClassificationData, load_image_classification
+from .data import ImageClassificationData, PixelMoments, load_image_classification
 from .engine import Distiller
 from .experts import ExpertSettings, build_expert_buffer
 from .io_utils import atomic_directory, atomic_write_json
 from .modeling_d3 import D3Model
 from .storage import estimate_storage
+from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run_config.json"
 ARTIFACT_DIR = "artifact"
+SUBTASKS_DIR = "subtasks"
+FINISHED_FILE = "finished.json"
 
 
 class RunConflictError(ValueError):
@@ -43,10 +50,22 @@ def load_data(args: DistillArguments) -> ImageClassificationData:
     )
 
 
-def build_config(args: DistillArguments, data: ImageClassificationData) -> D3Config:
-    """The artifact's config for this run; refuses a representation over ``ipc_budget``."""
-    plan = plan_representation(args.ipc_budget, data.num_classes, data.image_shape, 1, args.z_dim, args.decoder,
-                               args.lpc, soft_labels=args.soft_labels)
+def resolve_partition(args: DistillArguments, num_classes: int) -> list[list[int]]:
+    """The run's subtasks: the explicit ``subtasks`` list, or a balanced seeded partition."""
+    if args.subtasks:
+        groups = yaml.safe_load(args.subtasks) if isinstance(args.subtasks, str) else args.subtasks
+        if not isinstance(groups, list):
+            raise ValueError(f"subtasks must be a list of lists of class ids, e.g. [[0, 1], [2, 3]]; got {args.subtasks!r}")
+        return check_partition(groups, num_classes)
+    return partition_classes(num_classes, args.num_subtasks, args.seed)
+
+
+def build_config(args: DistillArguments, data: ImageClassificationData,
+                 partition: list[list[int]] | None = None) -> D3Config:
+    """The whole artifact's config for this run; refuses a representation over ``ipc_budget``."""
+    partition = partition if partition is not None else resolve_partition(args, data.num_classes)
+    plan = plan_subtasks(args.ipc_budget, partition, data.image_shape, args.z_dim, args.decoder, args.lpc,
+                         soft_labels=args.soft_labels)
     mean, std = data.normalization()
     config = D3Config(
         class_names=data.class_names,
@@ -54,6 +73,7 @@ def build_config(args: DistillArguments, data: ImageClassificationData) -> D3Con
         z_dim=plan.z_dim,
         priors_per_class=plan.lpc,
         decoders=[s.to_dict() for s in plan.decoder_specs],
+        subtasks=partition,
         normalization_mean=mean,
         normalization_std=std,
         soft_labels=args.soft_labels,
@@ -61,10 +81,12 @@ def build_config(args: DistillArguments, data: ImageClassificationData) -> D3Con
         distillation=args.to_dict(),
     )
     ledger = estimate_storage(config)
-    if ledger.total_scalars > plan.budget_scalars:
+    overruns = subtask_overruns(plan, partition, args.ipc_budget, data.image_shape)
+    if overruns or ledger.total_scalars > plan.budget_scalars:
         raise BudgetError(
-            f"This representation needs {ledger.total_scalars:,} scalars but ipc_budget {args.ipc_budget} allows "
-            f"{plan.budget_scalars:,}:\n{ledger}\nLower lpc / z_dim / decoder width, or raise ipc_budget."
+            f"This representation needs {ledger.total_scalars:,} scalars; ipc_budget {args.ipc_budget} allows "
+            f"{plan.budget_scalars:,}, each subtask the share of its classes:\n" + "\n".join(overruns)
+            + f"\n{ledger}\nLower lpc / z_dim / decoder width, use fewer subtasks, or raise ipc_budget."
         )
     return config
 
@@ -88,8 +110,7 @@ def _check_run_dir(args: DistillArguments) -> bool:
     path = os.path.join(args.output_dir, RUN_FILE)
     if not os.path.exists(path):
         return False
-    with open(path) as f:
-        previous = json.load(f)
+    previous = _read_json(path)
     if previous != args.run_identity():
         changed = sorted(k for k in set(previous) | set(args.run_identity())
                          if previous.get(k) != args.run_identity().get(k))
@@ -100,65 +121,175 @@ def _check_run_dir(args: DistillArguments) -> bool:
     return True
 
 
-def run_distillation(args: DistillArguments, accelerator=None, show_progress: bool = True) -> tuple[D3Model, dict]:
-    """Distil, save the artifact to ``OUTPUT_DIR/artifact``, evaluate it; returns (model, summary)."""
-    device = accelerator.device if accelerator is not None else torch.device("cpu")
-    autocast = accelerator.autocast if accelerator is not None else None
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    data = load_data(args)
-    config = build_config(args, data)
-    resuming = _check_run_dir(args)
-    os.makedirs(args.output_dir, exist_ok=True)
-    atomic_write_json(os.path.join(args.output_dir, RUN_FILE), args.run_identity())
-    logger.info("Representation for ipc_budget %s:\n%s", args.ipc_budget, estimate_storage(config))
+def subtask_arguments(args: DistillArguments, index: int, num_subtasks: int) -> DistillArguments:
+    """The run's settings for one subtask: only the seed changes (a single task keeps the run seed)."""
+    return args if num_subtasks == 1 else dataclasses.replace(args, seed=subtask_seed(args.seed, index))
 
+
+def subtask_dir(args: DistillArguments, index: int) -> str:
+    return os.path.join(args.output_dir, SUBTASKS_DIR, str(index))
+
+
+def distill_subtask(
+    args: DistillArguments,
+    data: ImageClassificationData,
+    config: D3Config,
+    index: int,
+    device: torch.device | str = "cpu",
+    autocast=None,
+    show_progress: bool = True,
+) -> tuple[D3Model, dict]:
+    """Distil subtask ``index`` of ``config`` on its own rows and experts.
+
+    Resumes from the subtask's checkpoint; a subtask whose artifact exists is loaded, not redone.
+    Returns the subtask artifact (local class ids) and its timings.
+    """
+    workdir = subtask_dir(args, index)
+    artifact_dir = os.path.join(workdir, ARTIFACT_DIR)
+    finished = os.path.join(workdir, FINISHED_FILE)
+    if os.path.exists(finished) and _read_json(finished)["iterations"] >= args.iterations:
+        logger.info("Subtask %d: finished earlier, loading %s", index, artifact_dir)
+        return D3Model.from_pretrained(artifact_dir), {"finished_earlier": True}
+    num_subtasks = len(config.subtasks)
+    sub_args = subtask_arguments(args, index, num_subtasks)
+    view = data.subset(config.subtasks[index])
+    timings: dict = {}
     t = time.perf_counter()
-    buffer_dir = args.buffer_dir or os.path.join(args.output_dir, "experts")
-    buffer = build_expert_buffer(data, expert_settings(args), buffer_dir, device=device, show_progress=show_progress)
+    buffer_dir = (os.path.join(args.buffer_dir, str(index)) if num_subtasks > 1 else args.buffer_dir) \
+        if args.buffer_dir else os.path.join(workdir, "experts")
+    buffer = build_expert_buffer(view, expert_settings(sub_args), buffer_dir, device=device,
+                                 show_progress=show_progress)
     timings["experts_s"] = time.perf_counter() - t
+    timings["expert_buffer_bytes"] = buffer.size_on_disk()
 
-    torch.manual_seed(args.seed)
-    model = D3Model(config)
-    distiller = Distiller(model, data, buffer, args, device=device, autocast=autocast)
-    if resuming and distiller.load_checkpoint(args.output_dir):
-        logger.info("Resuming from %s at iteration %d", args.output_dir, distiller.iteration)
+    torch.manual_seed(sub_args.seed)
+    part = D3Model(subtask_config(config, index))
+    distiller = Distiller(part, view, buffer, sub_args, device=device, autocast=autocast)
+    if distiller.load_checkpoint(workdir):
+        logger.info("Subtask %d: resuming at iteration %d", index, distiller.iteration)
     t = time.perf_counter()
     start_iteration = distiller.iteration
-    distiller.run(args.iterations, checkpoint_dir=args.output_dir, show_progress=show_progress)
+    distiller.run(args.iterations, checkpoint_dir=workdir, show_progress=show_progress)
     done = distiller.iteration - start_iteration
     timings["distill_s"] = time.perf_counter() - t
     timings["s_per_iteration"] = timings["distill_s"] / done if done else None
-
-    model = distiller.model.cpu().eval()
+    part = distiller.model.cpu().eval()
     if config.soft_labels:
-        _fit_soft_labels(model, buffer, data)
-    artifact_dir = os.path.join(args.output_dir, ARTIFACT_DIR)
-    summary: dict = {"ledger": model.storage().to_dict(), "timings": timings,
-                     "expert_buffer_bytes": buffer.size_on_disk()}
-    evaluation = None
-    if args.eval_epochs > 0 and data.test is not None:
-        from .evaluation import Protocol, evaluate, fixed_source, model_source, random_real_images
-
-        t = time.perf_counter()
-        protocol = Protocol(epochs=args.eval_epochs, num_per_class=args.eval_num_per_class)
-        d3 = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, args.eval_seeds,
-                      show_progress=show_progress)
-        ipc = max(1, int(round(args.ipc_budget)))
-        real = evaluate(lambda s: fixed_source(*random_real_images(data, ipc, s)), data, protocol, args.eval_seeds,
-                        show_progress=show_progress)
-        real["method"] = f"random real, {ipc} image(s) per class"
-        d3["method"] = "d3hf artifact"
-        timings["evaluate_s"] = time.perf_counter() - t
-        evaluation = {"results": [d3, real], "protocol_text": protocol.describe(), "ipc_budget": args.ipc_budget}
-        summary["evaluation"] = evaluation
+        _fit_soft_labels(part, buffer, view)
     with atomic_directory(artifact_dir) as tmp:
+        part.save_pretrained(tmp)
+    atomic_write_json(finished, {"iterations": distiller.iteration})
+    return part, timings
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _gather(accelerator, items: list) -> list:
+    """Every process's ``items``, concatenated in process order, on every process."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return list(items)
+    from accelerate.utils import gather_object
+
+    return gather_object(items)
+
+
+def run_distillation(args: DistillArguments, accelerator=None, show_progress: bool = True) -> tuple[D3Model | None, dict]:
+    """Distil every subtask this process is assigned, gather them on the main process, and
+    there aggregate, evaluate and save ``OUTPUT_DIR/artifact``. Returns (model, summary) on
+    the main process and (None, summary) elsewhere or when only some ``subtask_ids`` ran."""
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    autocast = accelerator.autocast if accelerator is not None else None
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    is_main = rank == 0
+    if "{process_index}" in args.output_dir:
+        args = dataclasses.replace(args, output_dir=args.output_dir.format(process_index=rank))
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = load_data(args)
+    partition = resolve_partition(args, data.num_classes)
+    wanted = _subtask_ids(args, len(partition))
+    # Each process reads only the pixels of its own subtasks; exact integer sums make the
+    # statistics identical for any number of processes.
+    mine_all = assigned_subtasks(len(partition), rank, world)
+    rows = [data.class_rows[c] for k in mine_all for c in partition[k]]
+    moments = data.pixel_moments(np.concatenate(rows) if rows else np.zeros(0, np.int64))
+    data.set_normalization(sum(_gather(accelerator, [moments]), PixelMoments.zero(data.image_shape[0])))
+    config = build_config(args, data, partition)
+    _check_run_dir(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    atomic_write_json(os.path.join(args.output_dir, RUN_FILE), args.run_identity())
+    if is_main:
+        logger.info("%d subtask(s) %s on %d process(es); representation for ipc_budget %s:\n%s", len(partition),
+                    partition, world, args.ipc_budget, estimate_storage(config))
+
+    local = []
+    for k in [wanted[i] for i in assigned_subtasks(len(wanted), rank, world)]:
+        part, sub_timings = distill_subtask(args, data, config, k, device, autocast, show_progress)
+        state = {name: tensor.detach().cpu() for name, tensor in part.state_dict().items()}
+        local.append({"index": k, "classes": partition[k], "process": rank, "state": state, "timings": sub_timings})
+    results = sorted(_gather(accelerator, local), key=lambda r: r["index"])
+    timings["subtasks_s"] = time.perf_counter() - t0
+    summary: dict = {"subtasks": [{k: v for k, v in r.items() if k != "state"} for r in results],
+                     "timings": timings, "num_processes": world}
+    if not is_main or len(results) < len(partition):
+        if is_main:
+            logger.info("Distilled subtasks %s; merge all subtasks with `d3hf aggregate`.", wanted)
+        return None, summary
+
+    parts = []
+    for r in results:
+        part = D3Model(subtask_config(config, r["index"]))
+        part.load_state_dict(r["state"])
+        parts.append(part)
+    model = aggregate(parts)
+    summary["ledger"] = model.storage().to_dict()
+    summary["expert_buffer_bytes"] = sum(r["timings"].get("expert_buffer_bytes", 0) for r in results)
+    evaluation = _evaluate_after_distilling(model, data, args, timings, show_progress)
+    if evaluation is not None:
+        summary["evaluation"] = evaluation
+    with atomic_directory(os.path.join(args.output_dir, ARTIFACT_DIR)) as tmp:
         if evaluation is not None:
             atomic_write_json(os.path.join(tmp, "eval.json"), evaluation)
         model.save_pretrained(tmp)
     timings["total_s"] = time.perf_counter() - t0
     atomic_write_json(os.path.join(args.output_dir, "summary.json"), summary)
     return model, summary
+
+
+def _subtask_ids(args: DistillArguments, num_subtasks: int) -> list[int]:
+    if not args.subtask_ids:
+        return list(range(num_subtasks))
+    try:
+        ids = sorted({int(v) for v in str(args.subtask_ids).split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"subtask_ids must be comma-separated subtask indices; got {args.subtask_ids!r}") from None
+    if not ids or ids[0] < 0 or ids[-1] >= num_subtasks:
+        raise ValueError(f"subtask_ids {args.subtask_ids!r} must lie in 0..{num_subtasks - 1}")
+    return ids
+
+
+def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, args: DistillArguments,
+                               timings: dict, show_progress: bool) -> dict | None:
+    """P-noaug accuracy of the artifact and of random real images at the same budget."""
+    if args.eval_epochs <= 0 or data.test is None:
+        return None
+    from .evaluation import Protocol, evaluate, fixed_source, model_source, random_real_images
+
+    t = time.perf_counter()
+    protocol = Protocol(epochs=args.eval_epochs, num_per_class=args.eval_num_per_class)
+    d3 = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, args.eval_seeds,
+                  show_progress=show_progress)
+    ipc = max(1, int(round(args.ipc_budget)))
+    real = evaluate(lambda s: fixed_source(*random_real_images(data, ipc, s)), data, protocol, args.eval_seeds,
+                    show_progress=show_progress)
+    real["method"] = f"random real, {ipc} image(s) per class"
+    d3["method"] = "d3hf artifact"
+    timings["evaluate_s"] = time.perf_counter() - t
+    return {"results": [d3, real], "protocol_text": protocol.describe(), "ipc_budget": args.ipc_budget}
 
 
 @torch.no_grad()

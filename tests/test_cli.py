@@ -43,7 +43,7 @@ def write_config(path, output_dir, **overrides):
 
 
 def _state(output_dir):
-    return torch.load(os.path.join(output_dir, "distill_state.pt"), weights_only=True)
+    return torch.load(os.path.join(output_dir, "subtasks", "0", "distill_state.pt"), weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -136,18 +136,19 @@ def test_rerun_resumes_instead_of_redoing(first_run, tmp_path, capsys):
     cfg = write_config(tmp_path / "cfg.yaml", out)
     first_state = _state(out)
     first_weights = load_file(str(out / "artifact" / "model.safetensors"))
-    expert_mtime = os.stat(out / "experts" / "expert_0.safetensors").st_mtime_ns
+    expert_mtime = os.stat(out / "subtasks" / "0" / "experts" / "expert_0.safetensors").st_mtime_ns
 
     assert main(["distill", cfg, "--iterations", "3"]) == 0
     err = capsys.readouterr().err
-    assert "Resuming from" in err and "iteration 3" in err
+    assert "finished earlier" in err
     state = _state(out)
     assert state["iteration"] == 3 and len(state["history"]) == 3
     weights = load_file(str(out / "artifact" / "model.safetensors"))
     assert all(torch.equal(weights[k], first_weights[k]) for k in first_weights)
-    assert os.stat(out / "experts" / "expert_0.safetensors").st_mtime_ns == expert_mtime
+    assert os.stat(out / "subtasks" / "0" / "experts" / "expert_0.safetensors").st_mtime_ns == expert_mtime
 
     assert main(["distill", cfg, "--iterations", "5", "--eval_epochs", "0"]) == 0
+    assert "resuming at iteration 3" in capsys.readouterr().err
     state = _state(out)
     assert state["iteration"] == 5
     assert state["history"][:3] == first_state["history"]

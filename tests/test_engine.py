@@ -150,11 +150,13 @@ def test_auto_representation_fits_the_budget(digits):
 # ----------------------------------------------------------------------------- precision and failures
 
 
-def test_one_step_under_accelerate_bf16(digits, digits_buffer, fresh_accelerate_state):
+@pytest.mark.parametrize("checkpoint_steps", ["false", "true"])
+def test_one_step_under_accelerate_bf16(digits, digits_buffer, fresh_accelerate_state, checkpoint_steps):
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
-    distiller = make_distiller(digits, digits_buffer, tiny_args(), device=accelerator.device,
+    distiller = make_distiller(digits, digits_buffer, tiny_args(checkpoint_steps=checkpoint_steps),
+                               device=accelerator.device,
                                autocast=accelerator.autocast)
     before = _snapshot(distiller)
     record = distiller.step()

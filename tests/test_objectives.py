@@ -113,7 +113,8 @@ def _mtt_problem():
             z = means[labels] + 0.5 * noise[step]
             return functional_call(decoder, params, (z,)), labels
 
-        theta_n = unroll_student(student, theta0.clone(), make_batch, step_size, SYN_STEPS, checkpoint_steps)
+        theta_n = unroll_student(student, theta0.clone(), make_batch, step_size, SYN_STEPS, checkpoint_steps,
+                                 [means, stem_weight])
         return trajectory_matching_loss(theta_n, theta0, target)
 
     inputs = (
@@ -161,3 +162,9 @@ def test_checkpointed_unroll_equals_plain_unroll():
     torch.testing.assert_close(ckpt, plain, atol=1e-6, rtol=0)
     for a, b in zip(ckpt_grads, plain_grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_checkpointed_unroll_needs_the_batch_inputs():
+    student = ConvNet((1, 4, 4), 3, depth=1, width=2)
+    with pytest.raises(ValueError, match="batch_inputs"):
+        unroll_student(student, flat_parameters(student), lambda s: None, torch.tensor(0.1), 2, True)

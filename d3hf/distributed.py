@@ -1,0 +1,42 @@
+"""The accelerate side of a run: one process per launched rank, checked, with a fair share of threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def threads_per_process(requested: int = 0) -> int:
+    """``requested`` if set; else the machine's cores split over the processes that share it."""
+    if requested:
+        return requested
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, (os.cpu_count() or 1) // local) if local > 1 else torch.get_num_threads()
+
+
+def make_accelerator(cpu: bool = False, mixed_precision: str = "no", num_threads: int = 0):
+    """An ``Accelerator`` whose world size is the one the launcher started.
+
+    ``accelerate launch --multi_gpu`` on a machine without GPUs starts processes that each
+    believe they are alone unless the script asks for CPU (gloo): they would all redo the
+    same work. That case is refused here instead.
+    """
+    from accelerate import Accelerator
+
+    torch.set_num_threads(threads_per_process(num_threads))
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched != accelerator.num_processes:
+        raise ValueError(
+            f"The launcher started {launched} processes, but this one runs as world size {accelerator.num_processes}. "
+            "Without GPUs, pass the script's own --cpu flag: accelerate launch --multi_gpu --num_processes "
+            f"{launched} -m d3hf distill CONFIG.yaml --cpu"
+        )
+    if accelerator.num_processes > 1:
+        logger.info("Process %d of %d on %s, %d torch thread(s)", accelerator.process_index,
+                    accelerator.num_processes, accelerator.device, torch.get_num_threads())
+    return accelerator
