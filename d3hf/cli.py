@@ -79,14 +79,17 @@ def cmd_distill(argv: Sequence[str]) -> int:
     from .pipeline import run_distillation
 
     accelerator = make_accelerator(args.cpu, args.mixed_precision, args.num_threads)
-    model, summary = run_distillation(args, accelerator=accelerator, show_progress=accelerator.is_main_process)
+    try:
+        model, summary = run_distillation(args, accelerator=accelerator, show_progress=accelerator.is_main_process)
+    finally:
+        accelerator.end_training()  # leaves the process group cleanly, also after an error
     if model is None:
         if accelerator.is_main_process:
             done = ", ".join(str(s["index"]) for s in summary["subtasks"])
-            sys.stdout.write(f"subtasks {done} distilled under {args.output_dir}; merge with d3hf aggregate\n")
+            sys.stdout.write(f"subtasks {done} distilled under {summary['output_dir']}; merge with d3hf aggregate\n")
         return 0
     ledger = summary["ledger"]
-    lines = [f"artifact: {os.path.join(args.output_dir, 'artifact')}",
+    lines = [f"artifact: {summary['artifact_dir']}",
              f"storage: {ledger['total_scalars']:,} scalars = {ledger['ipc_equivalent']:.3f} IPC-equivalent "
              f"(budget {args.ipc_budget})"]
     for r in summary.get("evaluation", {}).get("results", []):
@@ -141,7 +144,25 @@ def cmd_info(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "info": cmd_info}
+def cmd_aggregate(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="d3hf aggregate", description="Merge subtasks distilled separately "
+                                "(d3hf distill --subtask_ids ...) into one artifact.")
+    p.add_argument("dirs", nargs="+", help="run output folders, or subtask artifact folders")
+    p.add_argument("--output_dir", "--output-dir", required=True, help="folder for the merged artifact (replaced)")
+    a = p.parse_args(list(argv))
+    from .aggregation import aggregate_directories
+    from .io_utils import atomic_directory
+
+    model = aggregate_directories(a.dirs)
+    with atomic_directory(a.output_dir) as tmp:
+        model.save_pretrained(tmp)
+    ledger = model.storage()
+    sys.stdout.write(f"artifact: {a.output_dir} ({model.config.num_classes} classes, {len(model.decoders)} subtasks; "
+                     f"{ledger.total_scalars:,} scalars = {ledger.ipc_equivalent:.3f} IPC-equivalent)\n")
+    return 0
+
+
+COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "info": cmd_info, "aggregate": cmd_aggregate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        sys.stderr.write("usage: d3hf {distill,evaluate,info} ... [--debug]\n")
+        sys.stderr.write(f"usage: d3hf {{{','.join(COMMANDS)}}} ... [--debug]\n")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     _setup_logging(debug)
     from .budget import BudgetError

@@ -234,7 +234,8 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     results = sorted(_gather(accelerator, local), key=lambda r: r["index"])
     timings["subtasks_s"] = time.perf_counter() - t0
     summary: dict = {"subtasks": [{k: v for k, v in r.items() if k != "state"} for r in results],
-                     "timings": timings, "num_processes": world}
+                     "timings": timings, "num_processes": world, "output_dir": args.output_dir,
+                     "artifact_dir": os.path.join(args.output_dir, ARTIFACT_DIR)}
     if not is_main or len(results) < len(partition):
         if is_main:
             logger.info("Distilled subtasks %s; merge all subtasks with `d3hf aggregate`.", wanted)
