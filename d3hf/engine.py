@@ -29,11 +29,37 @@ class NonFiniteError(RuntimeError):
     """A loss or parameter became NaN/inf; the last good checkpoint is left as it was."""
 
 
-def use_step_checkpointing(args: DistillArguments) -> bool:
-    """``auto``: recompute inner steps when the unroll is long enough for memory to matter."""
+# RSS the plain unroll keeps per (inner step x decoded image x student channel x pixel): 2,051 MB
+# for 10 steps x 200 images x width 32 x 28x28 in benchmarks/unroll_memory.md.
+PLAIN_UNROLL_BYTES_PER_UNIT = 41
+
+
+def plain_unroll_bytes(args: DistillArguments, image_shape, num_classes: int) -> int:
+    """Estimated memory of one plain (not checkpointed) MTT unroll."""
+    _, h, w = image_shape
+    images = args.samples_per_class * num_classes
+    return PLAIN_UNROLL_BYTES_PER_UNIT * args.syn_steps * images * args.student_width * h * w
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def use_step_checkpointing(args: DistillArguments, image_shape, num_classes: int, device: torch.device) -> bool:
+    """``auto``: recompute inner steps when the plain unroll would take over a quarter of the
+    device's free memory. Recomputing costs about a quarter more time per iteration and keeps
+    the unroll's memory flat in syn_steps (benchmarks/unroll_memory.md)."""
     value = str(args.checkpoint_steps).lower()
     if value == "auto":
-        return args.syn_steps > 10
+        need, free = plain_unroll_bytes(args, image_shape, num_classes), available_memory(device)
+        on = need > free // 4
+        logger.info("MTT unroll: ~%.2f GB plain, %.1f GB free on %s: step checkpointing %s", need / 1e9, free / 1e9,
+                    device, "on" if on else "off")
+        return on
     return value in ("1", "true", "yes", "on")
 
 
@@ -69,7 +95,7 @@ class Distiller:
         self.np_rng = np.random.default_rng(args.seed)
         self.iteration = 0
         self.history: list[dict] = []
-        self.checkpoint_steps = use_step_checkpointing(args)
+        self.checkpoint_steps = use_step_checkpointing(args, data.image_shape, data.num_classes, self.device)
         self.bandwidths = args.bandwidths()
 
     # ------------------------------------------------------------------ one iteration

@@ -182,3 +182,16 @@ def test_non_finite_loss_stops_before_the_update(digits, digits_buffer, tmp_path
     for k, v in before.items():
         assert torch.equal(after[k], v), k
     assert distiller.iteration == 2
+
+
+def test_auto_step_checkpointing_turns_on_when_the_plain_unroll_would_not_fit(monkeypatch):
+    from d3hf import engine
+
+    monkeypatch.setattr(engine, "available_memory", lambda device: 8 * 2**30)
+    cpu = torch.device("cpu")
+    mnist_like = dict(image_shape=(1, 28, 28), num_classes=10, device=cpu)
+    assert not engine.use_step_checkpointing(tiny_args(syn_steps=10, samples_per_class=10, student_width=32),
+                                             **mnist_like)
+    assert engine.use_step_checkpointing(tiny_args(syn_steps=80, samples_per_class=20, student_width=32),
+                                         **mnist_like)
+    assert engine.use_step_checkpointing(tiny_args(syn_steps=1, checkpoint_steps="true"), **mnist_like)
