@@ -41,12 +41,12 @@ class D3Config(PreTrainedConfig):
         distillation: dict | None = None,
         **kwargs,
     ):
-        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(10)]
-        self.image_shape = [int(v) for v in (image_shape or [1, 28, 28])]
-        self.z_dim = int(z_dim)
-        self.priors_per_class = int(priors_per_class)
+        self.class_names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(10)]
+        self.image_shape = _ints("image_shape", image_shape or [1, 28, 28])
+        self.z_dim = _ints("z_dim", [z_dim])[0]
+        self.priors_per_class = _ints("priors_per_class", [priors_per_class])[0]
         num_classes = len(self.class_names)
-        self.subtasks = [list(map(int, s)) for s in subtasks] if subtasks else [list(range(num_classes))]
+        self.subtasks = [_ints("subtasks", s) for s in subtasks] if subtasks else [list(range(num_classes))]
         if decoders is None:
             from .decoders import family_spec
 
@@ -88,3 +88,13 @@ class D3Config(PreTrainedConfig):
                 raise ValueError("every decoder must take z_dim latents and produce image_shape images")
         if len(self.normalization_mean) != self.image_shape[0] or len(self.normalization_std) != self.image_shape[0]:
             raise ValueError("normalization_mean / normalization_std need one value per channel")
+
+
+def _ints(name: str, values) -> list[int]:
+    """``values`` as ints; a config field of another type is a clear error, not a crash later."""
+    try:
+        if any(isinstance(v, bool) or float(v) != int(v) for v in values):
+            raise ValueError
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"D3Config: {name} must hold integers; got {values!r}") from None

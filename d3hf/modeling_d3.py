@@ -189,6 +189,35 @@ class D3Model(PreTrainedModel):
         """Every stored tensor, grouped: each decoder, the means, the log-variances, soft labels."""
         return ledger_from_tensors(self.state_dict(), self.config.num_classes, self.config.image_shape)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` for untrusted artifacts: runs no code from the
+        artifact (``trust_remote_code`` and ``auto_map`` are ignored), and raises
+        ``ArtifactError`` naming the problem when the config, the tensor names, shapes or dtypes,
+        or the values are inconsistent, before anything is built from them."""
+        from transformers.utils import cached_file
+
+        from .validation import ArtifactError, check_config, check_soft_labels, check_values, check_weights_file
+
+        path = pretrained_model_name_or_path
+        kwargs.pop("trust_remote_code", None)
+        hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "force_download",
+                                      "subfolder") if k in kwargs}
+        config = kwargs.get("config")
+        if not isinstance(config, D3Config):
+            try:
+                config = D3Config.from_pretrained(path, **hub)
+            except (ValueError, TypeError, KeyError) as err:  # not OSError: a missing repo or file keeps its error
+                raise ArtifactError(f"{path}: unreadable config.json ({err})") from None
+        check_config(config)
+        check_weights_file(cached_file(path, "model.safetensors", **hub), config)
+        kwargs["config"] = config
+        loaded = super().from_pretrained(path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        check_values(model.state_dict(), str(path))
+        check_soft_labels(model.soft_labels, str(path))
+        return loaded
+
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
         """``PreTrainedModel.save_pretrained`` plus the model card (README.md) and samples.png."""
         super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)

@@ -135,7 +135,7 @@ def test_save_and_load_round_trip_with_soft_labels_and_subtasks(tmp_path):
     spec = family_spec([1, 8, 8], 4, 4).to_dict()
     m = make_model(soft_labels=True, subtasks=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], decoders=[spec, spec])
     with torch.no_grad():
-        m.soft_labels.copy_(torch.rand_like(m.soft_labels))
+        m.soft_labels.copy_(torch.rand_like(m.soft_labels).softmax(-1))
     m.save_pretrained(str(tmp_path))
     loaded = D3Model.from_pretrained(str(tmp_path))
     _assert_same_model(m, loaded)

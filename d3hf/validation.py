@@ -1,0 +1,98 @@
+"""Checks an artifact must pass before use, since artifacts come from strangers on the Hub.
+
+Loading never runs code from an artifact (safetensors weights, JSON config, no ``auto_map``);
+these checks make a tampered or truncated artifact fail with one clear message instead of a
+crash deep inside torch, or worse, load with silently re-initialised tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .configuration_d3 import D3Config
+from .decoders import UPSAMPLE_KINDS, DecoderSpec
+
+MAX_IMAGE_SIDE = 4096
+MAX_STORED_SCALARS = 2**31  # far above any sensible artifact; refuses memory bombs up front
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+class ArtifactError(ValueError):
+    """The artifact is inconsistent, tampered with or truncated."""
+
+
+def check_config(config: D3Config) -> None:
+    """Raise ``ArtifactError`` unless the config describes a sane artifact."""
+    if max(config.image_shape, default=0) > MAX_IMAGE_SIDE:
+        raise ArtifactError(f"image_shape {config.image_shape} is larger than {MAX_IMAGE_SIDE} pixels a side")
+    try:
+        config.validate()
+        specs = config.decoder_specs()
+    except (ValueError, TypeError, KeyError) as err:
+        raise ArtifactError(f"invalid config: {err}") from None
+    for k, spec in enumerate(specs):
+        _check_spec(spec, k)
+    stored = sum(s.num_parameters() for s in specs) + config.num_priors * 2 * config.z_dim
+    if config.soft_labels:
+        stored += config.num_priors * config.num_classes
+    if stored > MAX_STORED_SCALARS:
+        raise ArtifactError(f"the config describes {stored:,} stored scalars; refusing more than {MAX_STORED_SCALARS:,}")
+
+
+def _check_spec(spec: DecoderSpec, index: int) -> None:
+    sizes = [spec.z_dim, *spec.channels, *spec.start_hw, *spec.out_shape, *(v for s in spec.stage_sizes for v in s)]
+    if not spec.channels or any(v < 1 for v in sizes):
+        raise ArtifactError(f"decoder {index}: every size must be a positive integer; got {spec.to_dict()}")
+    if spec.stem not in ("linear", "reshape") or spec.output not in ("sigmoid", "tanh") \
+            or spec.upsample not in UPSAMPLE_KINDS:
+        raise ArtifactError(f"decoder {index}: unknown stem/upsample/output in {spec.to_dict()}")
+    if len(spec.stage_sizes) != len(spec.channels) - 1 or any(max(s) > MAX_IMAGE_SIDE for s in spec.stage_sizes):
+        raise ArtifactError(f"decoder {index}: stage_sizes do not match its channels: {spec.to_dict()}")
+
+
+def expected_tensors(config: D3Config) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor an artifact with this config stores."""
+    from .modeling_d3 import D3Model
+
+    with torch.device("meta"):
+        model = D3Model(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def check_weights_file(path: str, config: D3Config) -> None:
+    """The safetensors file holds exactly the expected tensors, with their shapes, as floats."""
+    from safetensors import SafetensorError, safe_open
+
+    expected = expected_tensors(config)
+    try:
+        with safe_open(path, framework="pt") as f:
+            found = {}
+            for name in f.keys():
+                sl = f.get_slice(name)
+                found[name] = (tuple(sl.get_shape()), sl.get_dtype())
+    except (SafetensorError, OSError) as err:
+        raise ArtifactError(f"{path} is truncated or not a safetensors file ({err})") from None
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ArtifactError(f"{path} does not match its config: missing tensors {missing}, unexpected {unexpected}")
+    for name, shape in expected.items():
+        got_shape, dtype = found[name]
+        if got_shape != shape:
+            raise ArtifactError(f"{path}: tensor {name} has shape {list(got_shape)}, the config implies {list(shape)}")
+        if dtype not in FLOAT_DTYPES:
+            raise ArtifactError(f"{path}: tensor {name} is {dtype}; artifact tensors are floating point")
+
+
+def check_values(state: dict[str, torch.Tensor], source: str = "the artifact") -> None:
+    """Every stored value is finite."""
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ArtifactError(f"{source}: tensor {name} holds {bad} non-finite value(s) (NaN or inf)")
+
+
+def check_soft_labels(soft_labels: torch.Tensor | None, source: str = "the artifact") -> None:
+    if soft_labels is None:
+        return
+    if soft_labels.min() < 0 or (soft_labels.double().sum(1) - 1).abs().max() > 1e-3:
+        raise ArtifactError(f"{source}: soft_labels must be probability vectors (non-negative, each summing to 1)")
