@@ -171,6 +171,14 @@ def _to_uint8_array(image: Any, scale: float) -> np.ndarray:
     return arr
 
 
+def _decode_row(table, index: int, column: str, split: str):
+    try:
+        return table[index][column]
+    except (TypeError, ValueError, OSError) as err:
+        raise DataError(f"Row {index} of the {split} split is not a readable image ({err}); fix or drop that row.") \
+            from err
+
+
 def _fit(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Convert channels and resize (bilinear) to ``shape`` = (C, H, W)."""
     c, h, w = shape
@@ -286,7 +294,11 @@ class ImageClassificationData:
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) == 0:
             return np.zeros((0, *self.image_shape), dtype=np.uint8)
-        column = table[indices.tolist()][self.image_column]
+        try:
+            column = table[indices.tolist()][self.image_column]
+        except (TypeError, ValueError, OSError):
+            # One undecodable image fails the whole batch: decode row by row to name it.
+            column = [_decode_row(table, int(i), self.image_column, split) for i in indices]
         out = np.empty((len(indices), *self.image_shape), dtype=np.uint8)
         for i, image in enumerate(column):
             try:
@@ -297,6 +309,7 @@ class ImageClassificationData:
                 raise DataError(f"Row {int(indices[i])} of the {split} split is not a readable image: {err}") from err
             out[i] = _fit(arr, self.image_shape).transpose(2, 0, 1)
         return out
+
 
     def images(self, indices, split: str = "train", device: torch.device | str | None = None) -> torch.Tensor:
         """Rows ``indices`` as float images in [0, 1], shape (N, C, H, W)."""
@@ -458,8 +471,8 @@ def load_image_classification(
     if test is not None and image_column not in test.column_names:
         raise DataError(f"The test split has no column {image_column!r}.")
 
-    first = train[0][image_column]
-    probe = [train[i][image_column] for i in range(min(len(train), 64))]
+    probe = [_decode_row(train, i, image_column, "train") for i in range(min(len(train), 64))]
+    first = probe[0]
     scale = 1.0
     if not hasattr(first, "mode"):
         arrs = [np.asarray(p) for p in probe]

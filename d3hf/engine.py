@@ -4,6 +4,7 @@ trajectories (MTT) and real-feature distributions (MMD)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import os
@@ -15,7 +16,8 @@ from torch import nn
 from .arguments import DistillArguments
 from .data import ImageClassificationData
 from .experts import ExpertBuffer, expert_network
-from .io_utils import atomic_path
+from .faults import kill_point
+from .io_utils import CorruptFileError, read_checked, write_checked
 from .modeling_d3 import D3Model
 from .networks import ConvNet
 from .objectives import median_sq_distance, mmd2_unbiased, trajectory_matching_loss, unroll_student
@@ -61,6 +63,13 @@ def use_step_checkpointing(args: DistillArguments, image_shape, num_classes: int
                     device, "on" if on else "off")
         return on
     return value in ("1", "true", "yes", "on")
+
+
+def read_checkpoint(directory: str) -> dict:
+    """The state saved by ``Distiller.save_checkpoint`` in ``directory`` (checksum verified;
+    plain tensors and containers only, ``weights_only`` loading)."""
+    payload = read_checked(os.path.join(directory, CHECKPOINT_NAME))
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 class Distiller:
@@ -219,16 +228,24 @@ class Distiller:
         self.history = list(state["history"])
 
     def save_checkpoint(self, directory: str) -> str:
+        """Write the whole state atomically, with a checksum checked when it is loaded."""
         path = os.path.join(directory, CHECKPOINT_NAME)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            torch.save(self.state_dict(), f)
+        buffer = io.BytesIO()  # serialised in memory first, so a failing disk raises a plain OSError
+        torch.save(self.state_dict(), buffer)
+        write_checked(path, buffer.getvalue())
         return path
 
     def load_checkpoint(self, directory: str) -> bool:
-        path = os.path.join(directory, CHECKPOINT_NAME)
-        if not os.path.exists(path):
+        """Resume from ``directory``'s checkpoint; False when there is none, or it fails its
+        checksum (then the run starts over, which gives the same result, only later)."""
+        if not os.path.exists(os.path.join(directory, CHECKPOINT_NAME)):
             return False
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            state = read_checkpoint(directory)
+        except CorruptFileError as err:
+            logger.warning("%s; starting this task from iteration 0", err)
+            return False
+        self.load_state_dict(state)
         return True
 
     def run(self, iterations: int, checkpoint_dir: str | None = None, show_progress: bool = True) -> list[dict]:
@@ -239,6 +256,7 @@ class Distiller:
         bar = tqdm(total=iterations, initial=self.iteration, desc="distill", disable=not show_progress)
         while self.iteration < iterations:
             record = self.step()
+            kill_point(f"iteration-{self.iteration}")
             bar.update(1)
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("mtt", "mmd", "step_size") if k in record})
             if a.log_every and self.iteration % a.log_every == 0:

@@ -18,7 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .data import ImageClassificationData
-from .io_utils import atomic_path, atomic_write_json
+from .faults import kill_point
+from .io_utils import atomic_path, atomic_write_json, file_sha256
 from .networks import ConvNet, flat_parameters, unflatten
 from .seeding import class_seed
 
@@ -84,7 +85,19 @@ def _matches(path: str, settings: ExpertSettings, fingerprint: str) -> bool:
         meta = json.load(f)
     if meta.get("settings") != asdict(settings) or meta.get("data_fingerprint") != fingerprint:
         return False
-    return all(os.path.exists(os.path.join(path, f"expert_{i}.safetensors")) for i in range(settings.num_experts))
+    return _intact(path, range(settings.num_experts), meta.get("sha256", {})) == list(range(settings.num_experts))
+
+
+def _intact(path: str, experts, checksums: dict) -> list[int]:
+    """The ``experts`` whose files exist and match their recorded SHA-256."""
+    good = []
+    for i in experts:
+        file = os.path.join(path, f"expert_{i}.safetensors")
+        if os.path.exists(file) and checksums.get(str(i)) == file_sha256(file):
+            good.append(i)
+        elif os.path.exists(file):
+            logger.warning("%s does not match its recorded checksum; it will be trained again", file)
+    return good
 
 
 def train_one_expert(
@@ -146,7 +159,8 @@ def build_expert_buffer(
         with open(meta_path) as f:
             done = json.load(f)
     if done.get("settings") != asdict(settings) or done.get("data_fingerprint") != fingerprint:
-        done = {"settings": asdict(settings), "data_fingerprint": fingerprint, "finished": []}
+        done = {"settings": asdict(settings), "data_fingerprint": fingerprint, "finished": [], "sha256": {}}
+    done["finished"] = _intact(path, done["finished"], done["sha256"])
     todo = [i for i in (experts if experts is not None else range(settings.num_experts)) if i not in done["finished"]]
     device = torch.device(device)
     bar = tqdm(total=len(todo) * settings.epochs, desc="experts", disable=not show_progress or not todo)
@@ -154,8 +168,10 @@ def build_expert_buffer(
         kept = train_one_expert(data, settings, i, device, progress=bar)
         with atomic_path(os.path.join(path, f"expert_{i}.safetensors")) as tmp:
             save_file(kept, tmp, metadata={"epochs": str(settings.epochs)})
+            done["sha256"][str(i)] = file_sha256(tmp)
         done["finished"].append(i)
         atomic_write_json(meta_path, done)
+        kill_point(f"expert-{i}")
     bar.close()
     if sorted(done["finished"]) == list(range(settings.num_experts)):
         kept_epochs = list(range(settings.keep_epochs + 1)) + (
@@ -163,7 +179,8 @@ def build_expert_buffer(
         )
         atomic_write_json(
             os.path.join(path, "settings.json"),
-            {"settings": asdict(settings), "data_fingerprint": fingerprint, "kept_epochs": kept_epochs},
+            {"settings": asdict(settings), "data_fingerprint": fingerprint, "kept_epochs": kept_epochs,
+             "sha256": done["sha256"]},
         )
         buffer = ExpertBuffer(path)
         logger.info("Expert buffer %s: %d experts, %.2f MB on disk", path, len(buffer), buffer.size_on_disk() / 1e6)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+
+CHECKED_MAGIC = b"d3hf-checked-v1\n"
+TEMPORARY_PREFIXES = (".tmp-", ".old-")
+
+
+class CorruptFileError(ValueError):
+    """A file failed its checksum or is not in the expected format."""
 
 
 @contextlib.contextmanager
@@ -48,3 +56,42 @@ def atomic_directory(path: str):
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(directory: str) -> None:
+    """Delete the temporary files and folders a killed process left under ``directory``."""
+    if not os.path.isdir(directory):
+        return
+    for root, dirs, files in os.walk(directory):
+        for name in [d for d in dirs if d.startswith(TEMPORARY_PREFIXES)]:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            dirs.remove(name)
+        for name in files:
+            if name.startswith(TEMPORARY_PREFIXES):
+                os.remove(os.path.join(root, name))
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checked(path: str, payload: bytes) -> None:
+    """Write ``payload`` atomically behind a header carrying its SHA-256."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(CHECKED_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def read_checked(path: str) -> bytes:
+    """The payload written by ``write_checked``; ``CorruptFileError`` if it does not match its checksum."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(CHECKED_MAGIC):
+        raise CorruptFileError(f"{path} is not a d3hf checked file")
+    digest, _, payload = data[len(CHECKED_MAGIC):].partition(b"\n")
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise CorruptFileError(f"{path} does not match its checksum (truncated or altered)")
+    return payload

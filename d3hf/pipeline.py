@@ -19,7 +19,8 @@ from .configuration_d3 import D3Config
 from .data import ImageClassificationData, PixelMoments, load_image_classification
 from .engine import Distiller
 from .experts import ExpertSettings, build_expert_buffer
-from .io_utils import atomic_directory, atomic_write_json
+from .faults import kill_point
+from .io_utils import atomic_directory, atomic_write_json, remove_stale_temporaries
 from .modeling_d3 import D3Model
 from .storage import estimate_storage
 from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
@@ -205,6 +206,7 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     is_main = rank == 0
+    original_output_dir = args.output_dir
     if "{process_index}" in args.output_dir:
         args = dataclasses.replace(args, output_dir=args.output_dir.format(process_index=rank))
     timings: dict[str, float] = {}
@@ -217,6 +219,8 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     mine_all = assigned_subtasks(len(partition), rank, world)
     rows = [data.class_rows[c] for k in mine_all for c in partition[k]]
     moments = data.pixel_moments(np.concatenate(rows) if rows else np.zeros(0, np.int64))
+    if is_main or "{process_index}" in original_output_dir:
+        remove_stale_temporaries(args.output_dir)  # before the gather below, so no process is writing yet
     data.set_normalization(sum(_gather(accelerator, [moments]), PixelMoments.zero(data.image_shape[0])))
     config = build_config(args, data, partition)
     _check_run_dir(args)
@@ -256,6 +260,7 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         if evaluation is not None:
             atomic_write_json(os.path.join(tmp, "eval.json"), evaluation)
         model.save_pretrained(tmp)
+        kill_point("artifact-write")
     timings["total_s"] = time.perf_counter() - t0
     atomic_write_json(os.path.join(args.output_dir, "summary.json"), summary)
     return model, summary

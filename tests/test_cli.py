@@ -12,6 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from d3hf.cli import main, parse_distill_args
+from d3hf.engine import read_checkpoint
 from d3hf.modeling_d3 import D3Model
 
 CLI_TINY = dict(
@@ -43,7 +44,7 @@ def write_config(path, output_dir, **overrides):
 
 
 def _state(output_dir):
-    return torch.load(os.path.join(output_dir, "subtasks", "0", "distill_state.pt"), weights_only=True)
+    return read_checkpoint(os.path.join(output_dir, "subtasks", "0"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,112 @@
+"""Faults: runs killed with SIGKILL at several points resume and finish with the tensors of an
+uninterrupted run; corrupt checkpoints and expert files are detected by their checksums."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import TINY
+from test_subtasks import SUBTASK_RUN, assert_same_weights, launch_two_processes, weights
+
+from d3hf.cli import main
+from d3hf.engine import CHECKPOINT_NAME, read_checkpoint
+from d3hf.io_utils import CorruptFileError, read_checked, write_checked
+
+RUN = {**TINY, "num_experts": 2, "iterations": 4, "checkpoint_every": 1, "eval_epochs": 0, "num_threads": 1}
+
+
+def distill_subprocess(cfg, kill_at=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env.pop("D3HF_KILL_AT", None)
+    if kill_at:
+        env["D3HF_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-m", "d3hf", "distill", str(cfg)], env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def temporaries(out) -> list:
+    return [p for p in out.rglob("*") if p.name.startswith((".tmp-", ".old-"))]
+
+
+def test_killed_at_every_stage_resumes_to_the_uninterrupted_result(tmp_path, fresh_accelerate_state):
+    reference = tmp_path / "reference"
+    (tmp_path / "ref.yaml").write_text(yaml.safe_dump({**RUN, "output_dir": str(reference)}))
+    assert main(["distill", str(tmp_path / "ref.yaml")]) == 0
+
+    out = tmp_path / "out"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**RUN, "output_dir": str(out)}))
+    subtask = out / "subtasks" / "0"
+    for point in ("expert-0", "iteration-2", "artifact-write"):
+        proc = distill_subprocess(cfg, kill_at=point)
+        assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])
+        assert not (out / "artifact").exists(), point
+        if point == "expert-0":
+            assert (subtask / "experts" / "expert_0.safetensors").exists()
+            assert not (subtask / "experts" / "expert_1.safetensors").exists()
+        if point == "iteration-2":  # died after iteration 2, before its checkpoint
+            assert read_checkpoint(str(subtask))["iteration"] == 1
+    assert temporaries(out), "the artifact-write kill leaves its temporary folder behind"
+    proc = distill_subprocess(cfg)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "finished earlier" in proc.stderr  # the subtask artifact survived the last kill
+    assert not temporaries(out)
+    assert_same_weights(weights(out), weights(reference))
+
+
+def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path, fresh_accelerate_state):
+    reference = tmp_path / "reference"
+    settings = {**SUBTASK_RUN, "checkpoint_every": 1}
+    (tmp_path / "ref.yaml").write_text(yaml.safe_dump({**settings, "output_dir": str(reference)}))
+    assert main(["distill", str(tmp_path / "ref.yaml")]) == 0
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**settings, "output_dir": str(tmp_path / "out")}))
+    os.environ["D3HF_KILL_AT"] = "iteration-2"
+    try:
+        killed = launch_two_processes(tmp_path, str(cfg), "--cpu")
+    finally:
+        del os.environ["D3HF_KILL_AT"]
+    assert killed.returncode != 0
+    for k in (0, 1):
+        assert read_checkpoint(str(tmp_path / "out" / "subtasks" / str(k)))["iteration"] == 1
+    resumed = launch_two_processes(tmp_path, str(cfg), "--cpu")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stderr.count("resuming at iteration 1") == 2
+    assert_same_weights(weights(tmp_path / "out"), weights(reference))
+
+
+def test_checked_files_detect_truncation_and_changes(tmp_path):
+    path = str(tmp_path / "state")
+    write_checked(path, b"payload" * 100)
+    assert read_checked(path) == b"payload" * 100
+    data = open(path, "rb").read()
+    for damaged in (data[:-10], data[:-1] + b"x"):
+        with open(path, "wb") as f:
+            f.write(damaged)
+        with pytest.raises(CorruptFileError, match="checksum"):
+            read_checked(path)
+
+
+def test_corrupt_checkpoint_and_expert_file_are_redone_not_trusted(tmp_path, capsys, fresh_accelerate_state):
+    out = tmp_path / "out"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**RUN, "output_dir": str(out), "iterations": 2}))
+    assert main(["distill", str(cfg)]) == 0
+    first = weights(out)
+    subtask = out / "subtasks" / "0"
+    os.remove(subtask / "finished.json")
+    checkpoint = subtask / CHECKPOINT_NAME
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-100])
+    expert = subtask / "experts" / "expert_1.safetensors"
+    expert.write_bytes(expert.read_bytes()[:-8] + b"\0" * 8)
+    capsys.readouterr()
+    assert main(["distill", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert "does not match its checksum" in err and "starting this task from iteration 0" in err
+    assert "expert_1.safetensors does not match its recorded checksum" in err
+    assert_same_weights(weights(out), first)
+    assert read_checkpoint(str(subtask))["iteration"] == 2
