@@ -142,8 +142,9 @@ def distill_subtask(
 ) -> tuple[D3Model, dict]:
     """Distil subtask ``index`` of ``config`` on its own rows and experts.
 
-    Resumes from the subtask's checkpoint; a subtask whose artifact exists is loaded, not redone.
-    Returns the subtask artifact (local class ids) and its timings.
+    Resumes from the subtask's checkpoint; a subtask already finished for ``args.iterations``
+    is loaded from its artifact, not redone. Returns the subtask artifact (local class ids)
+    and its timings.
     """
     workdir = subtask_dir(args, index)
     artifact_dir = os.path.join(workdir, ARTIFACT_DIR)
@@ -197,6 +198,15 @@ def _gather(accelerator, items: list) -> list:
     return gather_object(items)
 
 
+def _normalise_from_own_rows(data: ImageClassificationData, partition: list[list[int]], rank: int, world: int,
+                             accelerator) -> None:
+    """Train-split statistics from pixel sums that each process takes over its own subtasks'
+    rows only; the sums are exact integers, so every process count gives the same values."""
+    rows = [data.class_rows[c] for k in assigned_subtasks(len(partition), rank, world) for c in partition[k]]
+    moments = data.pixel_moments(np.concatenate(rows) if rows else np.zeros(0, np.int64))
+    data.set_normalization(sum(_gather(accelerator, [moments]), PixelMoments.zero(data.image_shape[0])))
+
+
 def run_distillation(args: DistillArguments, accelerator=None, show_progress: bool = True) -> tuple[D3Model | None, dict]:
     """Distil every subtask this process is assigned, gather them on the main process, and
     there aggregate, evaluate and save ``OUTPUT_DIR/artifact``. Returns (model, summary) on
@@ -214,14 +224,9 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     data = load_data(args)
     partition = resolve_partition(args, data.num_classes)
     wanted = _subtask_ids(args, len(partition))
-    # Each process reads only the pixels of its own subtasks; exact integer sums make the
-    # statistics identical for any number of processes.
-    mine_all = assigned_subtasks(len(partition), rank, world)
-    rows = [data.class_rows[c] for k in mine_all for c in partition[k]]
-    moments = data.pixel_moments(np.concatenate(rows) if rows else np.zeros(0, np.int64))
     if is_main or "{process_index}" in original_output_dir:
         remove_stale_temporaries(args.output_dir)  # before the gather below, so no process is writing yet
-    data.set_normalization(sum(_gather(accelerator, [moments]), PixelMoments.zero(data.image_shape[0])))
+    _normalise_from_own_rows(data, partition, rank, world, accelerator)
     config = build_config(args, data, partition)
     _check_run_dir(args)
     os.makedirs(args.output_dir, exist_ok=True)
