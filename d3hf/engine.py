@@ -8,6 +8,7 @@ import io
 import logging
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -106,6 +107,8 @@ class Distiller:
         self.history: list[dict] = []
         self.checkpoint_steps = use_step_checkpointing(args, data.image_shape, data.num_classes, self.device)
         self.bandwidths = args.bandwidths()
+        self.seconds: dict[str, float] = {}  # wall time per part of the iteration, for the speed report
+        self._first_iteration = 0
 
     # ------------------------------------------------------------------ one iteration
 
@@ -172,11 +175,15 @@ class Distiller:
         it = self.iteration
         terms: dict[str, torch.Tensor] = {}
         record: dict = {"iteration": it}
+        t = time.perf_counter()
         if a.mtt_weight > 0:
             terms["mtt"] = self.mtt_term()
+        self._time("mtt_forward_s", t)
+        t = time.perf_counter()
         if a.mmd_weight > 0:
             terms["mmd"], kernel_stats = self.mmd_term()
             record.update(kernel_stats)
+        self._time("mmd_forward_s", t)
         for name, value in terms.items():
             if not torch.isfinite(value):
                 raise NonFiniteError(f"iteration {it}: the {name} loss is {float(value)}; stopped before the update "
@@ -185,8 +192,10 @@ class Distiller:
         total = sum((getattr(a, f"{name}_weight") * value for name, value in terms.items()), torch.zeros((), device=self.device))
         for opt in (self.opt_priors, self.opt_step_size, self.opt_decoder):
             opt.zero_grad(set_to_none=True)
+        t = time.perf_counter()
         if total.requires_grad:
             total.backward()
+        self._time("backward_s", t)
         for opt in (self.opt_priors, self.opt_step_size, self.opt_decoder):
             opt.step()
         for name, p in [("prior_means", self.model.prior_means), ("prior_logvars", self.model.prior_logvars),
@@ -199,6 +208,14 @@ class Distiller:
         self.history.append(record)
         self.iteration += 1
         return record
+
+    def _time(self, name: str, start: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def seconds_per_iteration(self) -> dict[str, float]:
+        """Mean seconds per iteration this process spent in each part (not checkpointed)."""
+        n = max(1, self.iteration - self._first_iteration)
+        return {name: total / n for name, total in self.seconds.items()}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -224,7 +241,7 @@ class Distiller:
         self.opt_decoder.load_state_dict(state["opt_decoder"])
         self.generator.set_state(state["generator"])
         self.np_rng.bit_generator.state = state["np_rng"]
-        self.iteration = int(state["iteration"])
+        self.iteration = self._first_iteration = int(state["iteration"])
         self.history = list(state["history"])
 
     def save_checkpoint(self, directory: str) -> str:

@@ -175,6 +175,7 @@ def distill_subtask(
     done = distiller.iteration - start_iteration
     timings["distill_s"] = time.perf_counter() - t
     timings["s_per_iteration"] = timings["distill_s"] / done if done else None
+    timings.update({f"{k}_per_iteration": v for k, v in distiller.seconds_per_iteration().items()} if done else {})
     part = distiller.model.cpu().eval()
     if config.soft_labels:
         _fit_soft_labels(part, buffer, view)
