@@ -5,8 +5,10 @@ from transformers import AutoConfig, AutoModel
 from .configuration_d3 import D3Config
 from .data import DataError, ImageClassificationData, load_image_classification
 from .decoders import DecoderSpec, family_spec, reference_spec
+from .hub import HubAccessError, generate_dataset, load_artifact, load_distilled, push_artifact, push_synthetic_dataset
 from .modeling_d3 import D3Model
 from .storage import StorageLedger, estimate_storage
+from .validation import ArtifactError
 
 __version__ = "0.1.0"
 
@@ -14,14 +16,21 @@ AutoConfig.register("d3", D3Config, exist_ok=True)
 AutoModel.register(D3Config, D3Model, exist_ok=True)
 
 __all__ = [
+    "ArtifactError",
     "D3Config",
     "D3Model",
     "DataError",
     "DecoderSpec",
+    "HubAccessError",
     "ImageClassificationData",
     "StorageLedger",
     "estimate_storage",
     "family_spec",
+    "generate_dataset",
+    "load_artifact",
+    "load_distilled",
     "load_image_classification",
+    "push_artifact",
+    "push_synthetic_dataset",
     "reference_spec",
 ]

@@ -1,4 +1,4 @@
-"""The ``d3hf`` command line: ``distill``, ``evaluate``, ``info``.
+"""The ``d3hf`` command line: ``distill``, ``evaluate``, ``info``, ``aggregate``, ``push``, ``generate``.
 
 User errors end with one line on stderr and exit code 2; ``--debug`` shows the traceback.
 """
@@ -144,6 +144,52 @@ def cmd_info(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_push(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="d3hf push", description="Upload an artifact folder to a Hub model repo, "
+                                "and optionally a synthetic dataset sampled from it to a dataset repo.")
+    p.add_argument("model_dir", help="artifact folder (OUTPUT_DIR/artifact of d3hf distill)")
+    p.add_argument("--repo_id", "--repo-id", required=True, help="model repo, NAMESPACE/NAME")
+    p.add_argument("--private", action="store_true", help="create new repos as private")
+    p.add_argument("--revision", default=None, help="model repo branch (created if missing); default main")
+    p.add_argument("--dataset_repo", "--dataset-repo", default=None, help="also push samples to this dataset repo")
+    p.add_argument("--num_per_class", "--num-per-class", type=int, default=None, help="samples per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config_name", "--config-name", default="default", help="dataset config name")
+    a = p.parse_args(list(argv))
+    if a.dataset_repo and (a.num_per_class is None or a.num_per_class < 1):
+        raise ValueError("--dataset_repo needs --num_per_class K (K >= 1).")
+    from .hub import load_artifact, push_artifact, push_synthetic_dataset
+
+    pushed = push_artifact(a.model_dir, a.repo_id, private=a.private, revision=a.revision)
+    lines = [f"model: {pushed.repo_id} at {pushed.revision} commit {pushed.commit}"]
+    if a.dataset_repo:
+        data = push_synthetic_dataset(load_artifact(a.model_dir), a.dataset_repo, num_per_class=a.num_per_class,
+                                      seed=a.seed, config_name=a.config_name, private=a.private,
+                                      generator=a.repo_id, generator_revision=pushed.commit)
+        lines.append(f"dataset: {data.repo_id} config {a.config_name!r} commit {data.commit} "
+                     f"({a.num_per_class} per class, seed {a.seed})")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_generate(argv: Sequence[str]) -> int:
+    from .hub import GENERATE_FORMATS, generate_dataset
+
+    p = argparse.ArgumentParser(prog="d3hf generate", description="Write samples of an artifact to a folder.")
+    p.add_argument("model", help="artifact folder or Hub repo id")
+    p.add_argument("--num_per_class", "--num-per-class", type=int, required=True, help="samples per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", "--output_dir", "--output-dir", required=True, help="folder to write (replaced)")
+    p.add_argument("--format", choices=GENERATE_FORMATS, default="arrow")
+    p.add_argument("--revision", default=None, help="Hub revision of MODEL")
+    a = p.parse_args(list(argv))
+    dataset = generate_dataset(a.model, a.output, num_per_class=a.num_per_class, seed=a.seed, format=a.format,
+                               revision=a.revision)
+    sys.stdout.write(f"wrote {len(dataset)} samples ({a.num_per_class} per class, seed {a.seed}) "
+                     f"to {a.output} as {a.format}\n")
+    return 0
+
+
 def cmd_aggregate(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="d3hf aggregate", description="Merge subtasks distilled separately "
                                 "(d3hf distill --subtask_ids ...) into one artifact.")
@@ -162,7 +208,8 @@ def cmd_aggregate(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "info": cmd_info, "aggregate": cmd_aggregate}
+COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "info": cmd_info, "aggregate": cmd_aggregate,
+            "push": cmd_push, "generate": cmd_generate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
