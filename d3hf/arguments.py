@@ -19,6 +19,9 @@ class DistillArguments:
     train_split: str = "train"
     test_split: str = "test"
     test_size: float = field(default=0.2, metadata={"help": "held-out share when the source has no test split"})
+    validation_size: float = field(
+        default=0.0, metadata={"help": "tune on a stratified share of train held out as the evaluation split (test unused)"}
+    )
     output_dir: str = field(
         default="outputs/d3", metadata={"help": "may contain {process_index}: one folder per process, no shared disk"}
     )

@@ -380,6 +380,29 @@ class ImageClassificationData:
             view._test_labels = np.array([remap[int(v)] for v in test_labels[keep_test]], dtype=np.int64)
         return view
 
+    def with_validation_split(self, size: float, seed: int = 0) -> "ImageClassificationData":
+        """The same dataset with a stratified, seeded share ``size`` of the train split held out
+        as the evaluation split, and the real test split dropped, so that choices made while
+        tuning can never see test rows."""
+        from sklearn.model_selection import train_test_split
+
+        labels = self.labels("train")
+        try:
+            keep, held = train_test_split(np.arange(len(labels)), test_size=size, stratify=labels, random_state=seed)
+        except ValueError as err:
+            raise DataError(f"Cannot hold out a stratified validation share of {size} ({err}).") from err
+        keep, held = np.sort(keep), np.sort(held)
+        rule = f"validation: stratified share {size} of the train split, seed {seed}; the test split is not used"
+        view = ImageClassificationData(
+            train=self.train.select(keep.tolist()), test=self.train.select(held.tolist()),
+            image_column=self.image_column, label_column=self.label_column, class_names=list(self.class_names),
+            image_shape=self.image_shape, source_info={**self.source_info, "test_split": "validation",
+                                                       "evaluation_split": rule},
+            pixel_scale=self.pixel_scale, _label_map=self._label_map,
+        )
+        view._train_labels, view._test_labels = labels[keep], labels[held]
+        return view
+
     def fingerprint(self) -> str:
         """A short hash that identifies the train split's rows, labels and shape."""
         h = hashlib.sha256()

@@ -38,7 +38,8 @@ class RunConflictError(ValueError):
 
 
 def load_data(args: DistillArguments) -> ImageClassificationData:
-    return load_image_classification(
+    """The run's dataset; with ``validation_size`` the evaluation split is carved from train."""
+    data = load_image_classification(
         args.dataset,
         image_column=args.image_column,
         label_column=args.label_column,
@@ -49,6 +50,7 @@ def load_data(args: DistillArguments) -> ImageClassificationData:
         config_name=args.dataset_config,
         revision=args.dataset_revision,
     )
+    return data.with_validation_split(args.validation_size, args.seed) if args.validation_size > 0 else data
 
 
 def resolve_partition(args: DistillArguments, num_classes: int) -> list[list[int]]:

@@ -305,3 +305,15 @@ def test_large_rgb_many_class_dataset_smoke(tmp_path, rng):
         assert tuple(batch.shape) == (2, 3, 64, 64)
         expected = base[c].transpose(2, 0, 1) / 255.0
         np.testing.assert_allclose(batch.numpy(), np.broadcast_to(expected, batch.shape), atol=1e-6)
+
+
+def test_validation_split_is_carved_from_train_and_hides_the_test_split(digits):
+    tuned = digits.with_validation_split(0.2, seed=0)
+    assert len(tuned.labels("train")) + len(tuned.labels("test")) == len(digits.labels("train"))
+    assert tuned.test.num_rows == len(tuned.labels("test")) and tuned.source_info["test_split"] == "validation"
+    train_rows = set(tuned.train["source_row"]) | set(tuned.test["source_row"])
+    assert train_rows == set(digits.train["source_row"])
+    assert not set(tuned.test["source_row"]) & set(tuned.train["source_row"])
+    assert not train_rows & set(digits.test["source_row"])
+    assert np.bincount(tuned.labels("test")).min() >= 1
+    assert tuned.images_uint8([0], "test").shape == (1, 1, 8, 8)
