@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel
 from .configuration_d3 import D3Config
 from .data import DataError, ImageClassificationData, load_image_classification
 from .decoders import DecoderSpec, family_spec, reference_spec
+from .evaluation import SplitOverlapError, named_protocol
 from .hub import HubAccessError, generate_dataset, load_artifact, load_distilled, push_artifact, push_synthetic_dataset
 from .modeling_d3 import D3Model
 from .storage import StorageLedger, estimate_storage
@@ -23,6 +24,7 @@ __all__ = [
     "DecoderSpec",
     "HubAccessError",
     "ImageClassificationData",
+    "SplitOverlapError",
     "StorageLedger",
     "estimate_storage",
     "family_spec",
@@ -30,6 +32,7 @@ __all__ = [
     "load_artifact",
     "load_distilled",
     "load_image_classification",
+    "named_protocol",
     "push_artifact",
     "push_synthetic_dataset",
     "reference_spec",

@@ -1,0 +1,138 @@
+"""Check the baselines against the documented floors on MNIST-5k (../shared/notes/peers.md).
+
+Under P-noaug (ConvNet-3 width 128, 300 epochs, no augmentation) the floors are: random real
+IPC 1 about 54.7 %, the external DM images 84.5 % (IPC 1) and 94.2 % (IPC 10); in-project DM
+should land within 2 points of the external DM images. Under P-dsa the external DM images
+should score near the peer's own DSA evaluation (88.3 % and 96.2 %). Each cell (method, ipc, seed, protocol)
+is cached as JSON in benchmarks/cache/baseline_check/, DM images as .npz beside it, so the
+script resumes where it stopped and reruns only what is missing.
+
+    OMP_NUM_THREADS=1 python benchmarks/baseline_check.py                       # every check, 1 seed
+    OMP_NUM_THREADS=1 python benchmarks/baseline_check.py --cells dm:1 --seeds 3
+    OMP_NUM_THREADS=1 python benchmarks/baseline_check.py --cells peer:1 --protocol P-dsa   # P-dsa cost
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CACHE = os.path.join(HERE, "cache", "baseline_check")
+PEER_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "peer-baselines"))
+DEFAULT_CELLS = ("random:1", "random:10", "peer:1", "peer:10", "dm:1", "dm:10")
+# Documented numbers on MNIST-5k (../shared/notes/peers.md, ../shared/peer-baselines/README.md):
+# P-noaug means of 3 seeds; the P-dsa column holds the peer's own evaluation (1,000 epochs, DSA).
+DOCUMENTED = {
+    ("P-noaug", "random", 1): 0.547, ("P-noaug", "random", 10): 0.901,
+    ("P-noaug", "peer", 1): 0.845, ("P-noaug", "peer", 10): 0.942,
+    ("P-dsa", "random", 1): 0.570, ("P-dsa", "random", 10): 0.950,
+    ("P-dsa", "peer", 1): 0.883, ("P-dsa", "peer", 10): 0.962,
+}
+
+
+def _write_json(path: str, payload: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def dm_images(data, ipc: int, seed: int, iterations: int):
+    """In-project DM images, distilled once per (ipc, seed, iterations) and cached as .npz."""
+    import numpy as np
+    import torch
+
+    from d3hf.baselines import DMSettings, ImageSet, distribution_matching_images
+
+    path = os.path.join(CACHE, f"dm_ipc{ipc}_seed{seed}_it{iterations}.npz")
+    if os.path.exists(path):
+        with np.load(path) as npz:
+            return ImageSet(torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"])), float(npz["seconds"])
+    t = time.perf_counter()
+    images = distribution_matching_images(data, ipc, DMSettings(iterations=iterations, seed=seed), show_progress=True)
+    seconds = time.perf_counter() - t
+    np.savez(path + ".tmp.npz", images=images.images.numpy(), labels=images.labels.numpy(), seconds=seconds)
+    os.replace(path + ".tmp.npz", path)
+    return images, seconds
+
+
+def image_set(data, method: str, ipc: int, seed: int, iterations: int):
+    """The fixed image set of a cell and the seconds it took to build (0 when cached/loaded)."""
+    from d3hf.baselines import load_peer_images, random_real_images
+
+    if method == "random":
+        return random_real_images(data, ipc, seed), 0.0
+    if method == "peer":
+        return load_peer_images(os.path.join(PEER_DIR, f"dm_mnist5k_ipc{ipc}.npz")), 0.0
+    if method == "dm":
+        return dm_images(data, ipc, seed, iterations)
+    raise SystemExit(f"unknown method {method!r}; use random, peer or dm")
+
+
+def run_cell(data, method: str, ipc: int, seed: int, protocol_name: str, iterations: int) -> dict:
+    from d3hf.baselines import peer_mnist5k_source
+    from d3hf.evaluation import check_test_split_disjoint, fixed_source, named_protocol, train_and_test
+
+    protocol = named_protocol(protocol_name)
+    images, build_seconds = image_set(data, method, ipc, seed, iterations)
+    verified = check_test_split_disjoint(peer_mnist5k_source(), data) if method == "peer" else None
+    t = time.perf_counter()
+    accuracy = train_and_test(fixed_source(*images), data, protocol, seed, show_progress=True)
+    return {
+        "method": method, "ipc": ipc, "seed": seed, "protocol": protocol.name, "accuracy": accuracy,
+        "storage_scalars": images.storage_scalars, "num_images": int(len(images.labels)),
+        "build_seconds": build_seconds, "eval_seconds": time.perf_counter() - t,
+        "dm_iterations": iterations if method == "dm" else None, "split_check": verified,
+        "notes": protocol.describe(), "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads 1",
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS), help="METHOD:IPC with METHOD random|peer|dm")
+    p.add_argument("--seeds", type=int, default=1, help="evaluation seeds (and DM distillation seeds) per cell")
+    p.add_argument("--protocol", default="P-noaug", choices=["P-noaug", "P-dsa"])
+    p.add_argument("--dm-iterations", type=int, default=100)
+    a = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import numpy as np
+    import torch
+
+    import d3hf
+
+    torch.set_num_threads(1)
+    os.makedirs(CACHE, exist_ok=True)
+    data = d3hf.load_image_classification("mnist5k")
+    data.normalization()
+    rows = []
+    for cell in a.cells:
+        method, ipc = cell.split(":")[0], int(cell.split(":")[1])
+        for seed in range(a.seeds):
+            suffix = f"_it{a.dm_iterations}" if method == "dm" else ""
+            path = os.path.join(CACHE, f"{method}_ipc{ipc}_seed{seed}{suffix}_{a.protocol}.json")
+            if not os.path.exists(path):
+                _write_json(path, run_cell(data, method, ipc, seed, a.protocol, a.dm_iterations))
+            with open(path) as f:
+                rows.append(json.load(f))
+            r = rows[-1]
+            print(f"{method:>6} ipc {ipc:>2} seed {seed} {r['protocol']}: {100 * r['accuracy']:.1f} % "
+                  f"(build {r['build_seconds']:.0f} s, eval {r['eval_seconds']:.0f} s)", flush=True)
+    print("\n| method | ipc | protocol | seeds | accuracy % | documented % | eval s / seed |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for cell in a.cells:
+        method, ipc = cell.split(":")[0], int(cell.split(":")[1])
+        mine = [r for r in rows if r["method"] == method and r["ipc"] == ipc]
+        acc = np.array([r["accuracy"] for r in mine]) * 100
+        floor = DOCUMENTED.get((a.protocol, method, ipc))
+        print(f"| {method} | {ipc} | {a.protocol} | {len(acc)} | {acc.mean():.1f} +- {acc.std():.1f} | "
+              f"{'' if floor is None else f'{100 * floor:.1f}'} | {np.mean([r['eval_seconds'] for r in mine]):.0f} |")
+
+
+if __name__ == "__main__":
+    main()

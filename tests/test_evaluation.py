@@ -1,0 +1,392 @@
+"""Evaluation protocols, DSA augmentation, fixed image-set baselines and the overlap refusal."""
+
+import math
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from d3hf.augment import DSA, DSAConfig, crop, rotate, scale
+from d3hf.baselines import (
+    DistributionMatching,
+    DMSettings,
+    ImageSet,
+    herding_images,
+    herding_order,
+    images_per_class,
+    k_center_images,
+    k_center_order,
+    load_peer_images,
+    mean_embedding_loss,
+    random_real_images,
+    train_feature_network,
+)
+from d3hf.evaluation import (
+    Protocol,
+    SplitOverlapError,
+    check_test_split_disjoint,
+    fixed_source,
+    named_protocol,
+    named_protocols,
+    train_and_test,
+    train_rows_record,
+)
+from d3hf.networks import build_classifier
+
+PEER_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "peer-baselines")
+FAMILIES = ("color", "crop", "cutout", "scale", "rotate", "flip")
+ZERO_STRENGTH = DSAConfig(families=FAMILIES, brightness=0, saturation=0, contrast=0, crop=0, scale=0,
+                          rotate_degrees=0, cutout=0)
+
+
+def _images(n=6, c=3, hw=12, seed=0):
+    return torch.randn(n, c, hw, hw, generator=torch.Generator().manual_seed(seed))
+
+
+def _only(family: str, **strengths) -> DSA:
+    return DSA(DSAConfig(families=(family,), **strengths))
+
+
+# ----------------------------------------------------------------------------- DSA
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("shared", [True, False])
+def test_dsa_keeps_shape_and_dtype_and_changes_images(family, shared):
+    x = _images().double()
+    out = _only(family)(x, torch.Generator().manual_seed(3), shared=shared)
+    assert out.shape == x.shape and out.dtype == torch.float64
+    assert not torch.allclose(out, x), f"{family} left the images unchanged"
+
+
+def test_dsa_is_deterministic_for_a_seed_and_varies_across_seeds():
+    x = _images()
+    dsa = DSA()
+    first = [dsa(x, torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(first[0], first[1])
+    others = [dsa(x, torch.Generator().manual_seed(s)) for s in range(8)]
+    assert any(not torch.allclose(o, first[0]) for o in others)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dsa_is_differentiable_in_the_images(family):
+    x = _images().requires_grad_(True)
+    weights = _images(seed=1)
+    out = _only(family)(x, torch.Generator().manual_seed(5))
+    (out * weights).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_dsa_is_the_identity_when_every_strength_is_zero():
+    x = _images()
+    dsa = DSA(ZERO_STRENGTH)
+    gen = torch.Generator().manual_seed(0)
+    drawn = set()
+    for _ in range(40):
+        params = dsa.sample(x.shape[1:], len(x), gen, shared=False)
+        if params.family == "flip":
+            continue  # a flip has no strength: it is on or off
+        drawn.add(params.family)
+        torch.testing.assert_close(dsa.apply(x, params), x, atol=1e-5, rtol=0)
+    assert drawn == set(FAMILIES) - {"flip"}
+
+
+def test_flips_are_off_by_default():
+    assert "flip" not in DSAConfig().families
+    with pytest.raises(ValueError, match="subset"):
+        DSAConfig(families=("mirror",))
+
+
+def test_shared_parameters_transform_two_batches_alike():
+    """Siamese use: one draw applied to batches of different sizes transforms each image alike."""
+    dsa = DSA()
+    a, b = _images(4), _images(9, seed=2)
+    b[2] = a[1]
+    gen = torch.Generator().manual_seed(11)
+    drawn = set()
+    for _ in range(20):
+        params = dsa.sample(a.shape[1:], 1, gen, shared=True)
+        drawn.add(params.family)
+        torch.testing.assert_close(dsa.apply(a, params)[1], dsa.apply(b, params)[2])
+    assert drawn == set(DSAConfig().families)
+
+
+def test_geometric_ops_match_exact_transforms():
+    x = _images(2, 1, 8)
+    shifted = crop(x, torch.tensor([2]), torch.tensor([-1]))
+    expected = torch.zeros_like(x)
+    expected[:, :, 2:, :-1] = x[:, :, :-2, 1:]
+    torch.testing.assert_close(shifted, expected)
+    quarter = rotate(x, torch.tensor([math.pi / 2]))
+    assert any(torch.allclose(quarter, torch.rot90(x, k, dims=(2, 3)), atol=1e-5) for k in (1, -1))
+    torch.testing.assert_close(scale(x, torch.tensor([1.0]), torch.tensor([1.0])), x, atol=1e-5, rtol=0)
+
+
+def test_translation_stays_within_its_strength():
+    dsa = _only("crop", crop=0.25)
+    gen = torch.Generator().manual_seed(0)
+    shifts = torch.cat([dsa.sample((1, 8, 8), 50, gen, shared=False).values["shift_x"] for _ in range(5)])
+    assert shifts.abs().max() == 2 and shifts.min() < 0 < shifts.max()
+
+
+# ----------------------------------------------------------------------------- protocols and networks
+
+
+def test_named_protocols():
+    protocols = named_protocols()
+    assert set(protocols) == {"P-noaug", "P-dsa"}
+    assert protocols["P-noaug"] == Protocol()  # the headline protocol keeps its defaults
+    assert protocols["P-dsa"].epochs == 1000 and protocols["P-dsa"].augment == "dsa"
+    assert named_protocol("P-noaug", arch="resnet").name == "P-noaug"
+    assert named_protocol("P-dsa", epochs=2).name == "P-dsa[epochs=2]"
+    assert "DSA" in protocols["P-dsa"].describe()
+    with pytest.raises(ValueError, match="unknown protocol"):
+        named_protocol("P-best")
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 32, 32)])
+def test_resnet_classifies_any_image_size(shape):
+    net = build_classifier("resnet", shape, 10, depth=3, width=16)
+    assert net(torch.randn(2, *shape)).shape == (2, 10)
+    assert any(type(m).__name__ == "ResidualBlock" for m in net.modules())
+    with pytest.raises(ValueError, match="resnet"):
+        build_classifier("vgg", shape, 10)
+
+
+@pytest.mark.parametrize("arch", ["convnet", "resnet"])
+def test_p_dsa_trains_and_tests_for_one_epoch(digits, arch):
+    images = random_real_images(digits, 3, seed=0)
+    protocol = named_protocol("P-dsa", epochs=1, width=16, arch=arch)
+    accuracies = [train_and_test(fixed_source(*images), digits, protocol, seed=4) for _ in range(2)]
+    assert 0.0 <= accuracies[0] <= 1.0 and accuracies[0] == accuracies[1]
+
+
+def test_p_dsa_augments_the_training_batches(digits, monkeypatch):
+    seen = []
+    original = DSA.__call__
+
+    def spy(self, x, generator, shared=False):
+        out = original(self, x, generator, shared)
+        seen.append(bool((out != x).any()))
+        return out
+
+    monkeypatch.setattr(DSA, "__call__", spy)
+    images = random_real_images(digits, 2, seed=0)
+    train_and_test(fixed_source(*images), digits, named_protocol("P-dsa", epochs=3, width=8), seed=0)
+    assert len(seen) == 3 and any(seen)
+    seen.clear()
+    train_and_test(fixed_source(*images), digits, named_protocol("P-noaug", epochs=3, width=8), seed=0)
+    assert seen == []
+    with pytest.raises(ValueError, match="augmentation"):
+        train_and_test(fixed_source(*images), digits, Protocol(epochs=1, width=8, augment="mixup"), seed=0)
+
+
+# ----------------------------------------------------------------------------- storage and random real
+
+
+def test_images_per_class_of_a_budget():
+    assert images_per_class(7840, 10, (1, 28, 28)) == 1
+    assert images_per_class(78399, 10, (1, 28, 28)) == 9
+    assert images_per_class(640, 10, (1, 8, 8)) == 1
+
+
+def test_random_real_images_are_an_image_set(digits):
+    images, labels = random_real_images(digits, 2, seed=1)
+    assert images.shape == (20, 1, 8, 8) and np.bincount(labels.numpy()).tolist() == [2] * 10
+    assert random_real_images(digits, 2, seed=1).storage_scalars == 20 * 64
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+
+
+# ----------------------------------------------------------------------------- herding and k-center
+
+
+def test_herding_greedily_matches_the_mean():
+    features = torch.randn(60, 5, generator=torch.Generator().manual_seed(0)) * torch.tensor([3.0, 1, 1, 0.5, 2])
+    order = herding_order(features, 8)
+    assert len(set(order.tolist())) == 8
+    target = features.mean(0)
+    rng = np.random.default_rng(0)
+    for t in range(1, 9):
+        prefix = features[order[:t]]
+        gap = (prefix.mean(0) - target).norm()
+        # greedy: no other remaining row would have made this step's running mean closer
+        rest = [i for i in range(60) if i not in order[: t - 1]]
+        best = min(float(((prefix[:-1].sum(0) + features[i]) / t - target).norm()) for i in rest)
+        assert float(gap) == pytest.approx(best, abs=1e-6)
+        random_gaps = [float((features[rng.choice(60, t, replace=False)].mean(0) - target).norm()) for _ in range(50)]
+        assert gap < np.mean(random_gaps)
+
+
+def test_k_center_picks_the_farthest_point_each_time():
+    features = torch.randn(40, 3, generator=torch.Generator().manual_seed(1))
+    order = k_center_order(features, 6)
+    assert len(set(order.tolist())) == 6
+    assert order[0] == int((features - features.mean(0)).norm(dim=1).argmin())
+    for t in range(1, 6):
+        nearest = torch.cdist(features, features[order[:t]]).min(dim=1).values
+        assert float(nearest[order[t]]) == pytest.approx(float(nearest.max()))
+
+
+def test_k_center_covers_separated_clusters():
+    centres = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0]])
+    features = centres.repeat_interleave(10, 0) + torch.randn(30, 2, generator=torch.Generator().manual_seed(2))
+    clusters = {int(i) // 10 for i in k_center_order(features, 3)}
+    assert clusters == {0, 1, 2}
+
+
+@pytest.fixture(scope="module")
+def feature_net(digits):
+    return train_feature_network(digits, epochs=2, width=16, seed=0)
+
+
+@pytest.mark.parametrize("select", [herding_images, k_center_images])
+def test_coresets_pick_distinct_rows_of_the_right_class(digits, feature_net, select):
+    ipc = 3
+    chosen = select(digits, ipc, feature_net)
+    assert isinstance(chosen, ImageSet) and chosen.images.shape == (10 * ipc, 1, 8, 8)
+    assert np.bincount(chosen.labels.numpy()).tolist() == [ipc] * 10
+    pixels = digits.images_uint8(np.arange(len(digits.labels()))).reshape(len(digits.labels()), -1)
+    picked = np.rint(chosen.images.numpy() * 255).astype(np.uint8).reshape(len(chosen.labels), -1)
+    rows = [int(np.flatnonzero((pixels == p).all(1))[0]) for p in picked]
+    assert len(set(rows)) == len(rows)
+    np.testing.assert_array_equal(digits.labels()[rows], chosen.labels.numpy())
+
+
+def test_feature_network_is_seeded(digits, feature_net):
+    again = train_feature_network(digits, epochs=2, width=16, seed=0)
+    for a, b in zip(feature_net.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+    assert not any(p.requires_grad for p in again.parameters())
+
+
+# ----------------------------------------------------------------------------- distribution matching
+
+
+def test_dm_starts_from_real_images_and_reduces_its_loss(digits):
+    # depth 2 on 8x8 digits: at depth 3 the last instance norm sees 2x2 maps and flattens the features.
+    settings = DMSettings(depth=2, width=16, batch_real=64, seed=0)
+    dm = DistributionMatching(digits, 2, settings)
+    start = dm.image_set()
+    assert start.images.shape == (20, 1, 8, 8) and start.labels.tolist() == sorted(start.labels.tolist())
+    pixels = digits.images(np.arange(len(digits.labels())))
+    for image, label in zip(start.images, start.labels):
+        close = (pixels - image).abs().flatten(1).amax(1) < 1e-5
+        assert close.any() and int(label) in digits.labels()[close.numpy()]
+
+    # A fixed yardstick: the same 4 random networks and real batches, no augmentation.
+    nets = [dm.random_network(10_000 + i) for i in range(4)]
+    real = dm.real_batches()
+
+    def fixed_loss():
+        with torch.no_grad():
+            return sum(float(mean_embedding_loss(n.embed, real, dm.synthetic_batches())) for n in nets)
+
+    before = fixed_loss()
+    losses = dm.run(15)
+    assert len(losses) == 15 and all(math.isfinite(v) for v in losses)
+    assert fixed_loss() < 0.5 * before
+    assert not torch.equal(dm.image_set().images, start.images)
+
+
+def test_dm_is_seeded(digits):
+    runs = []
+    for _ in range(2):
+        dm = DistributionMatching(digits, 1, DMSettings(width=8, batch_real=16, seed=3))
+        dm.run(2)
+        runs.append(dm.image_set().images)
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- peer images
+
+
+@pytest.mark.skipif(not os.path.isdir(PEER_DIR), reason="shared/peer-baselines is not beside the repository")
+@pytest.mark.parametrize("ipc", [1, 10])
+def test_peer_dm_images_load_in_unclipped_pixel_scale(ipc):
+    images, labels = peer = load_peer_images(os.path.join(PEER_DIR, f"dm_mnist5k_ipc{ipc}.npz"))
+    assert images.shape == (10 * ipc, 1, 28, 28) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert np.bincount(labels.numpy()).tolist() == [ipc] * 10
+    assert peer.storage_scalars == 7840 * ipc
+    assert float(images.min()) < 0.0 or float(images.max()) > 1.0  # DM pixels are free, not clipped
+    assert -5.0 < float(images.min()) and float(images.max()) < 5.0  # but in pixel scale, not normalised
+
+
+def test_peer_loader_round_trip_and_errors(tmp_path):
+    images = np.random.default_rng(0).normal(0.5, 1.0, (4, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "ok.npz", images=images, labels=np.array([0, 0, 1, 1]))
+    loaded = load_peer_images(str(tmp_path / "ok.npz"))
+    np.testing.assert_array_equal(loaded.images.numpy(), images)
+    assert loaded.labels.tolist() == [0, 0, 1, 1]
+    np.savez(tmp_path / "bad.npz", images=images[:, 0], labels=np.array([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="expected images"):
+        load_peer_images(str(tmp_path / "bad.npz"))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_peer_images(str(tmp_path / "missing.npz"))
+
+
+# ----------------------------------------------------------------------------- overlap refusal
+
+
+def _with_test(data, test):
+    return replace(data, test=test, _test_labels=None)
+
+
+def test_disjoint_test_split_is_accepted(digits):
+    verdict = check_test_split_disjoint(train_rows_record(digits), digits)
+    assert "verified disjoint" in verdict and "1437" in verdict
+
+
+def test_test_split_overlapping_the_distillation_rows_is_refused(digits):
+    import datasets
+
+    leaky = _with_test(digits, datasets.concatenate_datasets([digits.test, digits.train.select(range(7))]))
+    with pytest.raises(SplitOverlapError, match="7 of the 367 test rows"):
+        check_test_split_disjoint(train_rows_record(digits), leaky)
+
+
+def test_overlap_by_pixels_without_source_row(digits):
+    import datasets
+
+    train = digits.train.remove_columns("source_row")
+    plain = replace(digits, train=train, test=digits.test.remove_columns("source_row"), _test_labels=None)
+    record = train_rows_record(plain)
+    assert record["train_rows_key"] == "image_sha1"
+    assert "pixel hashes" in check_test_split_disjoint(record, plain)
+    leaky = _with_test(plain, datasets.concatenate_datasets([plain.test, train.select([3, 9])]))
+    with pytest.raises(SplitOverlapError, match="identical"):
+        check_test_split_disjoint(record, leaky)
+
+
+def test_unidentifiable_distillation_rows_are_refused_unless_allowed(digits):
+    record = train_rows_record(digits.subset(range(5)))  # distilled from other rows than digits' train split
+    with pytest.raises(SplitOverlapError, match="Cannot verify"):
+        check_test_split_disjoint(record, digits)
+    assert "NOT verified" in check_test_split_disjoint(record, digits, allow_unverified=True)
+
+
+def test_artifact_source_without_row_digest_uses_the_fingerprint(digits):
+    from conftest import tiny_args
+    from d3hf.pipeline import build_config
+
+    source = build_config(tiny_args(), digits).source
+    assert "verified disjoint" in check_test_split_disjoint(source, digits)
+    with pytest.raises(SplitOverlapError):
+        check_test_split_disjoint({**source, "train_fingerprint": "0" * 16}, digits)
+
+
+@pytest.mark.slow
+def test_peer_images_split_is_mnist5k_and_disjoint_from_its_test_split():
+    import datasets
+
+    from d3hf import load_image_classification
+    from d3hf.baselines import peer_mnist5k_source
+
+    mnist = load_image_classification("mnist5k")
+    source = peer_mnist5k_source()
+    assert source["num_train_rows"] == 4000
+    assert "4000 distillation rows" in check_test_split_disjoint(source, mnist)
+    leaky = _with_test(mnist, datasets.concatenate_datasets([mnist.test, mnist.train.select([0])]))
+    with pytest.raises(SplitOverlapError):
+        check_test_split_disjoint(source, leaky)
