@@ -1,0 +1,355 @@
+"""The d3hf benchmark: D3 against baselines at equal storage, on MNIST-5k and digits.
+
+Every cell is one (dataset, ipc_budget, method, seed, protocol, arch): a training set is built
+once per (dataset, ipc, method, seed) and cached (D3 artifacts as folders, image sets as .npz),
+then a fresh network is trained on it and tested on the real test split. Each result is a JSON
+file in the cache, so the grid resumes where it stopped and can be completed over several runs.
+
+    python benchmarks/grid.py                 # the full grid (many hours on 2 CPU cores)
+    python benchmarks/grid.py --quick         # digits, 1 seed, short runs: under 30 minutes
+    python benchmarks/grid.py --datasets mnist5k --ipc 1 --methods d3,random --protocols P-noaug
+    python benchmarks/grid.py --report-only   # rewrite the report from the cached cells
+
+Writes benchmarks/RESULTS.md (benchmarks/RESULTS-quick.md with --quick) and a PNG plot of
+accuracy against storage budget beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+PEER_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "peer-baselines"))
+METHODS = ("d3", "random", "herding", "kcenter", "dm", "peer", "full")
+METHOD_NAMES = {"d3": "d3hf (D3)", "random": "random real", "herding": "herding", "kcenter": "k-center",
+                "dm": "DM (in-project)", "peer": "DM (external images)", "full": "all real train images"}
+
+
+@dataclasses.dataclass
+class Mode:
+    """What a run of the grid covers, and how long each piece trains."""
+
+    name: str
+    datasets: tuple[str, ...] = ("mnist5k", "digits")
+    ipcs: tuple[int, ...] = (1, 10)
+    methods: tuple[str, ...] = METHODS
+    seeds: int = 3
+    protocols: tuple[str, ...] = ("P-noaug", "P-dsa")
+    archs: tuple[str, ...] = ("convnet", "resnet")
+    d3_overrides: dict = dataclasses.field(default_factory=dict)
+    dm_iterations: int = 100
+    eval_epochs: int | None = None  # None: the protocol's own
+    feature_epochs: int = 10  # of the network herding and k-center select in
+    out: str = HERE
+
+    @property
+    def cache(self) -> str:
+        return os.path.join(self.out, "cache", "grid" if self.name == "full" else f"grid-{self.name}")
+
+    @property
+    def report(self) -> str:
+        return os.path.join(self.out, "RESULTS.md" if self.name == "full" else f"RESULTS-{self.name}.md")
+
+
+QUICK = Mode(name="quick", datasets=("digits",), methods=("d3", "random", "herding", "kcenter", "dm"), seeds=1,
+             protocols=("P-noaug",), archs=("convnet",), d3_overrides={"iterations": 100, "num_experts": 5},
+             dm_iterations=50, eval_epochs=100)
+# For the test suite: every code path of the grid in seconds.
+SMOKE = Mode(name="smoke", datasets=("digits",), ipcs=(10,), methods=("d3", "random", "herding", "dm"), seeds=1,
+             protocols=("P-noaug",), archs=("convnet",), dm_iterations=2, eval_epochs=2, feature_epochs=1,
+             d3_overrides={"iterations": 2, "num_experts": 1, "expert_epochs_total": 3, "max_start_epoch": 1,
+                           "expert_epochs": 1, "syn_steps": 2, "student_width": 8, "decoder": "2", "num_threads": 0})
+
+
+# ----------------------------------------------------------------------------- building training sets
+
+
+def load_data(dataset: str):
+    from d3hf.data import load_image_classification
+
+    return load_image_classification(dataset)
+
+
+def build_d3(data, dataset: str, ipc: int, seed: int, mode: Mode) -> tuple[str, dict]:
+    """Distil with the dataset's recipe (evaluation off); returns the artifact folder and facts."""
+    import yaml
+
+    from d3hf.arguments import DistillArguments
+    from d3hf.pipeline import ARTIFACT_DIR, run_distillation
+
+    out = os.path.join(mode.cache, "builds", f"{dataset}_ipc{ipc}_d3_seed{seed}")
+    artifact = os.path.join(out, ARTIFACT_DIR)
+    if not os.path.exists(os.path.join(artifact, "config.json")):
+        with open(os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")) as f:
+            recipe = yaml.safe_load(f)
+        args = DistillArguments(**{**recipe, **mode.d3_overrides, "seed": seed, "output_dir": out, "eval_epochs": 0})
+        run_distillation(args, show_progress=True)
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    return artifact, {"storage_scalars": summary["ledger"]["total_scalars"],
+                      "build_seconds": summary["timings"]["subtasks_s"], "ledger": summary["ledger"],
+                      "per_subtask": summary["subtasks"]}
+
+
+def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: Mode):
+    """A fixed image set and its facts, cached as .npz."""
+    import numpy as np
+    import torch
+
+    from d3hf import baselines
+
+    path = os.path.join(mode.cache, "builds", f"{dataset}_ipc{ipc}_{method}_seed{seed}.npz")
+    if os.path.exists(path):
+        with np.load(path) as npz:
+            images = baselines.ImageSet(torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]))
+            return images, {"storage_scalars": images.storage_scalars, "build_seconds": float(npz["seconds"])}
+    t = time.perf_counter()
+    if method == "random":
+        images = baselines.random_real_images(data, ipc, seed)
+    elif method in ("herding", "kcenter"):
+        net = baselines.train_feature_network(data, epochs=mode.feature_epochs, seed=seed)
+        images = (baselines.herding_images if method == "herding" else baselines.k_center_images)(data, ipc, net)
+    elif method == "dm":
+        settings = baselines.DMSettings(iterations=mode.dm_iterations, seed=seed)
+        images = baselines.distribution_matching_images(data, ipc, settings, show_progress=True)
+    elif method == "full":
+        rows = np.arange(len(data.labels()))
+        images = baselines.ImageSet(data.images(rows), torch.from_numpy(data.labels()))
+    else:
+        raise ValueError(method)
+    seconds = time.perf_counter() - t
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path + ".tmp.npz", images=images.images.numpy(), labels=images.labels.numpy(), seconds=seconds)
+    os.replace(path + ".tmp.npz", path)
+    return images, {"storage_scalars": images.storage_scalars, "build_seconds": seconds}
+
+
+# ----------------------------------------------------------------------------- one cell
+
+
+def cell_name(dataset: str, ipc: int, method: str, seed: int, protocol: str, arch: str) -> str:
+    return f"{dataset}_ipc{ipc}_{method}_seed{seed}_{protocol}_{arch}"
+
+
+def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name: str, arch: str, mode: Mode) -> dict:
+    from d3hf import baselines
+    from d3hf.evaluation import evaluate, fixed_source, model_source, named_protocol
+    from d3hf.modeling_d3 import D3Model
+
+    overrides = {"arch": arch}
+    if mode.eval_epochs is not None:
+        overrides["epochs"] = mode.eval_epochs
+    protocol = named_protocol(protocol_name, **overrides)
+    if method == "d3":
+        artifact, facts = build_d3(data, dataset, ipc, seed, mode)
+        model = D3Model.from_pretrained(artifact)
+        make_source = lambda s: model_source(model, protocol.num_per_class, s)  # noqa: E731
+    elif method == "peer":
+        images = baselines.load_peer_images(os.path.join(PEER_DIR, f"dm_{dataset}_ipc{ipc}.npz"))
+        facts = {"storage_scalars": images.storage_scalars, "build_seconds": 0.0}
+        make_source = lambda s: fixed_source(images.images, images.labels)  # noqa: E731
+    else:
+        images, facts = build_image_set(data, dataset, method, ipc, seed, mode)
+        make_source = lambda s: fixed_source(images.images, images.labels)  # noqa: E731
+    t = time.perf_counter()
+    # The evaluation seed is the build seed: one downstream network per built set.
+    result = evaluate(lambda _: make_source(seed), data, protocol, seeds=1, show_progress=True)
+    return {"dataset": dataset, "ipc_budget": ipc, "method": method, "seed": seed, "protocol": protocol.name,
+            "arch": arch, "accuracy": result["accuracies"][0], "notes": result["notes"],
+            "eval_seconds": time.perf_counter() - t, **facts}
+
+
+def cells(mode: Mode):
+    for dataset in mode.datasets:
+        for ipc in mode.ipcs:
+            for method in mode.methods:
+                if method == "peer" and not os.path.exists(os.path.join(PEER_DIR, f"dm_{dataset}_ipc{ipc}.npz")):
+                    continue
+                if method == "full" and ipc != mode.ipcs[0]:
+                    continue  # the upper bound does not depend on the budget
+                seeds = 1 if method in ("peer", "full") else mode.seeds
+                for seed in range(seeds):
+                    for protocol in mode.protocols:
+                        for arch in mode.archs:
+                            yield dataset, ipc, method, seed, protocol, arch
+
+
+def run_grid(mode: Mode, max_minutes: float | None) -> None:
+    os.makedirs(os.path.join(mode.cache, "cells"), exist_ok=True)
+    start = time.perf_counter()
+    data_by_name: dict = {}
+    for key in cells(mode):
+        path = os.path.join(mode.cache, "cells", cell_name(*key) + ".json")
+        if os.path.exists(path):
+            continue
+        if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
+            print(f"stopping after {max_minutes} minutes; run again to continue", file=sys.stderr)
+            return
+        dataset = key[0]
+        if dataset not in data_by_name:
+            data_by_name[dataset] = load_data(dataset)
+        t = time.perf_counter()
+        result = run_cell(data_by_name[dataset], *key, mode)
+        result["cell_seconds"] = time.perf_counter() - t
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(path + ".tmp", path)
+        print(f"{cell_name(*key)}: {100 * result['accuracy']:.2f} % ({result['cell_seconds']:.0f} s)", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def load_results(mode: Mode) -> list[dict]:
+    folder = os.path.join(mode.cache, "cells")
+    if not os.path.isdir(folder):
+        return []
+    results = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name)) as f:
+                results.append(json.load(f))
+    return results
+
+
+def summarise(results: list[dict]) -> dict:
+    """(dataset, protocol, arch, method, ipc) -> (mean, std, n, storage, seconds)."""
+    import numpy as np
+
+    groups: dict = {}
+    for r in results:
+        key = (r["dataset"], r["protocol"], r["arch"], r["method"], r["ipc_budget"])
+        groups.setdefault(key, []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        acc = np.array([r["accuracy"] for r in rs])
+        out[key] = {"mean": float(acc.mean()), "std": float(acc.std()), "n": len(rs),
+                    "storage": int(np.mean([r["storage_scalars"] for r in rs])),
+                    "seconds": float(np.sum([r["cell_seconds"] for r in rs]))}
+    return out
+
+
+def write_report(mode: Mode, command: str) -> str:
+    """RESULTS.md from every cached cell of this mode (also cells of earlier, wider runs)."""
+    results = load_results(mode)
+    summary = summarise(results)
+    datasets = [d for d in ("mnist5k", "digits") if any(r["dataset"] == d for r in results)]
+    ipcs = sorted({r["ipc_budget"] for r in results})
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    lines = [f"# d3hf benchmark{'' if mode.name == 'full' else f' ({mode.name} mode)'}", "",
+             f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, "
+             f"torch {_torch_version()}. Cells: {len(results)} cached in `{os.path.relpath(mode.cache, REPO)}/cells/`; "
+             f"total cell time {sum(r['cell_seconds'] for r in results) / 60:.1f} min.", "",
+             "Accuracy is the FINAL-epoch test accuracy of a freshly trained network, mean +- std over the seeds "
+             "in brackets (each seed builds its own training set and trains its own network). Every method at an "
+             "`ipc_budget` stores at most `ipc_budget x classes x C x H x W` scalars (D3: decoders + priors; image "
+             "sets: pixels); the storage column is the measured mean.", ""]
+    for dataset in datasets:
+        for protocol in sorted({k[1] for k in summary if k[0] == dataset}):
+            for arch in sorted({k[2] for k in summary if k[0] == dataset and k[1] == protocol}):
+                rows = {k: v for k, v in summary.items() if k[:3] == (dataset, protocol, arch)}
+                notes = next(r["notes"] for r in results if (r["dataset"], r["protocol"], r["arch"]) ==
+                             (dataset, protocol, arch))
+                lines += [f"## {dataset}, {protocol}, {arch}", "", f"Protocol: {notes}.", "",
+                          "| method | " + " | ".join(f"ipc_budget {i}" for i in ipcs) + " | storage (scalars) |",
+                          "|---|" + "---:|" * (len(ipcs) + 1)]
+                for method in methods:
+                    cells_ = [rows.get((dataset, protocol, arch, method, i)) for i in ipcs]
+                    if not any(cells_):
+                        continue
+                    text = [f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f} ({c['n']})" if c else "-" for c in cells_]
+                    storage = " / ".join(f"{c['storage']:,}" for c in cells_ if c)
+                    lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(text) + f" | {storage} |")
+                lines.append("")
+    lines += ["## Cells", "", "| cell | accuracy | build s | eval s |", "|---|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {cell_name(r['dataset'], r['ipc_budget'], r['method'], r['seed'], r['protocol'], r['arch'])} "
+                     f"| {100 * r['accuracy']:.2f} % | {r['build_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    with open(mode.report, "w") as f:
+        f.write(text)
+    _plot(mode.report, methods, summary)
+    return text
+
+
+def _plot(report: str, methods: list[str], summary: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e .[bench]); no plot written", file=sys.stderr)
+        return
+    panels = sorted({k[:3] for k in summary})
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for method in methods:
+            points = sorted((k[4], v) for k, v in summary.items() if k[:3] == panel and k[3] == method)
+            if not points or method == "full":
+                continue
+            xs = [v["storage"] for _, v in points]
+            ax.errorbar(xs, [100 * v["mean"] for _, v in points], yerr=[100 * v["std"] for _, v in points],
+                        marker="o", capsize=3, label=METHOD_NAMES[method])
+        full = [v for k, v in summary.items() if k[:3] == panel and k[3] == "full"]
+        if full:
+            ax.axhline(100 * full[0]["mean"], color="grey", linestyle="--", label=METHOD_NAMES["full"])
+        ax.set_xscale("log")
+        ax.set_xlabel("storage (scalars)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(" / ".join(panel), fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.splitext(report)[0] + ".png", dpi=110)
+    plt.close(fig)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="digits, 1 seed, short runs (under 30 minutes)")
+    p.add_argument("--smoke", action="store_true", help="seconds-long run of every code path (for the tests)")
+    p.add_argument("--out", default=HERE, help="folder for the cache and the report (default: benchmarks/)")
+    p.add_argument("--datasets")
+    p.add_argument("--ipc", help="comma-separated ipc budgets")
+    p.add_argument("--methods", help=f"comma-separated, of {','.join(METHODS)}")
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--protocols")
+    p.add_argument("--archs")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop starting new cells after this long")
+    p.add_argument("--report-only", action="store_true")
+    a = p.parse_args(argv)
+    mode = dataclasses.replace(SMOKE if a.smoke else QUICK if a.quick else Mode(name="full"), out=a.out)
+    picks = {"datasets": a.datasets, "ipcs": a.ipc, "methods": a.methods, "protocols": a.protocols,
+             "archs": a.archs}
+    for field, value in picks.items():
+        if value:
+            items = tuple(int(v) if field == "ipcs" else v for v in value.split(","))
+            mode = dataclasses.replace(mode, **{field: items})
+    if a.seeds:
+        mode = dataclasses.replace(mode, seeds=a.seeds)
+    unknown = set(mode.methods) - set(METHODS)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}")
+    if not a.report_only:
+        run_grid(mode, a.max_minutes)
+    command = "python benchmarks/grid.py" + (" --quick" if a.quick else " --smoke" if a.smoke else "")
+    print(write_report(mode, command))
+
+
+if __name__ == "__main__":
+    main()
