@@ -100,33 +100,61 @@ def cmd_distill(argv: Sequence[str]) -> int:
 
 
 def cmd_evaluate(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="d3hf evaluate")
-    p.add_argument("model", help="artifact folder or Hub id")
+    p = argparse.ArgumentParser(prog="d3hf evaluate", description="Train fresh networks on an artifact's samples "
+                                "(or a fixed image set) and test them on the real test split.")
+    p.add_argument("model", nargs="?", help="artifact folder or Hub id")
+    p.add_argument("--images", help="evaluate a fixed image set instead: .npz with images (N,C,H,W) and labels")
     p.add_argument("--dataset", default=None, help="defaults to the dataset recorded in the artifact")
-    p.add_argument("--arch", default="convnet", choices=["convnet", "mlp"])
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--arch", default="convnet", choices=["convnet", "resnet", "mlp"])
+    p.add_argument("--augment", default="none", choices=["none", "dsa"], help="none: P-noaug; dsa: P-dsa")
+    p.add_argument("--epochs", type=int, default=None, help="default: the protocol's (300, or 1000 with dsa)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--num_per_class", "--num-per-class", type=int, default=20)
+    p.add_argument("--num_per_class", "--num-per-class", type=int, default=20, help="fresh samples per class per epoch")
+    p.add_argument("--with_prior_means", "--with-prior-means", action="store_true",
+                   help="also train on every prior's mean image each epoch")
+    p.add_argument("--allow_unverified_test", "--allow-unverified-test", action="store_true",
+                   help="evaluate even when the test split cannot be shown disjoint from the distillation rows")
     a = p.parse_args(list(argv))
+    if (a.model is None) == (a.images is None):
+        raise ValueError("Give either an artifact (MODEL) or --images FILE.npz, not both.")
     import dataclasses
 
-    from .evaluation import Protocol, evaluate, model_source
-    from .modeling_d3 import D3Model
+    from .evaluation import check_test_split_disjoint, evaluate, fixed_source, model_source, named_protocol
     from .pipeline import load_data
 
-    model = D3Model.from_pretrained(a.model)
-    # Test on the dataset, columns and split recorded in the artifact unless told otherwise.
-    recorded = {k: v for k, v in model.config.distillation.items() if k in DistillArguments.__dataclass_fields__}
-    data_args = dataclasses.replace(DistillArguments(**recorded), dataset=a.dataset or recorded.get("dataset", "mnist5k"))
-    data = load_data(data_args)
-    protocol = Protocol(arch=a.arch, epochs=a.epochs, num_per_class=a.num_per_class)
-    result = evaluate(lambda s: model_source(model, a.num_per_class, s), data, protocol, a.seeds, show_progress=True)
-    sys.stdout.write(f"{100 * result['mean']:.2f} +- {100 * result['std']:.2f} % over {a.seeds} seed(s); "
-                     f"{result['notes']}\n")
-    if os.path.isdir(a.model):
+    overrides = {"arch": a.arch, "num_per_class": a.num_per_class, **({"epochs": a.epochs} if a.epochs else {})}
+    protocol = named_protocol("P-dsa" if a.augment == "dsa" else "P-noaug", **overrides)
+    if a.images:
+        from .baselines import load_peer_images, peer_mnist5k_source
+
+        images = load_peer_images(a.images)
+        data = load_data(DistillArguments(dataset=a.dataset or "mnist5k"))
+        # Fixed image sets carry no record of their rows; the peer's documented split is the one known.
+        record = peer_mnist5k_source() if data.source_info.get("source") == "mnist5k" else {}
+        make_source, method = (lambda s: fixed_source(images.images, images.labels)), f"images {a.images}"
+    else:
+        from .modeling_d3 import D3Model
+
+        model = D3Model.from_pretrained(a.model)
+        # Test on the dataset, columns and split recorded in the artifact unless told otherwise.
+        recorded = {k: v for k, v in model.config.distillation.items() if k in DistillArguments.__dataclass_fields__}
+        data = load_data(dataclasses.replace(DistillArguments(**recorded),
+                                             dataset=a.dataset or recorded.get("dataset", "mnist5k")))
+        record = model.config.source
+        make_source = lambda s: model_source(model, a.num_per_class, s, with_means=a.with_prior_means)  # noqa: E731
+        method = "d3hf artifact" + (" (samples + prior means)" if a.with_prior_means else "")
+    verified = check_test_split_disjoint(record, data, allow_unverified=a.allow_unverified_test)
+    result = evaluate(make_source, data, protocol, a.seeds, show_progress=True)
+    result.update(method=method, test_split_check=verified)
+    sys.stdout.write("| method | protocol | arch | accuracy (final epoch) | seeds |\n|---|---|---|---:|---:|\n"
+                     f"| {method} | {protocol.name} | {a.arch} | {100 * result['mean']:.2f} +- "
+                     f"{100 * result['std']:.2f} % | {a.seeds} |\n\n{result['notes']}; {verified}\n")
+    if a.model and os.path.isdir(a.model):
         from .io_utils import atomic_write_json
+        from .model_card import write_card_and_samples
 
         atomic_write_json(os.path.join(a.model, "eval.json"), {"results": [result], "protocol_text": result["notes"]})
+        write_card_and_samples(model, a.model)
     return 0
 
 

@@ -145,12 +145,17 @@ def train_and_test(
     return test_accuracy(net, data, mean, std, device)
 
 
-def model_source(model, num_per_class: int, seed: int) -> TrainSource:
-    """Fresh samples from a D3 artifact every epoch."""
+def model_source(model, num_per_class: int, seed: int, with_means: bool = False) -> TrainSource:
+    """Fresh samples from a D3 artifact every epoch (plus every prior's mean image if asked)."""
     from .modeling_d3 import class_seed
 
+    means = model.mean_images() if with_means else None
+
     def source(epoch: int):
-        return model.sample(num_per_class, seed=class_seed(seed, 104729, epoch))
+        images, labels = model.sample(num_per_class, seed=class_seed(seed, 104729, epoch))
+        if means is None:
+            return images, labels
+        return torch.cat([images, means[0]]), torch.cat([labels, means[1]])
 
     return source
 

@@ -80,7 +80,8 @@ def build_config(args: DistillArguments, data: ImageClassificationData,
         normalization_mean=mean,
         normalization_std=std,
         soft_labels=args.soft_labels,
-        source={**data.source_info, "num_train_rows": int(len(data.labels())), "train_fingerprint": data.fingerprint()},
+        source={**data.source_info, "num_train_rows": int(len(data.labels())), "train_fingerprint": data.fingerprint(),
+                **_train_rows_record(data)},
         distillation=args.to_dict(),
     )
     ledger = estimate_storage(config)
@@ -92,6 +93,15 @@ def build_config(args: DistillArguments, data: ImageClassificationData,
             + f"\n{ledger}\nLower lpc / z_dim / decoder width, use fewer subtasks, or raise ipc_budget."
         )
     return config
+
+
+def _train_rows_record(data: ImageClassificationData) -> dict:
+    """The distillation rows' ids (digest) for the test-overlap check of ``d3hf evaluate``, where
+    the dataset names its rows (``source_row``); others are checked by fingerprint and pixels
+    at evaluation time, so no process reads pixels it does not distil here."""
+    from .evaluation import train_rows_record
+
+    return train_rows_record(data) if "source_row" in data.train.column_names else {}
 
 
 def expert_settings(args: DistillArguments) -> ExpertSettings:

@@ -200,3 +200,48 @@ def test_soft_label_mode_stores_counts_and_returns_teacher_labels(tmp_path):
     assert torch.equal(soft, stored[model.draw(3, 0)[0]])
     ds = model.to_dataset(2, seed=0, soft_labels=True)
     assert "soft_label" in ds.column_names and len(ds[0]["soft_label"]) == num_classes
+
+
+def test_evaluate_an_artifact_writes_eval_json_and_card(first_run, tmp_path, capsys):
+    artifact = tmp_path / "artifact"
+    shutil.copytree(first_run["out"] / "artifact", artifact)
+    assert main(["evaluate", str(artifact), "--epochs", "1", "--seeds", "2", "--arch", "resnet",
+                 "--with-prior-means", "--num_per_class", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| d3hf artifact (samples + prior means) | P-noaug[epochs=1,num_per_class=3] | resnet |" in out
+    assert "verified disjoint" in out
+    evaluation = json.loads((artifact / "eval.json").read_text())
+    assert len(evaluation["results"][0]["accuracies"]) == 2
+    assert "P-noaug[epochs=1,num_per_class=3]" in (artifact / "README.md").read_text()
+
+
+def test_evaluate_refuses_a_test_split_it_cannot_show_disjoint(first_run, tmp_path, capsys):
+    import datasets
+
+    from d3hf import load_image_classification
+
+    digits = load_image_classification("digits")
+    # The whole digits data as one unsplit dataset: its held-out rows may be distillation rows.
+    full = datasets.concatenate_datasets([digits.train, digits.test])
+    full.save_to_disk(str(tmp_path / "digits-all"))
+    code = main(["evaluate", str(first_run["out"] / "artifact"), "--dataset", str(tmp_path / "digits-all"),
+                 "--epochs", "1", "--seeds", "1"])
+    assert code == 2
+    assert "Cannot verify that the test split" in capsys.readouterr().err
+    assert not (first_run["out"] / "artifact" / "eval.json").read_text().count("digits-all")
+
+
+def test_evaluate_needs_an_artifact_or_images(capsys):
+    assert main(["evaluate"]) == 2
+    assert "either an artifact" in capsys.readouterr().err
+
+
+PEER_IPC1 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                         "peer-baselines", "dm_mnist5k_ipc1.npz")
+
+
+@pytest.mark.skipif(not os.path.exists(PEER_IPC1), reason="the external peer images are not on this machine")
+def test_evaluate_a_fixed_image_set_under_the_same_protocol(capsys):
+    assert main(["evaluate", "--images", PEER_IPC1, "--dataset", "mnist5k", "--epochs", "1", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"| images {PEER_IPC1} | P-noaug[epochs=1] | convnet |" in out and "verified disjoint" in out

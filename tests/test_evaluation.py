@@ -371,6 +371,9 @@ def test_artifact_source_without_row_digest_uses_the_fingerprint(digits):
     from d3hf.pipeline import build_config
 
     source = build_config(tiny_args(), digits).source
+    assert source["train_rows_key"] == "source_row"  # new artifacts record their rows
+    assert "verified disjoint" in check_test_split_disjoint(source, digits)
+    source = {k: v for k, v in source.items() if k not in ("train_rows_key", "train_rows_digest")}  # older ones
     assert "verified disjoint" in check_test_split_disjoint(source, digits)
     with pytest.raises(SplitOverlapError):
         check_test_split_disjoint({**source, "train_fingerprint": "0" * 16}, digits)
