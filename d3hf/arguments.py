@@ -48,7 +48,9 @@ class DistillArguments:
     expert_batch_size: int = 256
     expert_dtype: str = field(default="float32", metadata={"help": "float32 or float16 snapshots"})
     buffer_dir: Optional[str] = field(default=None, metadata={"help": "defaults to OUTPUT_DIR/experts"})
-    student_depth: int = 3
+    student_depth: int = field(
+        default=0, metadata={"help": "ConvNet blocks of experts and student; 0 = auto (up to 3, each seeing >= 4x4 maps)"}
+    )
     student_width: int = 32
 
     # objective

@@ -127,3 +127,14 @@ def unflatten(model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out[name] = flat[offset : offset + n].view_as(p)
         offset += n
     return out
+
+
+def auto_depth(image_shape, max_depth: int = 3) -> int:
+    """The deepest ConvNet (at most ``max_depth`` blocks) whose every block sees maps of at
+    least 4x4: 3 for 28x28 or 32x32, 2 for 8x8. Deeper, the last instance norm works on 2x2
+    or 1x1 maps and the features collapse (experts on 8x8 digits then barely learn)."""
+    side, depth = min(image_shape[1:]), 0
+    while depth < max_depth and side >= 4:
+        side //= 2
+        depth += 1
+    return max(1, depth)

@@ -22,6 +22,7 @@ from .experts import ExpertSettings, build_expert_buffer
 from .faults import kill_point
 from .io_utils import atomic_directory, atomic_write_json, remove_stale_temporaries
 from .modeling_d3 import D3Model
+from .networks import auto_depth
 from .storage import estimate_storage
 from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
 
@@ -104,14 +105,15 @@ def _train_rows_record(data: ImageClassificationData) -> dict:
     return train_rows_record(data) if "source_row" in data.train.column_names else {}
 
 
-def expert_settings(args: DistillArguments) -> ExpertSettings:
+def expert_settings(args: DistillArguments, image_shape=None) -> ExpertSettings:
+    """Expert settings of a run; ``student_depth`` 0 resolves from ``image_shape``."""
     return ExpertSettings(
         num_experts=args.num_experts,
         epochs=max(args.expert_epochs_total, args.max_start_epoch + args.expert_epochs),
         keep_epochs=args.max_start_epoch + args.expert_epochs,
         lr=args.expert_lr,
         batch_size=args.expert_batch_size,
-        depth=args.student_depth,
+        depth=args.student_depth or auto_depth(image_shape),
         width=args.student_width,
         dtype=args.expert_dtype,
         seed=args.seed,
@@ -171,7 +173,7 @@ def distill_subtask(
     t = time.perf_counter()
     buffer_dir = (os.path.join(args.buffer_dir, str(index)) if num_subtasks > 1 else args.buffer_dir) \
         if args.buffer_dir else os.path.join(workdir, "experts")
-    buffer = build_expert_buffer(view, expert_settings(sub_args), buffer_dir, device=device,
+    buffer = build_expert_buffer(view, expert_settings(sub_args, view.image_shape), buffer_dir, device=device,
                                  show_progress=show_progress)
     timings["experts_s"] = time.perf_counter() - t
     timings["expert_buffer_bytes"] = buffer.size_on_disk()

@@ -195,3 +195,11 @@ def test_auto_step_checkpointing_turns_on_when_the_plain_unroll_would_not_fit(mo
     assert engine.use_step_checkpointing(tiny_args(syn_steps=80, samples_per_class=20, student_width=32),
                                          **mnist_like)
     assert engine.use_step_checkpointing(tiny_args(syn_steps=1, checkpoint_steps="true"), **mnist_like)
+
+
+def test_auto_student_depth_keeps_every_block_on_maps_of_at_least_4x4():
+    from d3hf.networks import auto_depth
+
+    assert [auto_depth((1, s, s)) for s in (4, 8, 16, 28, 32, 64)] == [1, 2, 3, 3, 3, 3]
+    assert expert_settings(tiny_args(student_depth=0), (1, 8, 8)).depth == 2
+    assert expert_settings(tiny_args(student_depth=3), (1, 8, 8)).depth == 3
