@@ -244,6 +244,7 @@ def write_report(mode: Mode, command: str) -> str:
     ipcs = sorted({r["ipc_budget"] for r in results})
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     lines = [f"# d3hf benchmark{'' if mode.name == 'full' else f' ({mode.name} mode)'}", "",
+             "## The grid: D3 and baselines at equal storage", "",
              f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, "
              f"torch {_torch_version()}. Cells: {len(results)} cached in `{os.path.relpath(mode.cache, REPO)}/cells/`; "
              f"total cell time {sum(r['cell_seconds'] for r in results) / 60:.1f} min.", "",
@@ -257,7 +258,7 @@ def write_report(mode: Mode, command: str) -> str:
                 rows = {k: v for k, v in summary.items() if k[:3] == (dataset, protocol, arch)}
                 notes = next(r["notes"] for r in results if (r["dataset"], r["protocol"], r["arch"]) ==
                              (dataset, protocol, arch))
-                lines += [f"## {dataset}, {protocol}, {arch}", "", f"Protocol: {notes}.", "",
+                lines += [f"### {dataset}, {protocol}, {arch}", "", f"Protocol: {notes}.", "",
                           "| method | " + " | ".join(f"ipc_budget {i}" for i in ipcs) + " | storage (scalars) |",
                           "|---|" + "---:|" * (len(ipcs) + 1)]
                 for method in methods:
@@ -268,15 +269,36 @@ def write_report(mode: Mode, command: str) -> str:
                     storage = " / ".join(f"{c['storage']:,}" for c in cells_ if c)
                     lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(text) + f" | {storage} |")
                 lines.append("")
-    lines += ["## Cells", "", "| cell | accuracy | build s | eval s |", "|---|---:|---:|---:|"]
+    if not results:
+        lines += ["No grid cell has been run yet: `python benchmarks/grid.py` (resumable) fills this section.", ""]
+    lines += ["### Cells", "", "| cell | accuracy | build s | eval s |", "|---|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {cell_name(r['dataset'], r['ipc_budget'], r['method'], r['seed'], r['protocol'], r['arch'])} "
                      f"| {100 * r['accuracy']:.2f} % | {r['build_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+    if mode.name == "full":
+        lines += _other_measurements()
     text = "\n".join(lines) + "\n"
     with open(mode.report, "w") as f:
         f.write(text)
     _plot(mode.report, methods, summary)
     return text
+
+
+# Measurements made by the other benchmark scripts, gathered into RESULTS.md when present.
+OTHER_REPORTS = ("baseline_check.md", "subtasks.md", "unroll_memory.md")
+
+
+def _other_measurements() -> list[str]:
+    lines = []
+    for name in OTHER_REPORTS:
+        path = os.path.join(HERE, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                body = f.read().strip().splitlines()
+            # Demote the section's own title one level under RESULTS.md.
+            lines += [("#" + body[0]) if body and body[0].startswith("# ") else body[0], *body[1:], "",
+                      f"(from `benchmarks/{name}`)", ""]
+    return lines
 
 
 def _plot(report: str, methods: list[str], summary: dict) -> None:
