@@ -53,10 +53,10 @@ def accuracy_cell(subtasks: int) -> dict:
             "timings": summary["timings"], "per_subtask": summary["subtasks"]}
 
 
-def speed_cell(processes: int) -> dict:
-    out = os.path.join(CACHE, f"speed_{processes}proc")
+def speed_cell(processes: int, iterations: int) -> dict:
+    out = os.path.join(CACHE, f"speed_{processes}proc" + ("" if iterations == SPEED_ITERATIONS else f"_it{iterations}"))
     shutil.rmtree(out, ignore_errors=True)  # experts are trained again: they are part of the work
-    args = ["distill", RECIPE, "--num_subtasks", "2", "--iterations", str(SPEED_ITERATIONS), "--eval_epochs", "0",
+    args = ["distill", RECIPE, "--num_subtasks", "2", "--iterations", str(iterations), "--eval_epochs", "0",
             "--num_threads", "1", "--output_dir", out + ("/rank{process_index}" if processes > 1 else "")]
     if processes == 1:
         cmd = [os.path.join(BIN, "d3hf"), *args]
@@ -64,7 +64,7 @@ def speed_cell(processes: int) -> dict:
         cmd = [os.path.join(BIN, "accelerate"), "launch", "--config_file", ACCELERATE_CONFIG, "-m", "d3hf", *args,
                "--cpu"]
     wall = _run(cmd, 1, out + ".log")
-    return {"processes": processes, "wall_s": wall, "command": " ".join(cmd[1:]).replace(REPO + "/", "")}
+    return {"processes": processes, "iterations": iterations, "wall_s": wall, "command": " ".join(cmd[1:]).replace(REPO + "/", "")}
 
 
 def cached(name: str, compute) -> dict:
@@ -83,13 +83,15 @@ def report(accuracy: list[dict], speed: list[dict]) -> str:
     lines = ["# Subtask decomposition (MNIST-5k)", "", "Command: `python benchmarks/subtasks.py` (cells cached in "
              "benchmarks/cache/subtasks/).", ""]
     if speed:
-        lines += [f"## Speed: 2 subtasks, {SPEED_ITERATIONS} iterations each, experts included, no evaluation", "",
-                  "| processes | torch threads each | wall (s) | command |", "|---:|---:|---:|---|"]
-        for r in speed:
-            lines.append(f"| {r['processes']} | 1 | {r['wall_s']:.1f} | `{r['command']}` |")
-        if len(speed) == 2:
-            lines += ["", f"Speedup of 2 processes over 1: {speed[0]['wall_s'] / speed[1]['wall_s']:.2f}x "
-                          f"(target at least 1.7x); machine: {speed[0]['machine']}.", ""]
+        lines += ["## Speed: 2 subtasks, experts included, no evaluation, one torch thread per process", "",
+                  "| iterations per subtask | processes | wall (s) | speedup | command |", "|---:|---:|---:|---:|---|"]
+        for one, two in zip(speed[::2], speed[1::2]):
+            for r in (one, two):
+                lines.append(f"| {r.get('iterations', SPEED_ITERATIONS)} | {r['processes']} | {r['wall_s']:.1f} | "
+                             f"{one['wall_s'] / r['wall_s']:.2f}x | `{r['command']}` |")
+        lines += ["", f"Target: at least 1.7x on 2 cores; machine: {speed[0]['machine']}. Wall time includes launching "
+                      "(accelerate, imports, data loading in each process), a fixed cost that weighs more in short runs.",
+                  ""]
     if accuracy:
         lines += ["## Accuracy at ipc_budget 10 (P-noaug, final epoch, 1 seed)", "",
                   "| subtasks | d3hf | random real (10/class) | storage (IPC-eq.) | wall (s) | share of 1 subtask |",
@@ -110,11 +112,14 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--only", choices=["speed", "accuracy"], default=None)
     p.add_argument("--subtasks", default="1,2,5")
+    p.add_argument("--speed-iterations", default=f"{SPEED_ITERATIONS},150")
     a = p.parse_args()
     os.makedirs(CACHE, exist_ok=True)
     speed, accuracy = [], []
     if a.only in (None, "speed"):
-        speed = [cached(f"speed_{n}proc", lambda n=n: speed_cell(n)) for n in (1, 2)]
+        for its in map(int, a.speed_iterations.split(",")):
+            suffix = "" if its == SPEED_ITERATIONS else f"_it{its}"
+            speed += [cached(f"speed_{n}proc{suffix}", lambda n=n, its=its: speed_cell(n, its)) for n in (1, 2)]
     if a.only in (None, "accuracy"):
         accuracy = [cached(f"accuracy_{s}", lambda s=s: accuracy_cell(s)) for s in map(int, a.subtasks.split(","))]
     text = report(accuracy, speed)

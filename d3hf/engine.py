@@ -54,8 +54,8 @@ def available_memory(device: torch.device) -> int:
 
 def use_step_checkpointing(args: DistillArguments, image_shape, num_classes: int, device: torch.device) -> bool:
     """``auto``: recompute inner steps when the plain unroll would take over a quarter of the
-    device's free memory. Recomputing costs about a quarter more time per iteration and keeps
-    the unroll's memory flat in syn_steps (benchmarks/unroll_memory.md)."""
+    device's free memory. Recomputing keeps the unroll's memory flat in syn_steps at about the
+    same speed on CPU (benchmarks/unroll_memory.md); off otherwise, as it is one more code path."""
     value = str(args.checkpoint_steps).lower()
     if value == "auto":
         need, free = plain_unroll_bytes(args, image_shape, num_classes), available_memory(device)
