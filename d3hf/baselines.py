@@ -19,6 +19,7 @@ import torch
 from .augment import DSA
 from .data import DataError, ImageClassificationData
 from .networks import ConvNet
+from .seeding import class_seed
 
 logger = logging.getLogger(__name__)
 
@@ -195,13 +196,10 @@ class DistributionMatching:
 
     def __init__(self, data: ImageClassificationData, ipc: int, settings: DMSettings | None = None,
                  device: torch.device | str = "cpu"):
-        from .modeling_d3 import class_seed
-
         self.data, self.ipc = data, ipc
         self.settings = settings or DMSettings()
         self.device = torch.device(device)
         self.iteration = 0
-        self._class_seed = class_seed
         _per_class_ipc(data, ipc)
         self._mean, self._std = data.normalization_tensors(self.device)
         # Real images as uint8 per class: decoding PNGs every iteration would dominate the cost.
@@ -219,7 +217,7 @@ class DistributionMatching:
         """The randomly initialised embedding network of iteration ``index`` (frozen)."""
         s = self.settings
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._class_seed(s.seed, 4, index))
+            torch.manual_seed(class_seed(s.seed, 4, index))
             net = ConvNet(self.data.image_shape, self.data.num_classes, s.depth, s.width)
         return net.to(self.device).requires_grad_(False)
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from .augment import DSA
-from .baselines import random_real_images  # noqa: F401  (kept importable from here)
 from .data import DataError, ImageClassificationData
 from .networks import build_classifier
+from .seeding import class_seed
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +113,6 @@ def train_and_test(
     """
     from tqdm.auto import tqdm
 
-    from .modeling_d3 import class_seed
-
     if protocol.augment not in AUGMENTATIONS:
         raise ValueError(f"augmentation {protocol.augment!r} is not available; use one of {', '.join(AUGMENTATIONS)}")
     device = torch.device(device)
@@ -147,8 +145,6 @@ def train_and_test(
 
 def model_source(model, num_per_class: int, seed: int, with_means: bool = False) -> TrainSource:
     """Fresh samples from a D3 artifact every epoch (plus every prior's mean image if asked)."""
-    from .modeling_d3 import class_seed
-
     means = model.mean_images() if with_means else None
 
     def source(epoch: int):

@@ -171,9 +171,8 @@ def distill_subtask(
     view = data.subset(config.subtasks[index])
     timings: dict = {}
     t = time.perf_counter()
-    buffer_dir = (os.path.join(args.buffer_dir, str(index)) if num_subtasks > 1 else args.buffer_dir) \
-        if args.buffer_dir else os.path.join(workdir, "experts")
-    buffer = build_expert_buffer(view, expert_settings(sub_args, view.image_shape), buffer_dir, device=device,
+    buffer = build_expert_buffer(view, expert_settings(sub_args, view.image_shape),
+                                 _buffer_dir(args, index, num_subtasks, workdir), device=device,
                                  show_progress=show_progress)
     timings["experts_s"] = time.perf_counter() - t
     timings["expert_buffer_bytes"] = buffer.size_on_disk()
@@ -197,6 +196,14 @@ def distill_subtask(
         part.save_pretrained(tmp)
     atomic_write_json(finished, {"iterations": distiller.iteration})
     return part, timings
+
+
+def _buffer_dir(args: DistillArguments, index: int, num_subtasks: int, workdir: str) -> str:
+    """Where subtask ``index`` keeps its experts: in its own folder, or under ``buffer_dir``
+    (one sub-folder per subtask when there are several)."""
+    if not args.buffer_dir:
+        return os.path.join(workdir, "experts")
+    return os.path.join(args.buffer_dir, str(index)) if num_subtasks > 1 else args.buffer_dir
 
 
 def _read_json(path: str) -> dict:
@@ -303,7 +310,8 @@ def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, ar
     """P-noaug accuracy of the artifact and of random real images at the same budget."""
     if args.eval_epochs <= 0 or data.test is None:
         return None
-    from .evaluation import Protocol, evaluate, fixed_source, model_source, random_real_images
+    from .baselines import random_real_images
+    from .evaluation import Protocol, evaluate, fixed_source, model_source
 
     t = time.perf_counter()
     protocol = Protocol(epochs=args.eval_epochs, num_per_class=args.eval_num_per_class)

@@ -9,25 +9,21 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import TINY
 from safetensors.torch import load_file
 
 from d3hf.cli import main, parse_distill_args
 from d3hf.engine import read_checkpoint
 from d3hf.modeling_d3 import D3Model
 
-CLI_TINY = dict(
-    dataset="digits",
+# conftest's TINY, with the iteration count left to each command line and a CPU run that
+# evaluates briefly and checkpoints every iteration.
+CLI_TINY = {k: v for k, v in TINY.items() if k != "iterations"} | dict(
     ipc_budget=10,
-    decoder="4",
     num_experts=1,
     expert_epochs_total=3,
     max_start_epoch=1,
-    expert_epochs=1,
-    student_depth=2,
-    student_width=8,
     syn_steps=2,
-    samples_per_class=2,
-    mmd_samples=4,
     eval_epochs=2,
     eval_num_per_class=5,
     eval_seeds=1,
