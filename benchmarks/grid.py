@@ -27,9 +27,24 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PEER_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "peer-baselines"))
-METHODS = ("d3", "random", "herding", "kcenter", "dm", "peer", "full")
-METHOD_NAMES = {"d3": "d3hf (D3)", "random": "random real", "herding": "herding", "kcenter": "k-center",
-                "dm": "DM (in-project)", "peer": "DM (external images)", "full": "all real train images"}
+# D3 and its ablations: settings laid over the dataset's recipe. "half-decoder" halves the
+# recipe's decoder width and lets the priors per class fill the budget it frees.
+D3_VARIANTS = {
+    "d3": {},
+    "d3-random-init": {"init": "random"},
+    "d3-vae-only": {"iterations": 0},
+    "d3-mtt-only": {"mmd_weight": 0.0},
+    "d3-mmd-only": {"mtt_weight": 0.0},
+    "d3-lpc1": {"lpc": "1"},
+    "d3-half-decoder": {"decoder": "half"},
+}
+METHODS = (*D3_VARIANTS, "random", "herding", "kcenter", "dm", "peer", "full")
+METHOD_NAMES = {"d3": "d3hf (D3)", "d3-random-init": "D3, random init (the reference's start)",
+                "d3-vae-only": "D3 warm start only (VAE fit, no MTT/MMD)", "d3-mtt-only": "D3, MTT term only",
+                "d3-mmd-only": "D3, MMD term only", "d3-lpc1": "D3, 1 prior per class + larger decoder",
+                "d3-half-decoder": "D3, half-width decoder + more priors", "random": "random real",
+                "herding": "herding", "kcenter": "k-center", "dm": "DM (in-project)", "peer": "DM (external images)",
+                "full": "all real train images"}
 
 
 @dataclasses.dataclass
@@ -58,7 +73,8 @@ class Mode:
         return os.path.join(self.out, "RESULTS.md" if self.name == "full" else f"RESULTS-{self.name}.md")
 
 
-QUICK = Mode(name="quick", datasets=("digits",), methods=("d3", "random", "herding", "kcenter", "dm"), seeds=1,
+QUICK = Mode(name="quick", datasets=("digits",), methods=("d3", "d3-random-init", "d3-vae-only", "d3-mtt-only",
+                                                           "d3-mmd-only", "random", "herding", "kcenter", "dm"), seeds=1,
              protocols=("P-noaug",), archs=("convnet",), d3_overrides={"iterations": 100, "num_experts": 5},
              dm_iterations=50, eval_epochs=100)
 # For the test suite: every code path of the grid in seconds.
@@ -77,20 +93,37 @@ def load_data(dataset: str):
     return load_image_classification(dataset)
 
 
-def build_d3(data, dataset: str, ipc: int, seed: int, mode: Mode) -> tuple[str, dict]:
-    """Distil with the dataset's recipe (evaluation off); returns the artifact folder and facts."""
+def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode):
+    """The recipe's settings with the mode's and the variant's overrides (output_dir unset)."""
     import yaml
 
     from d3hf.arguments import DistillArguments
+    from d3hf.pipeline import build_config
+
+    with open(os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")) as f:
+        recipe = yaml.safe_load(f)
+    variant = dict(D3_VARIANTS[method])
+    args = DistillArguments(**{**recipe, **mode.d3_overrides, "seed": seed, "eval_epochs": 0})
+    if variant.get("decoder") == "half":
+        width = build_config(args, data).decoder_specs()[0].channels[-1]
+        variant["decoder"] = str(max(1, width // 2))
+    return dataclasses.replace(args, **variant)
+
+
+def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -> tuple[str, dict]:
+    """Distil with the dataset's recipe and the variant's settings (evaluation off); returns the
+    artifact folder and facts. The folder is keyed by a hash of the settings, so a changed recipe
+    is distilled anew instead of read from a stale cache."""
+    import hashlib
+
     from d3hf.pipeline import ARTIFACT_DIR, run_distillation
 
-    out = os.path.join(mode.cache, "builds", f"{dataset}_ipc{ipc}_d3_seed{seed}")
+    args = d3_arguments(data, dataset, ipc, method, seed, mode)
+    digest = hashlib.sha256(json.dumps(args.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    out = os.path.join(mode.cache, "builds", f"{dataset}_ipc{ipc}_{method}_seed{seed}_{digest}")
     artifact = os.path.join(out, ARTIFACT_DIR)
     if not os.path.exists(os.path.join(artifact, "config.json")):
-        with open(os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")) as f:
-            recipe = yaml.safe_load(f)
-        args = DistillArguments(**{**recipe, **mode.d3_overrides, "seed": seed, "output_dir": out, "eval_epochs": 0})
-        run_distillation(args, show_progress=True)
+        run_distillation(dataclasses.replace(args, output_dir=out), show_progress=True)
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     return artifact, {"storage_scalars": summary["ledger"]["total_scalars"],
@@ -104,6 +137,7 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     import torch
 
     from d3hf import baselines
+    from d3hf.networks import auto_depth
 
     path = os.path.join(mode.cache, "builds", f"{dataset}_ipc{ipc}_{method}_seed{seed}.npz")
     if os.path.exists(path):
@@ -114,10 +148,11 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     if method == "random":
         images = baselines.random_real_images(data, ipc, seed)
     elif method in ("herding", "kcenter"):
-        net = baselines.train_feature_network(data, epochs=mode.feature_epochs, seed=seed)
+        net = baselines.train_feature_network(data, epochs=mode.feature_epochs, seed=seed,
+                                              depth=auto_depth(data.image_shape))
         images = (baselines.herding_images if method == "herding" else baselines.k_center_images)(data, ipc, net)
     elif method == "dm":
-        settings = baselines.DMSettings(iterations=mode.dm_iterations, seed=seed)
+        settings = baselines.DMSettings(iterations=mode.dm_iterations, seed=seed, depth=auto_depth(data.image_shape))
         images = baselines.distribution_matching_images(data, ipc, settings, show_progress=True)
     elif method == "full":
         rows = np.arange(len(data.labels()))
@@ -147,8 +182,8 @@ def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name
     if mode.eval_epochs is not None:
         overrides["epochs"] = mode.eval_epochs
     protocol = named_protocol(protocol_name, **overrides)
-    if method == "d3":
-        artifact, facts = build_d3(data, dataset, ipc, seed, mode)
+    if method in D3_VARIANTS:
+        artifact, facts = build_d3(data, dataset, ipc, method, seed, mode)
         model = D3Model.from_pretrained(artifact)
         make_source = lambda s: model_source(model, protocol.num_per_class, s)  # noqa: E731
     elif method == "peer":
@@ -175,9 +210,11 @@ def cells(mode: Mode):
                 if method == "full" and ipc != mode.ipcs[0]:
                     continue  # the upper bound does not depend on the budget
                 seeds = 1 if method in ("peer", "full") else mode.seeds
+                # Ablations run under the first protocol and architecture only (P-noaug, ConvNet).
+                ablation = method in D3_VARIANTS and method != "d3"
                 for seed in range(seeds):
-                    for protocol in mode.protocols:
-                        for arch in mode.archs:
+                    for protocol in mode.protocols[:1] if ablation else mode.protocols:
+                        for arch in mode.archs[:1] if ablation else mode.archs:
                             yield dataset, ipc, method, seed, protocol, arch
 
 

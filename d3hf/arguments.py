@@ -33,6 +33,9 @@ class DistillArguments:
     lpc: str = field(default="auto", metadata={"help": "latent priors per class, or auto"})
     z_dim: str = field(default="auto", metadata={"help": "latent size, or auto"})
     soft_labels: bool = False
+    init: str = field(default="vae", metadata={"choices": ["vae", "random"], "help": "vae: decoder and priors fitted "
+                                               "to the task's train rows first; random: N(0,1) priors (the reference)"})
+    init_epochs: int = field(default=30, metadata={"help": "epochs of the vae warm start"})
 
     # subtask decomposition
     num_subtasks: int = field(default=1, metadata={"help": "split the classes into this many subtasks"})
@@ -46,7 +49,7 @@ class DistillArguments:
     expert_epochs_total: int = field(default=10, metadata={"help": "epochs each expert trains"})
     expert_lr: float = 0.01
     expert_batch_size: int = 256
-    expert_dtype: str = field(default="float32", metadata={"help": "float32 or float16 snapshots"})
+    expert_dtype: str = field(default="float32", metadata={"choices": ["float32", "float16"], "help": "snapshot dtype"})
     buffer_dir: Optional[str] = field(default=None, metadata={"help": "defaults to OUTPUT_DIR/experts"})
     student_depth: int = field(
         default=0, metadata={"help": "ConvNet blocks of experts and student; 0 = auto (up to 3, each seeing >= 4x4 maps)"}
@@ -65,7 +68,7 @@ class DistillArguments:
     mmd_bandwidths: str = "1,2,4,8,16"
     mmd_kernel_scale: str = field(
         default="median",
-        metadata={"help": "median: distances in units of the real features' median squared distance; absolute: raw"},
+        metadata={"choices": ["median", "absolute"], "help": "median: distances in units of the real features' median squared distance; absolute: raw"},
     )
     mmd_classes_per_iter: int = field(default=0, metadata={"help": "classes in the MMD term per iteration (0 = all)"})
     checkpoint_steps: str = field(default="auto", metadata={"help": "recompute inner steps in backward: auto/true/false"})
@@ -80,7 +83,7 @@ class DistillArguments:
     checkpoint_every: int = 100
     log_every: int = 20
     cpu: bool = field(default=False, metadata={"help": "run on CPU even when a GPU is present"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    mixed_precision: str = field(default="no", metadata={"choices": ["no", "fp16", "bf16"], "help": "autocast dtype"})
     num_threads: int = field(default=0, metadata={"help": "torch threads per process (0 = leave as is)"})
 
     # evaluation after distilling

@@ -71,6 +71,9 @@ def _check_types(args: DistillArguments) -> None:
             raise ValueError(f"Config key {name!r} must be of type {f.type.__name__}; got {value!r}.")
         if expected is int and isinstance(value, bool):
             raise ValueError(f"Config key {name!r} must be an integer; got {value!r}.")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:  # YAML values bypass argparse's own check
+            raise ValueError(f"Config key {name!r} must be one of {choices}; got {value!r}.")
 
 
 def cmd_distill(argv: Sequence[str]) -> int:

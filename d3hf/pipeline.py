@@ -25,6 +25,7 @@ from .modeling_d3 import D3Model
 from .networks import auto_depth
 from .storage import estimate_storage
 from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
+from .warm_start import WarmStartSettings, warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,9 @@ def distill_subtask(
     distiller = Distiller(part, view, buffer, sub_args, device=device, autocast=autocast)
     if distiller.load_checkpoint(workdir):
         logger.info("Subtask %d: resuming at iteration %d", index, distiller.iteration)
+    elif sub_args.init == "vae":
+        timings.update(warm_start(distiller.model, view, WarmStartSettings(epochs=sub_args.init_epochs,
+                                                                           seed=sub_args.seed), show_progress))
     t = time.perf_counter()
     start_iteration = distiller.iteration
     distiller.run(args.iterations, checkpoint_dir=workdir, show_progress=show_progress)

@@ -48,6 +48,7 @@ TINY = dict(
     samples_per_class=2,
     mmd_samples=4,
     iterations=50,
+    init_epochs=2,
     eval_epochs=0,
     checkpoint_every=0,
     log_every=0,

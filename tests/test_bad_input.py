@@ -128,6 +128,7 @@ def test_explicit_partition_must_cover_each_class_once(tmp_path, capsys, partiti
 def test_unknown_key_and_wrong_type(tmp_path, capsys):
     assert_refused(*run(tmp_path, capsys, "digits", learning_rate=0.1), "Unknown config key(s) ['learning_rate']")
     assert_refused(*run(tmp_path, capsys, "digits", iterations="many"), "iterations")
+    assert_refused(*run(tmp_path, capsys, "digits", init="pretrained"), "'init' must be one of ['vae', 'random']")
 
 
 def test_output_location_that_is_a_file(tmp_path, capsys):

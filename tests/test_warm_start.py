@@ -1,0 +1,64 @@
+import torch
+
+from conftest import tiny_args
+from d3hf.aggregation import subtask_config
+from d3hf.modeling_d3 import D3Model
+from d3hf.pipeline import build_config
+from d3hf.warm_start import WarmStartSettings, kmeans, warm_start
+
+
+def test_kmeans_finds_separated_blobs_and_is_seeded():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(20, 2, generator=gen) for c in centres])
+    a = kmeans(points, 3, torch.Generator().manual_seed(1))
+    b = kmeans(points, 3, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    for blob in range(3):  # each blob is one cluster, and the clusters differ
+        assert len(set(a[20 * blob: 20 * (blob + 1)].tolist())) == 1
+    assert len(set(a.tolist())) == 3
+
+
+def _fresh_model(digits, seed=0):
+    config = build_config(tiny_args(decoder="auto"), digits)
+    torch.manual_seed(seed)
+    return D3Model(subtask_config(config, 0))
+
+
+def _class_means(digits):
+    return torch.stack([digits.images(rows).mean(0) for rows in digits.class_rows])
+
+
+def _nearest_class(images, class_means):
+    return torch.cdist(images.flatten(1), class_means.flatten(1)).argmin(1)
+
+
+def test_warm_start_makes_each_prior_draw_its_own_class(digits):
+    settings = WarmStartSettings(epochs=8, rows_per_class=100)
+    model = _fresh_model(digits)
+    means = _class_means(digits)
+    labels = model.prior_labels
+    with torch.no_grad():
+        before = (_nearest_class(model(torch.arange(model.config.num_priors)), means) == labels).float().mean()
+    stats = warm_start(model, digits, settings)
+    with torch.no_grad():
+        images, sample_labels = model.sample(10, seed=3)
+    after = (_nearest_class(images, means) == sample_labels).float().mean()
+    assert after >= 0.8 > before + 0.3, (before, after)
+    assert torch.isfinite(model.prior_logvars).all() and stats["warm_start_recon"] > 0
+
+    again = _fresh_model(digits)
+    warm_start(again, digits, settings)
+    for (name, x), (_, y) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_distill_warm_starts_only_with_init_vae(tmp_path):
+    from d3hf.pipeline import run_distillation
+
+    timings = {}
+    for init in ("vae", "random"):
+        _, summary = run_distillation(tiny_args(init=init, iterations=2, output_dir=str(tmp_path / init)),
+                                      show_progress=False)
+        timings[init] = summary["subtasks"][0]["timings"]
+    assert timings["vae"]["warm_start_s"] > 0 and "warm_start_s" not in timings["random"]
