@@ -35,7 +35,7 @@ class DistillArguments:
     soft_labels: bool = False
     init: str = field(default="vae", metadata={"choices": ["vae", "random"], "help": "vae: decoder and priors fitted "
                                                "to the task's train rows first; random: N(0,1) priors (the reference)"})
-    init_epochs: int = field(default=30, metadata={"help": "epochs of the vae warm start"})
+    init_steps: int = field(default=3000, metadata={"help": "optimiser steps (batches of 64) of the vae warm start"})
 
     # subtask decomposition
     num_subtasks: int = field(default=1, metadata={"help": "split the classes into this many subtasks"})

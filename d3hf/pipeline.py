@@ -184,7 +184,7 @@ def distill_subtask(
     if distiller.load_checkpoint(workdir):
         logger.info("Subtask %d: resuming at iteration %d", index, distiller.iteration)
     elif sub_args.init == "vae":
-        timings.update(warm_start(distiller.model, view, WarmStartSettings(epochs=sub_args.init_epochs,
+        timings.update(warm_start(distiller.model, view, WarmStartSettings(steps=sub_args.init_steps,
                                                                            seed=sub_args.seed), show_progress))
     t = time.perf_counter()
     start_iteration = distiller.iteration

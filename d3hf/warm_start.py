@@ -24,29 +24,27 @@ from .modeling_d3 import D3Model
 
 logger = logging.getLogger(__name__)
 
-INIT_KINDS = ("random", "vae")
 MIN_LOGVAR = -9.0
 
 
 @dataclass
 class WarmStartSettings:
-    epochs: int = 30
+    steps: int = 3000
     rows_per_class: int = 500
     batch_size: int = 64
     lr: float = 2e-3
-    kl_weight: float | None = None  # None: min(1, pixels / 784), see kl_weight_for
+    kl_weight: float | None = None  # None: kl_weight_for(image_shape)
     seed: int = 0
 
 
 def kl_weight_for(image_shape) -> float:
-    """The KL weight that gives the KL the share of the loss it has at weight 1 on 28x28x1.
-
-    The reconstruction term is a sum over pixels, so on small images a weight of 1 lets the
-    KL win and every latent decode to one average image (on 8x8 digits at weight 1, 29 % of
-    samples lay nearest their own class's mean image; 86 % at 0.1).
-    """
+    """0.25 on 28x28x1, scaled down with the pixel count (the reconstruction term is a sum over
+    pixels, so a fixed weight lets the KL win on small images and every latent decodes to one
+    average image). Chosen on a validation split of MNIST-5k at ipc_budget 10 (warm start only,
+    100-epoch P-noaug: weight 1 91.3 %, 0.5 92.3 %, 0.25 93.3 %, 0.1 92.8 %) and digits (1:
+    66.0 %, 0.1 and 0.02: 86.1 %)."""
     c, h, w = image_shape
-    return min(1.0, c * h * w / 784)
+    return 0.25 * min(1.0, c * h * w / 784)
 
 
 class _Encoder(nn.Module):
@@ -92,30 +90,33 @@ def warm_start(model: D3Model, data: ImageClassificationData, settings: WarmStar
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=settings.lr)
     kl_weight = settings.kl_weight if settings.kl_weight is not None else kl_weight_for(data.image_shape)
-    steps_per_epoch = max(1, len(images) // settings.batch_size)
-    bar = tqdm(total=settings.epochs * steps_per_epoch, desc="warm start", disable=not show_progress)
+    batch_size = min(settings.batch_size, len(images))
+    steps_per_epoch = len(images) // batch_size
+    bar = tqdm(total=settings.steps, desc="warm start", disable=not show_progress)
     recon = kl = torch.zeros(())
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(images), generator=generator)
-        for step in range(steps_per_epoch):
-            batch = images[order[step * settings.batch_size : (step + 1) * settings.batch_size].to(device)]
-            mean, logvar = encoder(batch)
-            noise = torch.randn(mean.shape, generator=generator).to(device)
-            out = decoder(mean + torch.exp(0.5 * logvar) * noise).clamp(1e-6, 1 - 1e-6)
-            recon = F.binary_cross_entropy(out, batch, reduction="sum") / len(batch)
-            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum() / len(batch)
-            optimizer.zero_grad(set_to_none=True)
-            (recon + kl_weight * kl).backward()
-            optimizer.step()
-            bar.update(1)
-        bar.set_postfix(recon=f"{recon.item():.1f}", kl=f"{kl.item():.1f}")
+    for step in range(settings.steps):
+        if step % steps_per_epoch == 0:
+            order = torch.randperm(len(images), generator=generator)
+        at = (step % steps_per_epoch) * batch_size
+        batch = images[order[at : at + batch_size].to(device)]
+        mean, logvar = encoder(batch)
+        noise = torch.randn(mean.shape, generator=generator).to(device)
+        out = decoder(mean + torch.exp(0.5 * logvar) * noise).clamp(1e-6, 1 - 1e-6)
+        recon = F.binary_cross_entropy(out, batch, reduction="sum") / len(batch)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum() / len(batch)
+        optimizer.zero_grad(set_to_none=True)
+        (recon + kl_weight * kl).backward()
+        optimizer.step()
+        bar.update(1)
+        if step % 100 == 0:
+            bar.set_postfix(recon=f"{recon.item():.1f}", kl=f"{kl.item():.1f}")
     bar.close()
     with torch.no_grad():
         means, logvars = zip(*(encoder(images[i : i + 512]) for i in range(0, len(images), 512)))
         _set_priors(model, torch.cat(means).cpu(), torch.cat(logvars).cpu(), labels, generator)
     stats = {"warm_start_s": time.perf_counter() - t0, "warm_start_recon": recon.item(), "warm_start_kl": kl.item()}
-    logger.info("Warm start (VAE, %d rows, %d epochs): reconstruction %.1f, KL %.1f per image, %.1f s",
-                len(images), settings.epochs, stats["warm_start_recon"], stats["warm_start_kl"], stats["warm_start_s"])
+    logger.info("Warm start (VAE, %d rows, %d steps): reconstruction %.1f, KL %.1f per image, %.1f s",
+                len(images), settings.steps, stats["warm_start_recon"], stats["warm_start_kl"], stats["warm_start_s"])
     return stats
 
 

@@ -34,7 +34,7 @@ def _nearest_class(images, class_means):
 
 
 def test_warm_start_makes_each_prior_draw_its_own_class(digits):
-    settings = WarmStartSettings(epochs=8, rows_per_class=100)
+    settings = WarmStartSettings(steps=150, rows_per_class=100)
     model = _fresh_model(digits)
     means = _class_means(digits)
     labels = model.prior_labels
