@@ -78,10 +78,12 @@ QUICK = Mode(name="quick", datasets=("digits",), methods=("d3", "d3-random-init"
              protocols=("P-noaug",), archs=("convnet",), d3_overrides={"iterations": 100, "num_experts": 5},
              dm_iterations=50, eval_epochs=100)
 # For the test suite: every code path of the grid in seconds.
-SMOKE = Mode(name="smoke", datasets=("digits",), ipcs=(10,), methods=("d3", "random", "herding", "dm"), seeds=1,
+SMOKE = Mode(name="smoke", datasets=("digits",), ipcs=(10,), methods=("d3", "d3-mmd-only", "random", "herding", "dm"),
+             seeds=1,
              protocols=("P-noaug",), archs=("convnet",), dm_iterations=2, eval_epochs=2, feature_epochs=1,
              d3_overrides={"iterations": 2, "num_experts": 1, "expert_epochs_total": 3, "max_start_epoch": 1,
-                           "expert_epochs": 1, "syn_steps": 2, "student_width": 8, "decoder": "2", "num_threads": 0})
+                           "expert_epochs": 1, "syn_steps": 2, "student_width": 8, "decoder": "2", "num_threads": 0,
+                           "init_steps": 20})
 
 
 # ----------------------------------------------------------------------------- building training sets
