@@ -324,7 +324,7 @@ def write_report(mode: Mode, command: str) -> str:
 
 
 # Measurements made by the other benchmark scripts, gathered into RESULTS.md when present.
-OTHER_REPORTS = ("baseline_check.md", "subtasks.md", "unroll_memory.md")
+OTHER_REPORTS = ("baseline_check.md", "subtasks.md", "unroll_memory.md", "speed_and_storage.md")
 
 
 def _other_measurements() -> list[str]:
