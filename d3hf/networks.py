@@ -78,7 +78,9 @@ class ResidualBlock(nn.Module):
 
 class ResNet(nn.Module):
     """A small ResNet: Conv3x3(width) stem, then ``depth`` residual blocks of ``width`` channels,
-    each halving the resolution (stride 2), global average pooling and a linear classifier.
+    each halving the resolution (stride 2) while the maps are at least 4x4 (a 1x1 map would
+    leave instance norm nothing but its bias: on 8x8 digits every prediction was the same
+    class), global average pooling and a linear classifier.
 
     A second convolutional family for cross-architecture rows: skip connections, strided
     convolutions instead of average pooling, and a global-pool head instead of flat features.
@@ -89,7 +91,12 @@ class ResNet(nn.Module):
         super().__init__()
         c = image_shape[0]
         self.stem = nn.Sequential(nn.Conv2d(c, width, 3, padding=1, bias=False), _norm(norm, width), nn.ReLU())
-        self.blocks = nn.Sequential(*(ResidualBlock(width, width, stride=2, norm=norm) for _ in range(depth)))
+        side, blocks = min(image_shape[1:]), []
+        for _ in range(depth):
+            stride = 2 if side >= 4 else 1
+            blocks.append(ResidualBlock(width, width, stride=stride, norm=norm))
+            side = (side + 1) // 2 if stride == 2 else side
+        self.blocks = nn.Sequential(*blocks)
         self.feature_dim = width
         self.classifier = nn.Linear(width, num_classes)
 
