@@ -68,7 +68,8 @@ class DistillArguments:
     mmd_bandwidths: str = "1,2,4,8,16"
     mmd_kernel_scale: str = field(
         default="median",
-        metadata={"choices": ["median", "absolute"], "help": "median: distances in units of the real features' median squared distance; absolute: raw"},
+        metadata={"choices": ["median", "absolute"],
+                  "help": "median: distances in units of the real features' median squared distance; absolute: raw"},
     )
     mmd_classes_per_iter: int = field(default=0, metadata={"help": "classes in the MMD term per iteration (0 = all)"})
     checkpoint_steps: str = field(default="auto", metadata={"help": "recompute inner steps in backward: auto/true/false"})
