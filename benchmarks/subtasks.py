@@ -71,6 +71,11 @@ def speed_cell(init: str, processes: int, iterations: int) -> dict:
     return {"processes": processes, "iterations": iterations, "wall_s": wall, "command": " ".join(cmd[1:]).replace(REPO + "/", "")}
 
 
+def _read(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def cached(init: str, name: str, compute) -> dict:
     path = os.path.join(CACHE_ROOT, init, name + ".json")
     if not os.path.exists(path):
@@ -79,15 +84,14 @@ def cached(init: str, name: str, compute) -> dict:
         with open(path + ".tmp", "w") as f:
             json.dump(result, f, indent=2)
         os.replace(path + ".tmp", path)
-    with open(path) as f:
-        return json.load(f)
+    return _read(path)
 
 
 def load_cells(init: str) -> tuple[list[dict], list[dict]]:
     """(accuracy, speed) cells cached for ``init``; speed as (1 process, 2 processes) pairs."""
     folder = os.path.join(CACHE_ROOT, init)
     names = sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(folder) else []
-    cells = {n[:-5]: json.load(open(os.path.join(folder, n))) for n in names}
+    cells = {n[:-5]: _read(os.path.join(folder, n)) for n in names}
     accuracy = sorted((c for n, c in cells.items() if n.startswith("accuracy_")), key=lambda c: c["subtasks"])
     speed = []
     for its in sorted({c["iterations"] for n, c in cells.items() if n.startswith("speed_")}):
