@@ -60,6 +60,9 @@ class DistillArguments:
     iterations: int = 1000
     syn_steps: int = 10
     expert_epochs: int = 2
+    min_start_epoch: int = field(
+        default=0, metadata={"help": "matched expert segments start at an epoch in [min_start_epoch, max_start_epoch)"}
+    )
     max_start_epoch: int = 2
     samples_per_class: int = field(default=10, metadata={"help": "decoded samples per class in each inner step"})
     mtt_weight: float = 1.0

@@ -50,7 +50,7 @@ def parse_distill_args(argv: Sequence[str]) -> DistillArguments:
         (args,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except SystemExit as err:
         raise ValueError("Invalid command-line arguments for distill (see the message above).") from err
-    _check_types(args)
+    _check_arguments(args)
     return args
 
 
@@ -63,7 +63,7 @@ def _as_field_value(key: str, value):
     return str(value)
 
 
-def _check_types(args: DistillArguments) -> None:
+def _check_arguments(args: DistillArguments) -> None:
     for name, f in DistillArguments.__dataclass_fields__.items():
         value = getattr(args, name)
         expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(getattr(f.type, "__name__", str(f.type)))
@@ -74,6 +74,9 @@ def _check_types(args: DistillArguments) -> None:
         choices = f.metadata.get("choices")
         if choices and value not in choices:  # YAML values bypass argparse's own check
             raise ValueError(f"Config key {name!r} must be one of {choices}; got {value!r}.")
+    if not 0 <= args.min_start_epoch < args.max_start_epoch:
+        raise ValueError(f"Need 0 <= min_start_epoch < max_start_epoch; got {args.min_start_epoch} and "
+                         f"{args.max_start_epoch}.")
 
 
 def cmd_distill(argv: Sequence[str]) -> int:

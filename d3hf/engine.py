@@ -129,7 +129,7 @@ class Distiller:
         a = self.args
         num_classes = self.data.num_classes
         expert = int(torch.randint(len(self.buffer), (1,), generator=self.generator))
-        start = int(torch.randint(a.max_start_epoch, (1,), generator=self.generator))
+        start = int(torch.randint(a.min_start_epoch, a.max_start_epoch, (1,), generator=self.generator))
         theta0 = self.buffer.snapshot(expert, start).to(self.device)
         target = self.buffer.snapshot(expert, start + a.expert_epochs).to(self.device)
         classes = list(range(num_classes))

@@ -129,6 +129,8 @@ def test_unknown_key_and_wrong_type(tmp_path, capsys):
     assert_refused(*run(tmp_path, capsys, "digits", learning_rate=0.1), "Unknown config key(s) ['learning_rate']")
     assert_refused(*run(tmp_path, capsys, "digits", iterations="many"), "iterations")
     assert_refused(*run(tmp_path, capsys, "digits", init="pretrained"), "'init' must be one of ['vae', 'random']")
+    assert_refused(*run(tmp_path, capsys, "digits", min_start_epoch=2, max_start_epoch=2),
+                   "Need 0 <= min_start_epoch < max_start_epoch; got 2 and 2")
 
 
 def test_output_location_that_is_a_file(tmp_path, capsys):

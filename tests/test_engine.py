@@ -49,6 +49,16 @@ def test_distillation_lowers_the_loss(digits, digits_buffer):
     assert all({"mtt", "mmd", "step_size", "kxx", "kyy", "kxy"} <= set(h) for h in history)
 
 
+def test_matched_segments_start_inside_the_start_epoch_window(digits, digits_buffer, monkeypatch):
+    args = tiny_args(min_start_epoch=2, max_start_epoch=3)
+    distiller = make_distiller(digits, digits_buffer, args)
+    requested = []
+    snapshot = digits_buffer.snapshot
+    monkeypatch.setattr(digits_buffer, "snapshot", lambda e, epoch: requested.append(epoch) or snapshot(e, epoch))
+    distiller.run(5, show_progress=False)
+    assert requested == [2, 2 + args.expert_epochs] * 5  # the only start epoch in [2, 3), and its target
+
+
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(digits, digits_buffer, tmp_path):
     args = tiny_args(iterations=6)
     straight = make_distiller(digits, digits_buffer, args)
