@@ -38,11 +38,17 @@ D3_VARIANTS = {
     "d3-lpc1": {"lpc": "1"},
     "d3-half-decoder": {"decoder": "half"},
 }
-METHODS = (*D3_VARIANTS, "random", "herding", "kcenter", "dm", "peer", "full")
+# Learned prototype images under D3's own MTT + MMD objective (same experts and settings as the
+# recipe): the "distributional vs prototype images at equal storage" ablation. Pixels take Adam
+# steps of this size (not tuned; the decoder's 1e-3 barely moves a pixel in 400 iterations).
+PROTOTYPE_LR = 0.01
+ABLATIONS = (*[m for m in D3_VARIANTS if m != "d3"], "d3-prototypes")
+METHODS = (*D3_VARIANTS, "d3-prototypes", "random", "herding", "kcenter", "dm", "peer", "full")
 METHOD_NAMES = {"d3": "d3hf (D3)", "d3-random-init": "D3, random init (the reference's start)",
                 "d3-vae-only": "D3 warm start only (VAE fit, no MTT/MMD)", "d3-mtt-only": "D3, MTT term only",
                 "d3-mmd-only": "D3, MMD term only", "d3-lpc1": "D3, 1 prior per class + larger decoder",
-                "d3-half-decoder": "D3, half-width decoder + more priors", "random": "random real",
+                "d3-half-decoder": "D3, half-width decoder + more priors",
+                "d3-prototypes": "prototype images, D3's MTT + MMD objective", "random": "random real",
                 "herding": "herding", "kcenter": "k-center", "dm": "DM (in-project)", "peer": "DM (external images)",
                 "full": "all real train images"}
 
@@ -74,11 +80,13 @@ class Mode:
 
 
 QUICK = Mode(name="quick", datasets=("digits",), methods=("d3", "d3-random-init", "d3-vae-only", "d3-mtt-only",
-                                                           "d3-mmd-only", "random", "herding", "kcenter", "dm"), seeds=1,
+                                                           "d3-mmd-only", "d3-prototypes", "random", "herding",
+                                                           "kcenter", "dm"), seeds=1,
              protocols=("P-noaug",), archs=("convnet",), d3_overrides={"iterations": 100, "num_experts": 5},
              dm_iterations=50, eval_epochs=100)
 # For the test suite: every code path of the grid in seconds.
-SMOKE = Mode(name="smoke", datasets=("digits",), ipcs=(10,), methods=("d3", "d3-mmd-only", "random", "herding", "dm"),
+SMOKE = Mode(name="smoke", datasets=("digits",), ipcs=(10,),
+             methods=("d3", "d3-mmd-only", "d3-prototypes", "random", "herding", "dm"),
              seeds=1,
              protocols=("P-noaug",), archs=("convnet",), dm_iterations=2, eval_epochs=2, feature_epochs=1,
              d3_overrides={"iterations": 2, "num_experts": 1, "expert_epochs_total": 3, "max_start_epoch": 1,
@@ -156,6 +164,14 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     elif method == "dm":
         settings = baselines.DMSettings(iterations=mode.dm_iterations, seed=seed, depth=auto_depth(data.image_shape))
         images = baselines.distribution_matching_images(data, ipc, settings, show_progress=True)
+    elif method == "d3-prototypes":
+        from d3hf.experts import build_expert_buffer
+        from d3hf.pipeline import expert_settings
+
+        args = dataclasses.replace(d3_arguments(data, dataset, ipc, "d3", seed, mode), lr_decoder=PROTOTYPE_LR)
+        buffer = build_expert_buffer(data, expert_settings(args, data.image_shape),
+                                     os.path.join(mode.cache, "experts", f"{dataset}_ipc{ipc}_seed{seed}"))
+        images = baselines.d3_objective_images(data, ipc, buffer, args, show_progress=True)
     elif method == "full":
         rows = np.arange(len(data.labels()))
         images = baselines.ImageSet(data.images(rows), torch.from_numpy(data.labels()))
@@ -213,7 +229,7 @@ def cells(mode: Mode):
                     continue  # the upper bound does not depend on the budget
                 seeds = 1 if method in ("peer", "full") else mode.seeds
                 # Ablations run under the first protocol and architecture only (P-noaug, ConvNet).
-                ablation = method in D3_VARIANTS and method != "d3"
+                ablation = method in ABLATIONS
                 for seed in range(seeds):
                     for protocol in mode.protocols[:1] if ablation else mode.protocols:
                         for arch in mode.archs[:1] if ablation else mode.archs:

@@ -1,5 +1,5 @@
 """Fixed image-set baselines at equal storage: random real, herding, k-center, Distribution
-Matching (DM), and the external peer images.
+Matching (DM), prototype images learned with D3's own objective, and the external peer images.
 
 Each builder returns an ``ImageSet``: float images in pixel scale (real images in [0, 1]; DM
 and peer images are unclipped, as DM optimises free pixels) with hard labels. Its storage is
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -272,6 +273,46 @@ def distribution_matching_images(data: ImageClassificationData, ipc: int, settin
     dm = DistributionMatching(data, ipc, settings, device)
     dm.run(show_progress=show_progress)
     return dm.image_set()
+
+
+# ----------------------------------------------------------------------------- prototypes with D3's objective
+
+
+class PrototypeImages(torch.nn.Module):
+    """Learned images per class in the shape the D3 ``Distiller`` drives, so prototypes are
+    optimised with exactly D3's MTT + MMD objective: the images are a lookup table from prior
+    id to image and stand in for the decoder (optimised like it), and the latent priors are
+    zero-width, as a prototype has no latent. Pixels are free (unclipped), as in DM."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ipc: int):
+        super().__init__()
+        self.config = SimpleNamespace(priors_per_class=ipc, z_dim=0)
+        self.prior_means = torch.nn.Parameter(images.new_zeros(len(images), 0))
+        self.prior_logvars = torch.nn.Parameter(images.new_zeros(len(images), 0))
+        self.decoders = torch.nn.ParameterList([torch.nn.Parameter(images.clone())])
+        self.register_buffer("prior_labels", labels.clone())
+
+    def forward(self, prior_ids: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoders[0][prior_ids]
+
+    def image_set(self) -> ImageSet:
+        return ImageSet(self.decoders[0].detach().cpu().clone(), self.prior_labels.cpu().clone())
+
+
+def d3_objective_images(data: ImageClassificationData, ipc: int, buffer, args, device: torch.device | str = "cpu",
+                        show_progress: bool = False) -> ImageSet:
+    """``ipc`` images per class, initialised from random real images (``args.seed``) and
+    optimised for ``args.iterations`` with D3's MTT + MMD terms against ``buffer``'s experts
+    (``args``: a run's ``DistillArguments``; the images learn at ``args.lr_decoder``)."""
+    from .engine import Distiller
+
+    _per_class_ipc(data, ipc)
+    init = random_real_images(data, ipc, class_seed(args.seed, 3))
+    by_class = torch.argsort(init.labels, stable=True)  # class c owns rows c*ipc .. (c+1)*ipc-1, as priors do
+    model = PrototypeImages(init.images[by_class], init.labels[by_class], ipc)
+    distiller = Distiller(model, data, buffer, args, device=device)
+    distiller.run(args.iterations, show_progress=show_progress)
+    return model.image_set()
 
 
 # ----------------------------------------------------------------------------- external peer images

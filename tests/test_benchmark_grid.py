@@ -23,9 +23,10 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
     grid.main(["--smoke", "--out", str(tmp_path)])
     cells = sorted(os.listdir(tmp_path / "cache" / "grid-smoke" / "cells"))
     assert cells == sorted(f"digits_ipc10_{m}_seed0_P-noaug_convnet.json"
-                           for m in ("d3", "d3-mmd-only", "dm", "herding", "random"))
+                           for m in ("d3", "d3-mmd-only", "d3-prototypes", "dm", "herding", "random"))
     report = (tmp_path / "RESULTS-smoke.md").read_text()
     assert "| d3hf (D3) |" in report and "| D3, MMD term only |" in report and "| herding |" in report
+    assert "| prototype images, D3's MTT + MMD objective |" in report
     assert "P-noaug[epochs=2]" in report
     mtimes = {c: os.stat(tmp_path / "cache" / "grid-smoke" / "cells" / c).st_mtime_ns for c in cells}
     grid.main(["--smoke", "--out", str(tmp_path)])  # everything cached: nothing is recomputed
@@ -33,12 +34,14 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
 
 
 def test_ablations_run_under_the_headline_protocol_only(grid):
-    mode = grid.Mode(name="t", datasets=("digits",), ipcs=(1,), methods=("d3", "d3-mtt-only"), seeds=2)
+    mode = grid.Mode(name="t", datasets=("digits",), ipcs=(1,), methods=("d3", "d3-mtt-only", "d3-prototypes"),
+                     seeds=2)
     keys = list(grid.cells(mode))
     d3 = [k for k in keys if k[2] == "d3"]
-    ablation = [k for k in keys if k[2] == "d3-mtt-only"]
     assert len(d3) == 2 * len(mode.protocols) * len(mode.archs) == 8
-    assert {(k[4], k[5]) for k in ablation} == {("P-noaug", "convnet")} and len(ablation) == 2
+    for method in ("d3-mtt-only", "d3-prototypes"):
+        ablation = [k for k in keys if k[2] == method]
+        assert {(k[4], k[5]) for k in ablation} == {("P-noaug", "convnet")} and len(ablation) == 2
 
 
 def test_variants_change_only_their_settings(grid, digits):

@@ -11,6 +11,7 @@ import torch
 from d3hf.augment import DSA, DSAConfig, crop, rotate, scale
 from d3hf.baselines import (
     DistributionMatching,
+    PrototypeImages,
     DMSettings,
     ImageSet,
     herding_images,
@@ -291,6 +292,29 @@ def test_dm_starts_from_real_images_and_reduces_its_loss(digits):
     assert len(losses) == 15 and all(math.isfinite(v) for v in losses)
     assert fixed_loss() < 0.5 * before
     assert not torch.equal(dm.image_set().images, start.images)
+
+
+def test_prototypes_learn_with_the_d3_objective_at_image_storage(digits, digits_buffer):
+    from conftest import tiny_args
+
+    from d3hf.baselines import d3_objective_images
+    from d3hf.engine import Distiller
+
+    args = tiny_args(lr_decoder=0.01, seed=1)
+    start = random_real_images(digits, 2, 0)
+    model = PrototypeImages(start.images, start.labels, 2)
+    history = Distiller(model, digits, digits_buffer, args).run(40, show_progress=False)
+    losses = np.array([h["loss"] for h in history])
+    assert np.isfinite(losses).all() and losses[-10:].mean() < losses[:10].mean()
+    assert set(history[0]) >= {"mtt", "mmd"}
+    learned = model.image_set()
+    assert learned.storage_scalars == 2 * 10 * 64 and torch.equal(learned.labels, start.labels)
+    assert not torch.equal(learned.images, start.images)
+
+    a = d3_objective_images(digits, 1, digits_buffer, replace(args, iterations=2))
+    b = d3_objective_images(digits, 1, digits_buffer, replace(args, iterations=2))
+    assert a.images.shape == (10, 1, 8, 8) and a.labels.tolist() == list(range(10))
+    assert torch.equal(a.images, b.images)  # seeded by args.seed
 
 
 def test_dm_is_seeded(digits):
