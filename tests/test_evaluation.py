@@ -11,9 +11,9 @@ import torch
 from d3hf.augment import DSA, DSAConfig, crop, rotate, scale
 from d3hf.baselines import (
     DistributionMatching,
-    PrototypeImages,
     DMSettings,
     ImageSet,
+    PrototypeImages,
     herding_images,
     herding_order,
     images_per_class,
@@ -395,6 +395,7 @@ def test_unidentifiable_distillation_rows_are_refused_unless_allowed(digits):
 
 def test_artifact_source_without_row_digest_uses_the_fingerprint(digits):
     from conftest import tiny_args
+
     from d3hf.pipeline import build_config
 
     source = build_config(tiny_args(), digits).source
