@@ -40,7 +40,8 @@ D3_VARIANTS = {
 }
 # Learned prototype images under D3's own MTT + MMD objective (same experts and settings as the
 # recipe): the "distributional vs prototype images at equal storage" ablation. Pixels take Adam
-# steps of this size (not tuned; the decoder's 1e-3 barely moves a pixel in 400 iterations).
+# steps of this size, chosen on digits' validation split at ipc 1 (P-noaug, 1 seed): 0.001
+# 82.6 %, 0.01 84.7 %, 0.1 81.3 % (`python benchmarks/prototype_lr.py`).
 PROTOTYPE_LR = 0.01
 ABLATIONS = (*[m for m in D3_VARIANTS if m != "d3"], "d3-prototypes")
 METHODS = (*D3_VARIANTS, "d3-prototypes", "random", "herding", "kcenter", "dm", "peer", "full")

@@ -1,0 +1,56 @@
+"""Choose the pixel learning rate of the d3-prototypes grid row on a validation split.
+
+Prototype images (benchmarks/grid.py, method d3-prototypes) are optimised with D3's MTT + MMD
+objective; their Adam step size is chosen here on 10 % of the train split held out as
+validation, never on the test split. One line of JSON per learning rate.
+
+    python benchmarks/prototype_lr.py --dataset digits --ipc 1 --lrs 0.001,0.01,0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--ipc", type=int, default=1)
+    p.add_argument("--lrs", default="0.001,0.01,0.1")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+
+    import torch
+    import yaml
+
+    from d3hf.arguments import DistillArguments
+    from d3hf.baselines import d3_objective_images
+    from d3hf.data import load_image_classification
+    from d3hf.evaluation import evaluate, fixed_source, named_protocol
+    from d3hf.experts import build_expert_buffer
+    from d3hf.pipeline import expert_settings
+
+    torch.set_num_threads(a.threads)
+    data = load_image_classification(a.dataset).with_validation_split(0.1, 0)
+    with open(os.path.join(os.path.dirname(HERE), "recipes", a.dataset, f"ipc{a.ipc}.yaml")) as f:
+        args = DistillArguments(**{**yaml.safe_load(f), "eval_epochs": 0})
+    with tempfile.TemporaryDirectory() as experts:
+        buffer = build_expert_buffer(data, expert_settings(args, data.image_shape), experts)
+        for lr in [float(v) for v in a.lrs.split(",")]:
+            t = time.perf_counter()
+            images = d3_objective_images(data, a.ipc, buffer, dataclasses.replace(args, lr_decoder=lr))
+            result = evaluate(lambda _: fixed_source(images.images, images.labels), data, named_protocol("P-noaug"),
+                              seeds=1)
+            print(json.dumps({"dataset": a.dataset, "ipc": a.ipc, "lr": lr, "validation_accuracy": result["mean"],
+                              "seconds": round(time.perf_counter() - t, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
