@@ -74,7 +74,11 @@ def read_checkpoint(directory: str) -> dict:
 
 
 class Distiller:
-    """Owns the optimisation state of one distillation task; ``step()`` runs one iteration."""
+    """Owns the optimisation state of one distillation task; ``step()`` runs one iteration.
+
+    ``model`` is a ``D3Model``, or any module with the parts used here (``config.priors_per_class``,
+    ``config.z_dim``, ``prior_labels``, ``prior_means``, ``prior_logvars``, ``decoders`` and
+    ``forward(prior_ids, noise)``), as the prototype-image ablation has."""
 
     def __init__(
         self,
