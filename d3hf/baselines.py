@@ -65,6 +65,14 @@ def random_real_images(data: ImageClassificationData, ipc: int, seed: int) -> Im
     return _rows_to_set(data, idx)
 
 
+def _class_ordered_random_images(data: ImageClassificationData, ipc: int, seed: int) -> ImageSet:
+    """The starting images of learned sets: random real ones, class c owning rows c*ipc .. (c+1)*ipc-1
+    (the layout of D3's priors)."""
+    init = random_real_images(data, ipc, class_seed(seed, 3))
+    by_class = torch.argsort(init.labels, stable=True)
+    return ImageSet(init.images[by_class], init.labels[by_class])
+
+
 # ----------------------------------------------------------------------------- coreset selection
 
 
@@ -208,10 +216,9 @@ class DistributionMatching:
         self._rng = np.random.default_rng(class_seed(self.settings.seed, 1))
         self._augment_rng = torch.Generator().manual_seed(class_seed(self.settings.seed, 2))
         self._dsa = DSA() if self.settings.dsa else None
-        init = random_real_images(data, ipc, class_seed(self.settings.seed, 3))
-        by_class = torch.argsort(init.labels, stable=True)  # class c owns rows c*ipc .. (c+1)*ipc-1
-        self.labels = init.labels[by_class]
-        self.synthetic = ((init.images[by_class].to(self.device) - self._mean) / self._std).requires_grad_(True)
+        init = _class_ordered_random_images(data, ipc, self.settings.seed)
+        self.labels = init.labels
+        self.synthetic = ((init.images.to(self.device) - self._mean) / self._std).requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.synthetic], lr=self.settings.lr, momentum=self.settings.momentum)
 
     def random_network(self, index: int) -> ConvNet:
@@ -307,9 +314,8 @@ def d3_objective_images(data: ImageClassificationData, ipc: int, buffer, args, d
     from .engine import Distiller
 
     _per_class_ipc(data, ipc)
-    init = random_real_images(data, ipc, class_seed(args.seed, 3))
-    by_class = torch.argsort(init.labels, stable=True)  # class c owns rows c*ipc .. (c+1)*ipc-1, as priors do
-    model = PrototypeImages(init.images[by_class], init.labels[by_class], ipc)
+    init = _class_ordered_random_images(data, ipc, args.seed)
+    model = PrototypeImages(init.images, init.labels, ipc)
     distiller = Distiller(model, data, buffer, args, device=device)
     distiller.run(args.iterations, show_progress=show_progress)
     return model.image_set()
