@@ -121,17 +121,30 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
     return dataclasses.replace(args, **variant)
 
 
-def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -> tuple[str, dict]:
-    """Distil with the dataset's recipe and the variant's settings (evaluation off); returns the
-    artifact folder and facts. The folder is keyed by a hash of the settings, so a changed recipe
-    is distilled anew instead of read from a stale cache."""
+def distill_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode):
+    """The distillation settings a D3-based method builds with; None for the other methods."""
+    if method in D3_VARIANTS:
+        return d3_arguments(data, dataset, ipc, method, seed, mode)
+    if method == "d3-prototypes":
+        return dataclasses.replace(d3_arguments(data, dataset, ipc, "d3", seed, mode), lr_decoder=PROTOTYPE_LR)
+    return None
+
+
+def settings_digest(args) -> str:
+    """A short hash of distillation settings: builds and cells of D3-based methods carry it, so a
+    changed recipe is distilled and scored anew instead of read from a stale cache."""
     import hashlib
 
+    return hashlib.sha256(json.dumps(args.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -> tuple[str, dict]:
+    """Distil with the dataset's recipe and the variant's settings (evaluation off); returns the
+    artifact folder and facts. The folder is keyed by the settings' digest."""
     from d3hf.pipeline import ARTIFACT_DIR, run_distillation
 
     args = d3_arguments(data, dataset, ipc, method, seed, mode)
-    digest = hashlib.sha256(json.dumps(args.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    out = os.path.join(mode.cache, "builds", f"{dataset}_ipc{ipc}_{method}_seed{seed}_{digest}")
+    out = os.path.join(mode.cache, "builds", f"{dataset}_ipc{ipc}_{method}_seed{seed}_{settings_digest(args)}")
     artifact = os.path.join(out, ARTIFACT_DIR)
     if not os.path.exists(os.path.join(artifact, "config.json")):
         run_distillation(dataclasses.replace(args, output_dir=out), show_progress=True)
@@ -150,7 +163,9 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     from d3hf import baselines
     from d3hf.networks import auto_depth
 
-    path = os.path.join(mode.cache, "builds", f"{dataset}_ipc{ipc}_{method}_seed{seed}.npz")
+    args = distill_arguments(data, dataset, ipc, method, seed, mode)
+    suffix = f"_{settings_digest(args)}" if args is not None else ""
+    path = os.path.join(mode.cache, "builds", f"{dataset}_ipc{ipc}_{method}_seed{seed}{suffix}.npz")
     if os.path.exists(path):
         with np.load(path) as npz:
             images = baselines.ImageSet(torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]))
@@ -169,7 +184,6 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
         from d3hf.experts import build_expert_buffer
         from d3hf.pipeline import expert_settings
 
-        args = dataclasses.replace(d3_arguments(data, dataset, ipc, "d3", seed, mode), lr_decoder=PROTOTYPE_LR)
         buffer = build_expert_buffer(data, expert_settings(args, data.image_shape),
                                      os.path.join(mode.cache, "experts", f"{dataset}_ipc{ipc}_seed{seed}"))
         images = baselines.d3_objective_images(data, ipc, buffer, args, show_progress=True)
@@ -242,18 +256,28 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
     start = time.perf_counter()
     data_by_name: dict = {}
     for key in cells(mode):
+        dataset, ipc, method, seed = key[:4]
         path = os.path.join(mode.cache, "cells", cell_name(*key) + ".json")
+        digest = None
+        if method in D3_VARIANTS or method == "d3-prototypes":
+            if dataset not in data_by_name:
+                data_by_name[dataset] = load_data(dataset)
+            digest = settings_digest(distill_arguments(data_by_name[dataset], dataset, ipc, method, seed, mode))
         if os.path.exists(path):
-            continue
+            with open(path) as f:
+                cached = json.load(f).get("settings_digest")
+            if cached == digest:
+                continue
+            print(f"{cell_name(*key)}: the recipe changed since it was scored; scoring anew", file=sys.stderr)
         if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
             print(f"stopping after {max_minutes} minutes; run again to continue", file=sys.stderr)
             return
-        dataset = key[0]
         if dataset not in data_by_name:
             data_by_name[dataset] = load_data(dataset)
         t = time.perf_counter()
         result = run_cell(data_by_name[dataset], *key, mode)
         result["cell_seconds"] = time.perf_counter() - t
+        result["settings_digest"] = digest
         with open(path + ".tmp", "w") as f:
             json.dump(result, f, indent=2)
         os.replace(path + ".tmp", path)

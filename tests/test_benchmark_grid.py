@@ -1,5 +1,6 @@
 """A seconds-long run of the benchmark grid: builds, cells, cache, resume and report."""
 
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -31,6 +32,14 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
     mtimes = {c: os.stat(tmp_path / "cache" / "grid-smoke" / "cells" / c).st_mtime_ns for c in cells}
     grid.main(["--smoke", "--out", str(tmp_path)])  # everything cached: nothing is recomputed
     assert mtimes == {c: os.stat(tmp_path / "cache" / "grid-smoke" / "cells" / c).st_mtime_ns for c in cells}
+
+    # Changed distillation settings re-score the D3 cell from a new build; the image sets stay.
+    changed = dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("d3", "random"),
+                                  d3_overrides={**grid.SMOKE.d3_overrides, "iterations": 3})
+    grid.run_grid(changed, max_minutes=None)
+    after = {c: os.stat(tmp_path / "cache" / "grid-smoke" / "cells" / c).st_mtime_ns for c in cells}
+    assert [c for c in cells if after[c] != mtimes[c]] == ["digits_ipc10_d3_seed0_P-noaug_convnet.json"]
+    assert len([b for b in os.listdir(tmp_path / "cache" / "grid-smoke" / "builds") if "_d3_seed0_" in b]) == 2
 
 
 def test_ablations_run_under_the_headline_protocol_only(grid):
