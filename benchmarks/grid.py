@@ -114,7 +114,10 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
     with open(os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")) as f:
         recipe = yaml.safe_load(f)
     variant = dict(D3_VARIANTS[method])
-    args = DistillArguments(**{**recipe, **mode.d3_overrides, "seed": seed, "eval_epochs": 0})
+    # Variants of one dataset, budget and seed train identical experts: they share one buffer.
+    buffer_dir = os.path.join(mode.cache, "experts", f"{dataset}_ipc{ipc}_seed{seed}")
+    args = DistillArguments(**{**recipe, **mode.d3_overrides, "seed": seed, "eval_epochs": 0,
+                               "buffer_dir": buffer_dir})
     if variant.get("decoder") == "half":
         width = build_config(args, data).decoder_specs()[0].channels[-1]
         variant["decoder"] = str(max(1, width // 2))
@@ -131,11 +134,13 @@ def distill_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode
 
 
 def settings_digest(args) -> str:
-    """A short hash of distillation settings: builds and cells of D3-based methods carry it, so a
-    changed recipe is distilled and scored anew instead of read from a stale cache."""
+    """A short hash of the settings that decide what a distillation computes (not where it keeps
+    files or how often it logs): builds and cells of D3-based methods carry it, so a changed recipe
+    is distilled and scored anew instead of read from a stale cache."""
     import hashlib
 
-    return hashlib.sha256(json.dumps(args.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    identity = {**args.run_identity(), "iterations": args.iterations}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -> tuple[str, dict]:
@@ -184,8 +189,7 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
         from d3hf.experts import build_expert_buffer
         from d3hf.pipeline import expert_settings
 
-        buffer = build_expert_buffer(data, expert_settings(args, data.image_shape),
-                                     os.path.join(mode.cache, "experts", f"{dataset}_ipc{ipc}_seed{seed}"))
+        buffer = build_expert_buffer(data, expert_settings(args, data.image_shape), args.buffer_dir)
         images = baselines.d3_objective_images(data, ipc, buffer, args, show_progress=True)
     elif method == "full":
         rows = np.arange(len(data.labels()))

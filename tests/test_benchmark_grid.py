@@ -40,6 +40,8 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
     after = {c: os.stat(tmp_path / "cache" / "grid-smoke" / "cells" / c).st_mtime_ns for c in cells}
     assert [c for c in cells if after[c] != mtimes[c]] == ["digits_ipc10_d3_seed0_P-noaug_convnet.json"]
     assert len([b for b in os.listdir(tmp_path / "cache" / "grid-smoke" / "builds") if "_d3_seed0_" in b]) == 2
+    # D3, its variants and the prototype ablation trained one set of experts between them.
+    assert os.listdir(tmp_path / "cache" / "grid-smoke" / "experts") == ["digits_ipc10_seed0"]
 
 
 def test_ablations_run_under_the_headline_protocol_only(grid):
@@ -55,7 +57,11 @@ def test_ablations_run_under_the_headline_protocol_only(grid):
 
 def test_variants_change_only_their_settings(grid, digits):
     base = grid.d3_arguments(digits, "digits", 10, "d3", 0, grid.QUICK)
-    assert grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK).mtt_weight == 0
+    mmd_only = grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK)
+    assert mmd_only.mtt_weight == 0 and mmd_only.buffer_dir == base.buffer_dir
+    assert grid.settings_digest(mmd_only) != grid.settings_digest(base)
+    # Where files go and how often to log do not change what is computed.
+    assert grid.settings_digest(dataclasses.replace(base, log_every=1, num_threads=2)) == grid.settings_digest(base)
     half = grid.d3_arguments(digits, "digits", 10, "d3-half-decoder", 0, grid.QUICK)
     from d3hf.pipeline import build_config
 
