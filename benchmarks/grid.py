@@ -262,11 +262,10 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
     for key in cells(mode):
         dataset, ipc, method, seed = key[:4]
         path = os.path.join(mode.cache, "cells", cell_name(*key) + ".json")
-        digest = None
-        if method in D3_VARIANTS or method == "d3-prototypes":
-            if dataset not in data_by_name:
-                data_by_name[dataset] = load_data(dataset)
-            digest = settings_digest(distill_arguments(data_by_name[dataset], dataset, ipc, method, seed, mode))
+        if dataset not in data_by_name:
+            data_by_name[dataset] = load_data(dataset)
+        args = distill_arguments(data_by_name[dataset], dataset, ipc, method, seed, mode)
+        digest = settings_digest(args) if args is not None else None
         if os.path.exists(path):
             with open(path) as f:
                 cached = json.load(f).get("settings_digest")
@@ -276,8 +275,6 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
         if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
             print(f"stopping after {max_minutes} minutes; run again to continue", file=sys.stderr)
             return
-        if dataset not in data_by_name:
-            data_by_name[dataset] = load_data(dataset)
         t = time.perf_counter()
         result = run_cell(data_by_name[dataset], *key, mode)
         result["cell_seconds"] = time.perf_counter() - t
