@@ -28,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PEER_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "peer-baselines"))
 # D3 and its ablations: settings laid over the dataset's recipe. "half-decoder" halves the
-# recipe's decoder width and lets the priors per class fill the budget it frees.
+# recipe's decoder width and lets the priors per class fill the budget it frees (skipped where the
+# width is already 1).
 D3_VARIANTS = {
     "d3": {},
     "d3-random-init": {"init": "random"},
@@ -120,8 +121,14 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
                                "buffer_dir": buffer_dir})
     if variant.get("decoder") == "half":
         width = build_config(args, data).decoder_specs()[0].channels[-1]
-        variant["decoder"] = str(max(1, width // 2))
+        if width < 2:
+            raise NotApplicable(f"the recipe's decoder is {width} channel wide: there is no half")
+        variant["decoder"] = str(width // 2)
     return dataclasses.replace(args, **variant)
+
+
+class NotApplicable(Exception):
+    """A variant that does not exist at this dataset and budget (its cell is skipped)."""
 
 
 def distill_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode):
@@ -264,7 +271,11 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
         path = os.path.join(mode.cache, "cells", cell_name(*key) + ".json")
         if dataset not in data_by_name:
             data_by_name[dataset] = load_data(dataset)
-        args = distill_arguments(data_by_name[dataset], dataset, ipc, method, seed, mode)
+        try:
+            args = distill_arguments(data_by_name[dataset], dataset, ipc, method, seed, mode)
+        except NotApplicable as e:
+            print(f"{cell_name(*key)}: skipped, {e}", file=sys.stderr)
+            continue
         digest = settings_digest(args) if args is not None else None
         if os.path.exists(path):
             with open(path) as f:
@@ -352,6 +363,7 @@ def write_report(mode: Mode, command: str) -> str:
                 lines.append("")
     if not results:
         lines += ["No grid cell has been run yet: `python benchmarks/grid.py` (resumable) fills this section.", ""]
+    lines += _ledger(results)
     lines += ["### Cells", "", "| cell | accuracy | build s | eval s |", "|---|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {cell_name(r['dataset'], r['ipc_budget'], r['method'], r['seed'], r['protocol'], r['arch'])} "
@@ -363,6 +375,38 @@ def write_report(mode: Mode, command: str) -> str:
         f.write(text)
     _plot(mode.report, methods, summary)
     return text
+
+
+def _ledger(results: list[dict]) -> list[str]:
+    """What each method stores at each budget (its first seed's build)."""
+    if not results:
+        return []
+    # Scalars in one image per class, from a D3 ledger or an image set's pixels.
+    per_ipc = {}
+    for r in results:
+        if "ledger" in r:
+            per_ipc[r["dataset"]] = r["ledger"]["scalars_per_ipc"]
+        elif r["method"] != "full":
+            per_ipc.setdefault(r["dataset"], r["storage_scalars"] // r["ipc_budget"])
+    lines = ["### Storage ledger", "",
+             "What each method stores, in fp32 scalars (4 bytes each). Labels are implicit: every stored set is "
+             "ordered by class, one block of priors or images per class.", "",
+             "| dataset | ipc_budget | method | stored | scalars | IPC-equivalent |", "|---|---:|---|---|---:|---:|"]
+    seen = set()
+    for r in sorted(results, key=lambda r: (r["dataset"], r["ipc_budget"], METHODS.index(r["method"]), r["seed"])):
+        key = (r["dataset"], r["ipc_budget"], r["method"])
+        if key in seen:
+            continue
+        seen.add(key)
+        if "ledger" in r:
+            stored = ", ".join(f"{name} {n:,}" for name, n in sorted(r["ledger"]["components"].items()))
+        else:
+            stored = f"pixels {r['storage_scalars']:,}"
+        ipc = "all" if r["method"] == "full" else str(r["ipc_budget"])
+        ipc_eq = r["storage_scalars"] / per_ipc[r["dataset"]] if r["dataset"] in per_ipc else float("nan")
+        lines.append(f"| {r['dataset']} | {ipc} | {METHOD_NAMES[r['method']]} | {stored} | "
+                     f"{r['storage_scalars']:,} | {ipc_eq:.3f} |")
+    return lines + [""]
 
 
 # Measurements made by the other benchmark scripts, gathered into RESULTS.md when present.

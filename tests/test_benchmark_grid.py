@@ -68,3 +68,6 @@ def test_variants_change_only_their_settings(grid, digits):
     width = build_config(base, digits).decoder_specs()[0].channels[-1]
     assert half.decoder == str(width // 2) and build_config(half, digits).priors_per_class > \
         build_config(base, digits).priors_per_class
+    # At digits ipc 1 the recipe's decoder is already 1 channel wide: that cell is skipped.
+    with pytest.raises(grid.NotApplicable):
+        grid.d3_arguments(digits, "digits", 1, "d3-half-decoder", 0, grid.QUICK)
