@@ -1,9 +1,10 @@
 """The d3hf benchmark: D3 against baselines at equal storage, on MNIST-5k and digits.
 
 Every cell is one (dataset, ipc_budget, method, seed, protocol, arch): a training set is built
-once per (dataset, ipc, method, seed) and cached (D3 artifacts as folders, image sets as .npz),
-then a fresh network is trained on it and tested on the real test split. Each result is a JSON
-file in the cache, so the grid resumes where it stopped and can be completed over several runs.
+once per (dataset, ipc, method, seed) and cached (D3 artifacts as folders, image sets as .npz,
+in benchmarks/cache/, not tracked), then a fresh network is trained on it and tested on the real
+test split. Each result is a small JSON record in benchmarks/results/ (tracked in git), so the
+grid resumes where it stopped and can be completed over several runs, on several machines.
 
     python benchmarks/grid.py                 # the full grid (many hours on 2 CPU cores)
     python benchmarks/grid.py --quick         # digits, 1 seed, short runs: under 30 minutes
@@ -44,6 +45,7 @@ D3_VARIANTS = {
 # steps of this size, chosen on digits' validation split at ipc 1 (P-noaug, 1 seed): 0.001
 # 82.6 %, 0.01 84.7 %, 0.1 81.3 % (`python benchmarks/prototype_lr.py`).
 PROTOTYPE_LR = 0.01
+FULL_IPC = 1  # the ipc_budget the all-real upper bound's cells are recorded under
 ABLATIONS = (*[m for m in D3_VARIANTS if m != "d3"], "d3-prototypes")
 METHODS = (*D3_VARIANTS, "d3-prototypes", "random", "herding", "kcenter", "dm", "peer", "full")
 METHOD_NAMES = {"d3": "d3hf (D3)", "d3-random-init": "D3, random init (the reference's start)",
@@ -73,8 +75,18 @@ class Mode:
     out: str = HERE
 
     @property
+    def folder_name(self) -> str:
+        return "grid" if self.name == "full" else f"grid-{self.name}"
+
+    @property
     def cache(self) -> str:
-        return os.path.join(self.out, "cache", "grid" if self.name == "full" else f"grid-{self.name}")
+        """Builds and expert buffers: large, re-creatable, not tracked."""
+        return os.path.join(self.out, "cache", self.folder_name)
+
+    @property
+    def cells_dir(self) -> str:
+        """One JSON record per scored cell: small, tracked, what the report is made from."""
+        return os.path.join(self.out, "results", self.folder_name)
 
     @property
     def report(self) -> str:
@@ -251,24 +263,27 @@ def cells(mode: Mode):
             for method in mode.methods:
                 if method == "peer" and not os.path.exists(os.path.join(PEER_DIR, f"dm_{dataset}_ipc{ipc}.npz")):
                     continue
+                # The upper bound does not depend on the budget: scored once per dataset, whichever
+                # budgets this run covers, and recorded under FULL_IPC.
                 if method == "full" and ipc != mode.ipcs[0]:
-                    continue  # the upper bound does not depend on the budget
+                    continue
+                key_ipc = FULL_IPC if method == "full" else ipc
                 seeds = 1 if method in ("peer", "full") else mode.seeds
                 # Ablations run under the first protocol and architecture only (P-noaug, ConvNet).
                 ablation = method in ABLATIONS
                 for seed in range(seeds):
                     for protocol in mode.protocols[:1] if ablation else mode.protocols:
                         for arch in mode.archs[:1] if ablation else mode.archs:
-                            yield dataset, ipc, method, seed, protocol, arch
+                            yield dataset, key_ipc, method, seed, protocol, arch
 
 
 def run_grid(mode: Mode, max_minutes: float | None) -> None:
-    os.makedirs(os.path.join(mode.cache, "cells"), exist_ok=True)
+    os.makedirs(mode.cells_dir, exist_ok=True)
     start = time.perf_counter()
     data_by_name: dict = {}
     for key in cells(mode):
         dataset, ipc, method, seed = key[:4]
-        path = os.path.join(mode.cache, "cells", cell_name(*key) + ".json")
+        path = os.path.join(mode.cells_dir, cell_name(*key) + ".json")
         if dataset not in data_by_name:
             data_by_name[dataset] = load_data(dataset)
         try:
@@ -300,7 +315,7 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
 
 
 def load_results(mode: Mode) -> list[dict]:
-    folder = os.path.join(mode.cache, "cells")
+    folder = mode.cells_dir
     if not os.path.isdir(folder):
         return []
     results = []
@@ -312,7 +327,7 @@ def load_results(mode: Mode) -> list[dict]:
 
 
 def summarise(results: list[dict]) -> dict:
-    """(dataset, protocol, arch, method, ipc) -> (mean, std, n, storage, seconds)."""
+    """(dataset, protocol, arch, method, ipc) -> (mean, std, n, storage)."""
     import numpy as np
 
     groups: dict = {}
@@ -323,8 +338,7 @@ def summarise(results: list[dict]) -> dict:
     for key, rs in groups.items():
         acc = np.array([r["accuracy"] for r in rs])
         out[key] = {"mean": float(acc.mean()), "std": float(acc.std()), "n": len(rs),
-                    "storage": int(np.mean([r["storage_scalars"] for r in rs])),
-                    "seconds": float(np.sum([r["cell_seconds"] for r in rs]))}
+                    "storage": int(np.mean([r["storage_scalars"] for r in rs]))}
     return out
 
 
@@ -332,14 +346,19 @@ def write_report(mode: Mode, command: str) -> str:
     """RESULTS.md from every cached cell of this mode (also cells of earlier, wider runs)."""
     results = load_results(mode)
     summary = summarise(results)
+    timed = [r["cell_seconds"] for r in results if r.get("cell_seconds") is not None]
+    recovered = sorted({r["recovered_from"] for r in results if "recovered_from" in r})
     datasets = [d for d in ("mnist5k", "digits") if any(r["dataset"] == d for r in results)]
     ipcs = sorted({r["ipc_budget"] for r in results})
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     lines = [f"# d3hf benchmark{'' if mode.name == 'full' else f' ({mode.name} mode)'}", "",
              "## The grid: D3 and baselines at equal storage", "",
              f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, "
-             f"torch {_torch_version()}. Cells: {len(results)} cached in `{os.path.relpath(mode.cache, REPO)}/cells/`; "
-             f"total cell time {sum(r['cell_seconds'] for r in results) / 60:.1f} min.", "",
+             f"torch {_torch_version()}. Cells: {len(results)} recorded in `{_rel(mode.cells_dir)}/`; "
+             f"total cell time {sum(timed) / 60:.1f} min over {len(timed)} cells"
+             + (f"; {len(results) - len(timed)} more were recovered from {', '.join(recovered)} "
+                "(`benchmarks/recover_cells.py`), which kept their build and evaluation seconds but not their cell time"
+                if recovered else "") + ".", "",
              "Accuracy is the FINAL-epoch test accuracy of a freshly trained network, mean +- std over the seeds "
              "in brackets (each seed builds its own training set and trains its own network). Every method at an "
              "`ipc_budget` stores at most `ipc_budget x classes x C x H x W` scalars (D3: decoders + priors; image "
@@ -363,6 +382,7 @@ def write_report(mode: Mode, command: str) -> str:
                 lines.append("")
     if not results:
         lines += ["No grid cell has been run yet: `python benchmarks/grid.py` (resumable) fills this section.", ""]
+    lines += _verdicts(summary)
     lines += _ledger(results)
     lines += ["### Cells", "", "| cell | accuracy | build s | eval s |", "|---|---:|---:|---:|"]
     for r in results:
@@ -375,6 +395,58 @@ def write_report(mode: Mode, command: str) -> str:
         f.write(text)
     _plot(mode.report, methods, summary)
     return text
+
+
+# The benchmark's targets: D3's accuracy floor per budget in the headline panel, where it must
+# also be ahead of every baseline. Ablations of single terms must beat random real images there.
+TARGET_PANEL = ("mnist5k", "P-noaug", "convnet")
+TARGET_ACCURACY = {1: 0.85, 10: 0.95}
+BASELINES = ("random", "herding", "kcenter", "dm", "peer")
+SINGLE_TERM_ABLATIONS = ("d3-mtt-only", "d3-mmd-only")
+
+
+def _verdicts(summary: dict) -> list[str]:
+    """Targets met or missed, every panel where a baseline is level with or ahead of D3, and the
+    single-term ablations against random real images: stated from the cells, never by hand."""
+    def text(c):
+        return f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f} ({c['n']})"
+
+    lines = ["### Targets, and where D3 is not ahead", ""]
+    for ipc, floor in TARGET_ACCURACY.items():
+        d3 = summary.get((*TARGET_PANEL, "d3", ipc))
+        others = {m: summary[(*TARGET_PANEL, m, ipc)] for m in BASELINES if (*TARGET_PANEL, m, ipc) in summary}
+        where = f"{', '.join(TARGET_PANEL)}, ipc_budget {ipc}"
+        if d3 is None:
+            lines.append(f"- {where}: D3 not run yet; target >= {100 * floor:.0f} % and ahead of every baseline.")
+            continue
+        best = max(others, key=lambda m: others[m]["mean"]) if others else None
+        floor_met = "met" if d3["mean"] >= floor else "MISSED"
+        ahead = ("no baseline run yet" if best is None else
+                 f"{'met' if d3['mean'] > others[best]['mean'] else 'MISSED'} (best baseline: "
+                 f"{METHOD_NAMES[best]} {text(others[best])}; {len(others)} of {len(BASELINES)} baselines run)")
+        lines.append(f"- {where}: D3 {text(d3)}. Target >= {100 * floor:.0f} %: {floor_met}. "
+                     f"Ahead of every baseline: {ahead}.")
+    behind = []
+    for key, d3 in sorted(summary.items()):
+        if key[3] != "d3":
+            continue
+        level = [(m, summary[(*key[:3], m, key[4])]) for m in BASELINES if (*key[:3], m, key[4]) in summary]
+        level = [(m, c) for m, c in level if c["mean"] >= d3["mean"]]
+        if level:
+            behind.append(f"- {', '.join(key[:3])}, ipc_budget {key[4]}: D3 {text(d3)} against "
+                          + ", ".join(f"{METHOD_NAMES[m]} {text(c)}" for m, c in level) + ".")
+    lines += ["", "Panels where a baseline is level with or ahead of D3:", ""] + (behind or ["- none so far."])
+    ablations = []
+    for key, random_real in sorted(summary.items()):
+        if key[3] != "random" or key[1:3] != TARGET_PANEL[1:] or key[4] != 1:
+            continue
+        for m in SINGLE_TERM_ABLATIONS:
+            if (c := summary.get((*key[:3], m, 1))) is not None:
+                verdict = "beats" if c["mean"] > random_real["mean"] else "DOES NOT beat"
+                ablations.append(f"- {key[0]}, ipc_budget 1: {METHOD_NAMES[m]} {text(c)} {verdict} random real "
+                                 f"{text(random_real)}.")
+    lines += ["", "Single-term ablations against random real images (P-noaug, convnet, ipc_budget 1):", ""]
+    return lines + (ablations or ["- not run yet."]) + [""]
 
 
 def _ledger(results: list[dict]) -> list[str]:
@@ -458,6 +530,10 @@ def _plot(report: str, methods: list[str], summary: dict) -> None:
     fig.tight_layout()
     fig.savefig(os.path.splitext(report)[0] + ".png", dpi=110)
     plt.close(fig)
+
+
+def _rel(path: str) -> str:
+    return os.path.relpath(path, REPO)
 
 
 def _torch_version() -> str:

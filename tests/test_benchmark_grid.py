@@ -1,8 +1,9 @@
-"""A seconds-long run of the benchmark grid: builds, cells, cache, resume and report."""
+"""A seconds-long run of the benchmark grid: builds, cells, cache, resume, report and recovery."""
 
 import dataclasses
 import importlib.util
 import os
+import shutil
 import sys
 
 import pytest
@@ -10,38 +11,66 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def grid():
-    spec = importlib.util.spec_from_file_location("grid", os.path.join(REPO, "benchmarks", "grid.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["grid"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
+    yield _load("grid")
     del sys.modules["grid"]
 
 
 def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accelerate_state):
     grid.main(["--smoke", "--out", str(tmp_path)])
-    cells = sorted(os.listdir(tmp_path / "cache" / "grid-smoke" / "cells"))
+    cells = sorted(os.listdir(tmp_path / "results" / "grid-smoke"))
     assert cells == sorted(f"digits_ipc10_{m}_seed0_P-noaug_convnet.json"
                            for m in ("d3", "d3-mmd-only", "d3-prototypes", "dm", "herding", "random"))
     report = (tmp_path / "RESULTS-smoke.md").read_text()
     assert "| d3hf (D3) |" in report and "| D3, MMD term only |" in report and "| herding |" in report
     assert "| prototype images, D3's MTT + MMD objective |" in report
     assert "P-noaug[epochs=2]" in report
-    mtimes = {c: os.stat(tmp_path / "cache" / "grid-smoke" / "cells" / c).st_mtime_ns for c in cells}
+    mtimes = {c: os.stat(tmp_path / "results" / "grid-smoke" / c).st_mtime_ns for c in cells}
     grid.main(["--smoke", "--out", str(tmp_path)])  # everything cached: nothing is recomputed
-    assert mtimes == {c: os.stat(tmp_path / "cache" / "grid-smoke" / "cells" / c).st_mtime_ns for c in cells}
+    assert mtimes == {c: os.stat(tmp_path / "results" / "grid-smoke" / c).st_mtime_ns for c in cells}
 
     # Changed distillation settings re-score the D3 cell from a new build; the image sets stay.
     changed = dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("d3", "random"),
                                   d3_overrides={**grid.SMOKE.d3_overrides, "iterations": 3})
     grid.run_grid(changed, max_minutes=None)
-    after = {c: os.stat(tmp_path / "cache" / "grid-smoke" / "cells" / c).st_mtime_ns for c in cells}
+    after = {c: os.stat(tmp_path / "results" / "grid-smoke" / c).st_mtime_ns for c in cells}
     assert [c for c in cells if after[c] != mtimes[c]] == ["digits_ipc10_d3_seed0_P-noaug_convnet.json"]
     assert len([b for b in os.listdir(tmp_path / "cache" / "grid-smoke" / "builds") if "_d3_seed0_" in b]) == 2
     # D3, its variants and the prototype ablation trained one set of experts between them.
     assert os.listdir(tmp_path / "cache" / "grid-smoke" / "experts") == ["digits_ipc10_seed0"]
+    # Cell records live apart from the builds: with the cache gone, the report is unchanged.
+    report = grid.write_report(dataclasses.replace(grid.SMOKE, out=str(tmp_path)), "cmd")
+    shutil.rmtree(tmp_path / "cache")
+    assert grid.write_report(dataclasses.replace(grid.SMOKE, out=str(tmp_path)), "cmd") == report
+
+    # The report can be read back into the records it was written from.
+    recover_cells = _load("recover_cells")
+    try:
+        recovered = recover_cells.parse_report(report)
+    finally:
+        del sys.modules["recover_cells"]
+
+    def by_name(rs):
+        return {grid.cell_name(r["dataset"], r["ipc_budget"], r["method"], r["seed"], r["protocol"], r["arch"]): r
+                for r in rs}
+
+    recovered = by_name(recovered)
+    records = by_name(grid.load_results(dataclasses.replace(grid.SMOKE, out=str(tmp_path))))
+    assert recovered.keys() == records.keys()
+    for name, r in records.items():
+        back = recovered[name]
+        assert back["accuracy"] == pytest.approx(r["accuracy"], abs=1e-12), name  # exact: 360 test images
+        assert back["storage_scalars"] == r["storage_scalars"] and back["notes"] == r["notes"]
+        assert back["eval_seconds"] == round(r["eval_seconds"]) and back["build_seconds"] == round(r["build_seconds"])
 
 
 def test_ablations_run_under_the_headline_protocol_only(grid):
@@ -71,3 +100,13 @@ def test_variants_change_only_their_settings(grid, digits):
     # At digits ipc 1 the recipe's decoder is already 1 channel wide: that cell is skipped.
     with pytest.raises(grid.NotApplicable):
         grid.d3_arguments(digits, "digits", 1, "d3-half-decoder", 0, grid.QUICK)
+
+
+def test_the_upper_bound_is_scored_once_whatever_the_budgets(grid):
+    for ipcs in ((1, 10), (10,), (10, 50)):
+        mode = grid.Mode(name="t", datasets=("digits",), ipcs=ipcs, methods=("full", "random"), seeds=1,
+                         protocols=("P-noaug",), archs=("convnet",))
+        keys = list(grid.cells(mode))
+        assert [k for k in keys if k[2] == "full"] == [("digits", grid.FULL_IPC, "full", 0, "P-noaug", "convnet")]
+        # The methods after it keep their own budgets.
+        assert [k[1] for k in keys if k[2] == "random"] == list(ipcs)
