@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -305,6 +306,7 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
         result = run_cell(data_by_name[dataset], *key, mode)
         result["cell_seconds"] = time.perf_counter() - t
         result["settings_digest"] = digest
+        result["machine"] = machine()
         with open(path + ".tmp", "w") as f:
             json.dump(result, f, indent=2)
         os.replace(path + ".tmp", path)
@@ -354,7 +356,10 @@ def write_report(mode: Mode, command: str) -> str:
     lines = [f"# d3hf benchmark{'' if mode.name == 'full' else f' ({mode.name} mode)'}", "",
              "## The grid: D3 and baselines at equal storage", "",
              f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, "
-             f"torch {_torch_version()}. Cells: {len(results)} recorded in `{_rel(mode.cells_dir)}/`; "
+             f"torch {_torch_version()}. Cells: {len(results)} recorded in `{_rel(mode.cells_dir)}/`"
+             + "".join(f"; {n} scored on {text}" for text, n in sorted(Counter(
+                 _machine_text(r["machine"]) for r in results if "machine" in r).items()))
+             + "; "
              f"total cell time {sum(timed) / 60:.1f} min over {len(timed)} cells"
              + (f"; {len(results) - len(timed)} more were recovered from {', '.join(recovered)} "
                 "(`benchmarks/recover_cells.py`), which kept their build and evaluation seconds but not their cell time"
@@ -482,7 +487,7 @@ def _ledger(results: list[dict]) -> list[str]:
 
 
 # Measurements made by the other benchmark scripts, gathered into RESULTS.md when present.
-OTHER_REPORTS = ("baseline_check.md", "subtasks.md", "unroll_memory.md", "speed_and_storage.md")
+OTHER_REPORTS = ("baseline_check.md", "subtasks.md", "unroll_memory.md", "speed_and_storage.md", "reproducibility.md")
 
 
 def _other_measurements() -> list[str]:
@@ -530,6 +535,23 @@ def _plot(report: str, methods: list[str], summary: dict) -> None:
     fig.tight_layout()
     fig.savefig(os.path.splitext(report)[0] + ".png", dpi=110)
     plt.close(fig)
+
+
+def machine() -> dict:
+    """What decides the float results besides the code and the seed: the CPU's kernels and the
+    thread count (the same cell on another CPU trains to a different, equally valid, number)."""
+    import torch
+
+    cpu = "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "cores": os.cpu_count()}
+
+
+def _machine_text(m: dict) -> str:
+    return f"{m['cpu']} ({m['cpu_capability']}), {m['torch_threads']} torch thread(s), torch {m['torch']}"
 
 
 def _rel(path: str) -> str:

@@ -66,6 +66,7 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
     recovered = by_name(recovered)
     records = by_name(grid.load_results(dataclasses.replace(grid.SMOKE, out=str(tmp_path))))
     assert recovered.keys() == records.keys()
+    assert all(r["machine"]["cpu_capability"] and r["machine"]["torch_threads"] >= 1 for r in records.values())
     for name, r in records.items():
         back = recovered[name]
         assert back["accuracy"] == pytest.approx(r["accuracy"], abs=1e-12), name  # exact: 360 test images
