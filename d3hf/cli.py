@@ -99,7 +99,8 @@ def cmd_distill(argv: Sequence[str]) -> int:
              f"storage: {ledger['total_scalars']:,} scalars = {ledger['ipc_equivalent']:.3f} IPC-equivalent "
              f"(budget {args.ipc_budget})"]
     for r in summary.get("evaluation", {}).get("results", []):
-        lines.append(f"{r['method']}: test accuracy {100 * r['mean']:.2f} % ({r['notes']}, {r['seeds']} seed(s))")
+        lines.append(f"{r['method']}: {r['split']} accuracy {100 * r['mean']:.2f} % ({r['notes']}, "
+                     f"{r['seeds']} seed(s))")
     lines.append("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["timings"].items() if v is not None))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
@@ -152,8 +153,9 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     verified = check_test_split_disjoint(record, data, allow_unverified=a.allow_unverified_test)
     result = evaluate(make_source, data, protocol, a.seeds, show_progress=True)
     result.update(method=method, test_split_check=verified)
-    sys.stdout.write("| method | protocol | arch | accuracy (final epoch) | seeds |\n|---|---|---|---:|---:|\n"
-                     f"| {method} | {protocol.name} | {a.arch} | {100 * result['mean']:.2f} +- "
+    sys.stdout.write("| method | protocol | arch | split | accuracy (final epoch) | seeds |\n"
+                     "|---|---|---|---|---:|---:|\n"
+                     f"| {method} | {protocol.name} | {a.arch} | {result['split']} | {100 * result['mean']:.2f} +- "
                      f"{100 * result['std']:.2f} % | {a.seeds} |\n\n{result['notes']}; {verified}\n")
     if a.model and os.path.isdir(a.model):
         from .io_utils import atomic_write_json

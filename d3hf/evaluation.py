@@ -48,7 +48,7 @@ class Protocol:
             augment = "DSA (one of colour, crop, cutout, scale, rotate per batch, per-image parameters, no flips)"
         return (f"{self.name}: {self.arch}-{self.depth} width {self.width}, SGD lr {self.lr} momentum {self.momentum} "
                 f"wd {self.weight_decay}, batch {self.batch_size}, lr x0.1 at epoch {self.epochs // 2}, "
-                f"{self.epochs} epochs, augmentation {augment}, final-epoch test accuracy")
+                f"{self.epochs} epochs, augmentation {augment}, final-epoch accuracy")
 
 
 AUGMENTATIONS = ("none", "dsa")
@@ -162,9 +162,11 @@ def fixed_source(images: torch.Tensor, labels: torch.Tensor) -> TrainSource:
 
 def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificationData, protocol: Protocol,
              seeds: int = 1, device="cpu", show_progress: bool = False) -> dict:
-    """Mean and std (over ``seeds``) of the final test accuracy; ``make_source(seed)``."""
+    """Mean and std (over ``seeds``) of the final test accuracy; ``make_source(seed)``. ``split``
+    names the split scored: "validation" when it was carved from train for tuning."""
     accs = [train_and_test(make_source(s), data, protocol, s, device, show_progress) for s in range(seeds)]
     return {
+        "split": data.source_info.get("test_split", "test"),
         "protocol": protocol.name,
         "arch": protocol.arch,
         "mean": float(np.mean(accs)),

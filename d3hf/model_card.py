@@ -41,11 +41,12 @@ def _is_hub_id(source: str) -> bool:
 
 
 def _eval_table(evaluation: dict) -> str:
-    rows = ["| protocol | architecture | accuracy (mean ± std) | seeds | notes |", "|---|---|---|---|---|"]
+    rows = ["| method | protocol | architecture | split | accuracy (mean ± std) | seeds | notes |",
+            "|---|---|---|---|---|---|---|"]
     for r in evaluation.get("results", []):
         rows.append(
-            f"| {r.get('protocol', '')} | {r.get('arch', '')} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} % "
-            f"| {r.get('seeds', '')} | {r.get('notes', '')} |"
+            f"| {r.get('method', '')} | {r.get('protocol', '')} | {r.get('arch', '')} | {r.get('split', 'test')} "
+            f"| {100 * r['mean']:.2f} ± {100 * r['std']:.2f} % | {r.get('seeds', '')} | {r.get('notes', '')} |"
         )
     return "\n".join(rows)
 

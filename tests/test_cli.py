@@ -204,11 +204,22 @@ def test_evaluate_an_artifact_writes_eval_json_and_card(first_run, tmp_path, cap
     assert main(["evaluate", str(artifact), "--epochs", "1", "--seeds", "2", "--arch", "resnet",
                  "--with-prior-means", "--num_per_class", "3"]) == 0
     out = capsys.readouterr().out
-    assert "| d3hf artifact (samples + prior means) | P-noaug[epochs=1,num_per_class=3] | resnet |" in out
+    assert "| d3hf artifact (samples + prior means) | P-noaug[epochs=1,num_per_class=3] | resnet | test |" in out
     assert "verified disjoint" in out
     evaluation = json.loads((artifact / "eval.json").read_text())
     assert len(evaluation["results"][0]["accuracies"]) == 2
     assert "P-noaug[epochs=1,num_per_class=3]" in (artifact / "README.md").read_text()
+
+
+def test_a_tuning_run_says_it_scored_the_validation_split(tmp_path, capsys, fresh_accelerate_state):
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", validation_size=0.2)
+    assert main(["distill", cfg, "--iterations", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "d3hf artifact: validation accuracy" in out and "test accuracy" not in out
+    evaluation = json.loads((tmp_path / "out" / "artifact" / "eval.json").read_text())
+    assert [r["split"] for r in evaluation["results"]] == ["validation", "validation"]
+    card = (tmp_path / "out" / "artifact" / "README.md").read_text()
+    assert "| d3hf artifact | P-noaug" in card and "| validation |" in card and "| test |" not in card
 
 
 def test_evaluate_refuses_a_test_split_it_cannot_show_disjoint(first_run, tmp_path, capsys):
