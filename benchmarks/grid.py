@@ -353,18 +353,19 @@ def write_report(mode: Mode, command: str) -> str:
     datasets = [d for d in ("mnist5k", "digits") if any(r["dataset"] == d for r in results)]
     ipcs = sorted({r["ipc_budget"] for r in results})
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    machines = Counter(_machine_text(r["machine"]) for r in results if "machine" in r)
     lines = [f"# d3hf benchmark{'' if mode.name == 'full' else f' ({mode.name} mode)'}", "",
              "## The grid: D3 and baselines at equal storage", "",
              f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, "
-             f"torch {_torch_version()}. Cells: {len(results)} recorded in `{_rel(mode.cells_dir)}/`"
-             + "".join(f"; {n} scored on {text}" for text, n in sorted(Counter(
-                 _machine_text(r["machine"]) for r in results if "machine" in r).items()))
-             + "; "
-             f"total cell time {sum(timed) / 60:.1f} min over {len(timed)} cells"
-             + (f"; {len(results) - len(timed)} more were recovered from {', '.join(recovered)} "
-                "(`benchmarks/recover_cells.py`), which kept their build and evaluation seconds but not their cell time"
-                if recovered else "") + ".", "",
-             "Accuracy is the FINAL-epoch test accuracy of a freshly trained network, mean +- std over the seeds "
+             f"torch {_torch_version()}.", "",
+             f"- Cells: {len(results)}, one JSON record each in `{_rel(mode.cells_dir)}/` (tracked; the builds they "
+             f"were scored from are in `{_rel(mode.cache)}/`, not tracked).",
+             *[f"- {n} scored on {text}." for text, n in sorted(machines.items())],
+             *[f"- {sum(r.get('recovered_from') == source for r in results)} recovered from {source} "
+               "(`benchmarks/recover_cells.py`): scored on an earlier machine that was not recorded; their build and "
+               "evaluation seconds were kept, their cell time was not." for source in recovered],
+             f"- Cell time: {sum(timed) / 60:.1f} min over the {len(timed)} cells timed whole.", "",
+             "Accuracy is the FINAL-epoch accuracy on the real test split of a freshly trained network, mean +- std over the seeds "
              "in brackets (each seed builds its own training set and trains its own network). Every method at an "
              "`ipc_budget` stores at most `ipc_budget x classes x C x H x W` scalars (D3: decoders + priors; image "
              "sets: pixels); the storage column is the measured mean.", ""]
