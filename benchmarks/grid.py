@@ -9,7 +9,8 @@ grid resumes where it stopped and can be completed over several runs, on several
     python benchmarks/grid.py                 # the full grid (many hours on 2 CPU cores)
     python benchmarks/grid.py --quick         # digits, 1 seed, short runs: under 30 minutes
     python benchmarks/grid.py --datasets mnist5k --ipc 1 --methods d3,random --protocols P-noaug
-    python benchmarks/grid.py --report-only   # rewrite the report from the cached cells
+    python benchmarks/grid.py --report-only   # rewrite the report from the recorded cells
+    python benchmarks/grid.py --status        # what of the grid (or of a selection) is still missing
 
 Writes benchmarks/RESULTS.md (benchmarks/RESULTS-quick.md with --quick) and a PNG plot of
 accuracy against storage budget beside it.
@@ -107,6 +108,9 @@ SMOKE = Mode(name="smoke", datasets=("digits",), ipcs=(10,),
              d3_overrides={"iterations": 2, "num_experts": 1, "expert_epochs_total": 3, "max_start_epoch": 1,
                            "expert_epochs": 1, "syn_steps": 2, "student_width": 8, "decoder": "2", "num_threads": 0,
                            "init_steps": 20})
+
+
+BASE_MODES = {"full": Mode(name="full"), "quick": QUICK, "smoke": SMOKE}
 
 
 # ----------------------------------------------------------------------------- building training sets
@@ -291,6 +295,7 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
             args = distill_arguments(data_by_name[dataset], dataset, ipc, method, seed, mode)
         except NotApplicable as e:
             print(f"{cell_name(*key)}: skipped, {e}", file=sys.stderr)
+            _write_json(os.path.join(mode.cells_dir, cell_name(*key) + SKIPPED), {"skipped": str(e)})
             continue
         digest = settings_digest(args) if args is not None else None
         if os.path.exists(path):
@@ -307,25 +312,60 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
         result["cell_seconds"] = time.perf_counter() - t
         result["settings_digest"] = digest
         result["machine"] = machine()
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(path + ".tmp", path)
+        _write_json(path, result)
         print(f"{cell_name(*key)}: {100 * result['accuracy']:.2f} % ({result['cell_seconds']:.0f} s)", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- report
 
 
+SKIPPED = ".skipped.json"  # the record of a cell that does not exist (NotApplicable), with the reason
+
+
+def _write_json(path: str, record: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def load_results(mode: Mode) -> list[dict]:
+    """Every scored cell's record."""
     folder = mode.cells_dir
     if not os.path.isdir(folder):
         return []
     results = []
     for name in sorted(os.listdir(folder)):
-        if name.endswith(".json"):
+        if name.endswith(".json") and not name.endswith(SKIPPED):
             with open(os.path.join(folder, name)) as f:
                 results.append(json.load(f))
     return results
+
+
+def coverage(mode: Mode) -> list[str]:
+    """How much of the grid ``mode`` defines is scored, and what is missing, as report lines."""
+    done = set(os.listdir(mode.cells_dir)) if os.path.isdir(mode.cells_dir) else set()
+    groups: dict = {}
+    skipped = 0
+    for key in cells(mode):
+        name = cell_name(*key)
+        if name + SKIPPED in done:
+            skipped += 1
+            continue
+        group = groups.setdefault(key[:3], [0, 0])
+        group[0] += name + ".json" in done
+        group[1] += 1
+    scored, total = sum(g[0] for g in groups.values()), sum(g[1] for g in groups.values())
+    lines = ["### Coverage", "",
+             f"{scored} of the {total} cells this grid defines are scored"
+             + (f", besides {skipped} that do not exist (variants that do not apply at their budget)" if skipped else "")
+             + f". Seeds {mode.seeds}; protocols {', '.join(mode.protocols)}; architectures {', '.join(mode.archs)} "
+             "(ablations under the first of each only).", ""]
+    missing = [(k, g) for k, g in groups.items() if g[0] < g[1]]
+    if missing:
+        lines += ["| dataset | ipc_budget | method | scored | cells |", "|---|---:|---|---:|---:|"]
+        lines += [f"| {d} | {i} | {METHOD_NAMES[m]} | {g[0]} | {g[1]} |" for (d, i, m), g in sorted(
+            missing, key=lambda item: (item[0][0], item[0][1], METHODS.index(item[0][2])))]
+    return lines + [""]
 
 
 def summarise(results: list[dict]) -> dict:
@@ -389,6 +429,7 @@ def write_report(mode: Mode, command: str) -> str:
     if not results:
         lines += ["No grid cell has been run yet: `python benchmarks/grid.py` (resumable) fills this section.", ""]
     lines += _verdicts(summary)
+    lines += coverage(dataclasses.replace(BASE_MODES.get(mode.name, mode), out=mode.out))
     lines += _ledger(results)
     lines += ["### Cells", "", "| cell | accuracy | build s | eval s |", "|---|---:|---:|---:|"]
     for r in results:
@@ -578,6 +619,7 @@ def main(argv=None) -> None:
     p.add_argument("--archs")
     p.add_argument("--max-minutes", type=float, default=None, help="stop starting new cells after this long")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--status", action="store_true", help="print what of the selection is scored and what is missing")
     a = p.parse_args(argv)
     mode = dataclasses.replace(SMOKE if a.smoke else QUICK if a.quick else Mode(name="full"), out=a.out)
     picks = {"datasets": a.datasets, "ipcs": a.ipc, "methods": a.methods, "protocols": a.protocols,
@@ -591,6 +633,9 @@ def main(argv=None) -> None:
     unknown = set(mode.methods) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}")
+    if a.status:
+        print("\n".join(coverage(mode)))
+        return
     if not a.report_only:
         run_grid(mode, a.max_minutes)
     command = "python benchmarks/grid.py" + (" --quick" if a.quick else " --smoke" if a.smoke else "")

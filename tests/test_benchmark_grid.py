@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -66,6 +67,7 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
     recovered = by_name(recovered)
     records = by_name(grid.load_results(dataclasses.replace(grid.SMOKE, out=str(tmp_path))))
     assert recovered.keys() == records.keys()
+    assert "6 of the 6 cells this grid defines are scored" in report
     assert all(r["machine"]["cpu_capability"] and r["machine"]["torch_threads"] >= 1 for r in records.values())
     for name, r in records.items():
         back = recovered[name]
@@ -111,3 +113,20 @@ def test_the_upper_bound_is_scored_once_whatever_the_budgets(grid):
         assert [k for k in keys if k[2] == "full"] == [("digits", grid.FULL_IPC, "full", 0, "P-noaug", "convnet")]
         # The methods after it keep their own budgets.
         assert [k[1] for k in keys if k[2] == "random"] == list(ipcs)
+
+
+def test_coverage_counts_scored_missing_and_cells_that_do_not_exist(grid, tmp_path):
+    mode = grid.Mode(name="t", datasets=("digits",), ipcs=(1,), methods=("d3", "d3-half-decoder", "random"), seeds=1,
+                     protocols=("P-noaug",), archs=("convnet",), out=str(tmp_path))
+    # At digits ipc 1 the recipe's decoder is 1 channel wide: the half-decoder cell is recorded as
+    # not existing, without building anything.
+    grid.run_grid(dataclasses.replace(mode, methods=("d3-half-decoder",)), max_minutes=None)
+    assert os.listdir(mode.cells_dir) == ["digits_ipc1_d3-half-decoder_seed0_P-noaug_convnet" + grid.SKIPPED]
+    assert not os.path.exists(mode.cache) or not os.listdir(mode.cache)
+    assert grid.load_results(mode) == []
+    record = {"dataset": "digits", "ipc_budget": 1, "method": "d3", "seed": 0, "protocol": "P-noaug",
+              "arch": "convnet", "accuracy": 0.5}
+    (tmp_path / "results" / "grid-t" / "digits_ipc1_d3_seed0_P-noaug_convnet.json").write_text(json.dumps(record))
+    text = "\n".join(grid.coverage(mode))
+    assert "1 of the 2 cells this grid defines are scored, besides 1 that do not exist" in text
+    assert "| digits | 1 | random real | 0 | 1 |" in text and "| digits | 1 | d3hf (D3) |" not in text
