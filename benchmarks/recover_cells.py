@@ -8,6 +8,7 @@ and the storage. D3 ledgers are recomputed from the recipe and must add up to th
 storage. Each record says where it came from (`recovered_from`); its cell time was not kept.
 
     python benchmarks/recover_cells.py --commit 4efef30
+    python benchmarks/recover_cells.py --commit 4efef30 --quick
 """
 
 from __future__ import annotations
@@ -63,14 +64,16 @@ def parse_report(text: str) -> list[dict]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--commit", required=True, help="the commit whose benchmarks/RESULTS.md to read")
+    p.add_argument("--commit", required=True, help="the commit whose report to read")
+    p.add_argument("--quick", action="store_true", help="recover the --quick grid (RESULTS-quick.md)")
     a = p.parse_args(argv)
-    text = subprocess.run(["git", "show", f"{a.commit}:benchmarks/RESULTS.md"], cwd=grid.REPO, check=True,
+    mode = grid.QUICK if a.quick else grid.Mode(name="full")
+    report = os.path.relpath(mode.report, grid.REPO)
+    text = subprocess.run(["git", "show", f"{a.commit}:{report}"], cwd=grid.REPO, check=True,
                           capture_output=True, text=True).stdout
     from d3hf.pipeline import build_config
     from d3hf.storage import estimate_storage
 
-    mode = grid.Mode(name="full")
     os.makedirs(mode.cells_dir, exist_ok=True)
     data = {}
     cells = parse_report(text)
@@ -85,8 +88,9 @@ def main(argv=None) -> None:
                 raise SystemExit(f"{cell}: the recipe's ledger has {ledger['total_scalars']} scalars; the report "
                                  f"recorded {cell['storage_scalars']}: the recipe changed, do not recover this cell")
             cell["ledger"] = ledger
-        cell["recovered_from"] = f"benchmarks/RESULTS.md at {a.commit}"
-        name = grid.cell_name(dataset, ipc, method, seed, cell["protocol"], cell["arch"])
+        cell["recovered_from"] = f"{report} at {a.commit}"
+        # Files are named by the grid's key, whose protocol carries no overrides.
+        name = grid.cell_name(dataset, ipc, method, seed, cell["protocol"].split("[")[0], cell["arch"])
         with open(os.path.join(mode.cells_dir, name + ".json"), "w") as f:
             json.dump(cell, f, indent=2)
     print(f"{len(cells)} cells written to {os.path.relpath(mode.cells_dir, grid.REPO)}/")
