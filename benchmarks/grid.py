@@ -3,8 +3,9 @@
 Every cell is one (dataset, ipc_budget, method, seed, protocol, arch): a training set is built
 once per (dataset, ipc, method, seed) and cached (D3 artifacts as folders, image sets as .npz,
 in benchmarks/cache/, not tracked), then a fresh network is trained on it and tested on the real
-test split. Each result is a small JSON record in benchmarks/results/ (tracked in git), so the
-grid resumes where it stopped and can be completed over several runs, on several machines.
+test split. Each result is a small JSON record in benchmarks/results/ (tracked in git), beside
+the weights of every D3 build (results/<grid>/builds/), so the grid resumes where it stopped and
+can be completed over several runs, on several machines, without distilling anything twice.
 
     python benchmarks/grid.py                 # the full grid (many hours on 2 CPU cores)
     python benchmarks/grid.py --quick         # digits, 1 seed, short runs: under 30 minutes
@@ -167,16 +168,45 @@ def settings_digest(args) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
 
+# What is kept of a D3 build beside the cell records: the artifact's weights and config and the
+# run's summary (tens of kB): enough to score new cells from it on any machine, and the exact
+# artifact behind every D3 number.
+KEPT_ARTIFACT_FILES = ("config.json", "model.safetensors")
+
+
+def keep_build(out: str, kept: str) -> None:
+    """Copy a finished D3 build's artifact and summary from the cache into the tracked results."""
+    import shutil
+
+    from d3hf.pipeline import ARTIFACT_DIR
+
+    if os.path.exists(os.path.join(kept, "summary.json")):
+        return
+    os.makedirs(kept + ".tmp", exist_ok=True)
+    for name in KEPT_ARTIFACT_FILES:
+        shutil.copyfile(os.path.join(out, ARTIFACT_DIR, name), os.path.join(kept + ".tmp", name))
+    shutil.copyfile(os.path.join(out, "summary.json"), os.path.join(kept + ".tmp", "summary.json"))
+    shutil.rmtree(kept, ignore_errors=True)
+    os.replace(kept + ".tmp", kept)
+
+
 def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -> tuple[str, dict]:
-    """Distil with the dataset's recipe and the variant's settings (evaluation off); returns the
-    artifact folder and facts. The folder is keyed by the settings' digest."""
+    """Distil with the dataset's recipe and the variant's settings (evaluation off), unless the
+    build is in the cache or kept in the results; returns the artifact folder and facts. Builds are
+    named by the settings' digest."""
     from d3hf.pipeline import ARTIFACT_DIR, run_distillation
 
     args = d3_arguments(data, dataset, ipc, method, seed, mode)
-    out = os.path.join(mode.cache, "builds", f"{dataset}_ipc{ipc}_{method}_seed{seed}_{settings_digest(args)}")
+    name = f"{dataset}_ipc{ipc}_{method}_seed{seed}_{settings_digest(args)}"
+    out, kept = os.path.join(mode.cache, "builds", name), os.path.join(mode.cells_dir, "builds", name)
     artifact = os.path.join(out, ARTIFACT_DIR)
-    if not os.path.exists(os.path.join(artifact, "config.json")):
+    if os.path.exists(os.path.join(artifact, "config.json")):
+        keep_build(out, kept)
+    elif os.path.exists(os.path.join(kept, "summary.json")):
+        out = artifact = kept
+    else:
         run_distillation(dataclasses.replace(args, output_dir=out), show_progress=True)
+        keep_build(out, kept)
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     return artifact, {"storage_scalars": summary["ledger"]["total_scalars"],
@@ -185,7 +215,8 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
 
 
 def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: Mode):
-    """A fixed image set and its facts, cached as .npz."""
+    """A fixed image set and its facts, as .npz: learned or selected sets are kept in the tracked
+    results (minutes to make, at most 10 images per class), random and all-real ones in the cache."""
     import numpy as np
     import torch
 
@@ -194,7 +225,8 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
 
     args = distill_arguments(data, dataset, ipc, method, seed, mode)
     suffix = f"_{settings_digest(args)}" if args is not None else ""
-    path = os.path.join(mode.cache, "builds", f"{dataset}_ipc{ipc}_{method}_seed{seed}{suffix}.npz")
+    folder = mode.cache if method in ("random", "full") else mode.cells_dir
+    path = os.path.join(folder, "builds", f"{dataset}_ipc{ipc}_{method}_seed{seed}{suffix}.npz")
     if os.path.exists(path):
         with np.load(path) as npz:
             images = baselines.ImageSet(torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]))
@@ -222,7 +254,8 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
         raise ValueError(method)
     seconds = time.perf_counter() - t
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path + ".tmp.npz", images=images.images.numpy(), labels=images.labels.numpy(), seconds=seconds)
+    np.savez_compressed(path + ".tmp.npz", images=images.images.numpy(), labels=images.labels.numpy(),
+                        seconds=seconds)
     os.replace(path + ".tmp.npz", path)
     return images, {"storage_scalars": images.storage_scalars, "build_seconds": seconds}
 

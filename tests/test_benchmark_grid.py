@@ -28,7 +28,7 @@ def grid():
 
 def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accelerate_state):
     grid.main(["--smoke", "--out", str(tmp_path)])
-    cells = sorted(os.listdir(tmp_path / "results" / "grid-smoke"))
+    cells = sorted(c for c in os.listdir(tmp_path / "results" / "grid-smoke") if c.endswith(".json"))
     assert cells == sorted(f"digits_ipc10_{m}_seed0_P-noaug_convnet.json"
                            for m in ("d3", "d3-mmd-only", "d3-prototypes", "dm", "herding", "random"))
     report = (tmp_path / "RESULTS-smoke.md").read_text()
@@ -48,10 +48,28 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
     assert len([b for b in os.listdir(tmp_path / "cache" / "grid-smoke" / "builds") if "_d3_seed0_" in b]) == 2
     # D3, its variants and the prototype ablation trained one set of experts between them.
     assert os.listdir(tmp_path / "cache" / "grid-smoke" / "experts") == ["digits_ipc10_seed0"]
-    # Cell records live apart from the builds: with the cache gone, the report is unchanged.
+    # Cell records live apart from the cache, beside the D3 weights and the learned image sets:
+    # with the cache gone the report is unchanged, and cells scored anew distil nothing.
+    results = tmp_path / "results" / "grid-smoke"
+    kept = sorted(os.listdir(results / "builds"))
+    assert len([b for b in kept if "_d3_seed0_" in b]) == 2 and not any("_random_" in b for b in kept)
+    assert sorted(os.listdir(results / "builds" / next(b for b in kept if "_d3-mmd-only_" in b))) == \
+        ["config.json", "model.safetensors", "summary.json"]
+    assert any(b.startswith("digits_ipc10_dm_seed0") and b.endswith(".npz") for b in kept)
     report = grid.write_report(dataclasses.replace(grid.SMOKE, out=str(tmp_path)), "cmd")
     shutil.rmtree(tmp_path / "cache")
     assert grid.write_report(dataclasses.replace(grid.SMOKE, out=str(tmp_path)), "cmd") == report
+    rescored = ["digits_ipc10_d3-mmd-only_seed0_P-noaug_convnet.json", "digits_ipc10_herding_seed0_P-noaug_convnet.json"]
+    before = {c: json.loads((results / c).read_text()) for c in rescored}
+    for c in rescored:
+        (results / c).unlink()
+    grid.run_grid(dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("d3-mmd-only", "herding")), None)
+    assert not (tmp_path / "cache" / "grid-smoke" / "builds").exists()  # nothing was distilled or selected again
+    for c in rescored:
+        after = json.loads((results / c).read_text())
+        assert after["accuracy"] == before[c]["accuracy"] and after["storage_scalars"] == before[c]["storage_scalars"]
+    report = grid.write_report(dataclasses.replace(grid.SMOKE, out=str(tmp_path)), "cmd")
+    assert report.count("| digits_ipc10_") == 6
 
     # The report can be read back into the records it was written from.
     recover_cells = _load("recover_cells")
