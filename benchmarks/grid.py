@@ -431,18 +431,20 @@ def write_report(mode: Mode, command: str) -> str:
              "## The grid: D3 and baselines at equal storage", "",
              f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, "
              f"torch {_torch_version()}.", "",
-             f"- Cells: {len(results)}, one JSON record each in `{_rel(mode.cells_dir)}/` (tracked; the builds they "
-             f"were scored from are in `{_rel(mode.cache)}/`, not tracked).",
+             f"- Cells: {len(results)}, one JSON record each in `{_rel(mode.cells_dir)}/`, tracked, with the weights "
+             "of the D3 builds and the learned image sets in its `builds/`; the untracked "
+             f"`{_rel(mode.cache)}/` holds the rest (D3 run folders with experts and checkpoints, random and all-real "
+             "sets).",
              *[f"- {n} scored on {text}." for text, n in sorted(machines.items())],
              *[f"- {sum(r.get('recovered_from') == source for r in results)} recovered from {source} "
                "(`benchmarks/recover_cells.py`): scored on an earlier machine that was not recorded; their build and "
                "evaluation seconds were kept, their cell time was not." for source in recovered],
              *([f"- Cell time: {sum(timed) / 60:.1f} min over the {len(timed)} cells timed whole."] if timed else []),
              "",
-             "Accuracy is the FINAL-epoch accuracy on the real test split of a freshly trained network, mean +- std over the seeds "
-             "in brackets (each seed builds its own training set and trains its own network). Every method at an "
-             "`ipc_budget` stores at most `ipc_budget x classes x C x H x W` scalars (D3: decoders + priors; image "
-             "sets: pixels); the storage column is the measured mean.", ""]
+             "Accuracy is the FINAL-epoch accuracy on the real test split of a freshly trained network, mean +- std "
+             "over the seeds in brackets (each seed builds its own training set and trains its own network). Every "
+             "method at an `ipc_budget` stores at most `ipc_budget x classes x C x H x W` scalars (D3: decoders + "
+             "priors; image sets: pixels); the storage column is the measured mean.", ""]
     for dataset in datasets:
         for protocol in sorted({k[1] for k in summary if k[0] == dataset}):
             for arch in sorted({k[2] for k in summary if k[0] == dataset and k[1] == protocol}):
