@@ -4,8 +4,9 @@ Every cell is one (dataset, ipc_budget, method, seed, protocol, arch): a trainin
 once per (dataset, ipc, method, seed) and cached (D3 artifacts as folders, image sets as .npz,
 in benchmarks/cache/, not tracked), then a fresh network is trained on it and tested on the real
 test split. Each result is a small JSON record in benchmarks/results/ (tracked in git), beside
-the weights of every D3 build (results/<grid>/builds/), so the grid resumes where it stopped and
-can be completed over several runs, on several machines, without distilling anything twice.
+the weights of every D3 build and the learned image sets (results/<grid>/builds/), so the grid
+resumes where it stopped and can be completed over several runs, on several machines, without
+distilling anything twice.
 
     python benchmarks/grid.py                 # the full grid (many hours on 2 CPU cores)
     python benchmarks/grid.py --quick         # digits, 1 seed, short runs: under 30 minutes

@@ -5,7 +5,9 @@ cache; the cache of the first 114 cells did not survive a machine change, but th
 wrote from them did. This reads that report back: accuracy (exact: the test splits have 1,000 and
 360 images, and the report has two decimals), build and evaluation seconds, the protocol notes
 and the storage. D3 ledgers are recomputed from the recipe and must add up to the recorded
-storage. Each record says where it came from (`recovered_from`); its cell time was not kept.
+storage; the settings digest is the current recipe's (the report does not record it), so recover
+only from a report written with the recipes as they are. Each record says where it came from
+(`recovered_from`); its cell time was not kept.
 
     python benchmarks/recover_cells.py --commit 4efef30
     python benchmarks/recover_cells.py --commit 4efef30 --quick
