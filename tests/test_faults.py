@@ -65,11 +65,14 @@ def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path, fres
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({**settings, "output_dir": str(tmp_path / "out")}))
+    # Both ranks die at iteration 2 only once both are there, so each has its iteration-1
+    # checkpoint whichever rank is faster.
     os.environ["D3HF_KILL_AT"] = "iteration-2"
+    os.environ["D3HF_KILL_RENDEZVOUS"] = f"{tmp_path / 'rendezvous'}:2"
     try:
         killed = launch_two_processes(tmp_path, str(cfg), "--cpu")
     finally:
-        del os.environ["D3HF_KILL_AT"]
+        del os.environ["D3HF_KILL_AT"], os.environ["D3HF_KILL_RENDEZVOUS"]
     assert killed.returncode != 0
     for k in (0, 1):
         assert read_checkpoint(str(tmp_path / "out" / "subtasks" / str(k)))["iteration"] == 1
