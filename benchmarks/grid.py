@@ -42,7 +42,7 @@ D3_VARIANTS = {
     "d3-mtt-only": {"mmd_weight": 0.0},
     "d3-mmd-only": {"mtt_weight": 0.0},
     "d3-lpc1": {"lpc": "1"},
-    "d3-half-decoder": {"decoder": "half"},
+    "d3-half-decoder": {"decoder": "half", "lpc": "auto"},  # the halved budget goes to priors
 }
 # Learned prototype images under D3's own MTT + MMD objective (same experts and settings as the
 # recipe): the "distributional vs prototype images at equal storage" ablation. Pixels take Adam
@@ -76,6 +76,7 @@ class Mode:
     dm_iterations: int = 100
     eval_epochs: int | None = None  # None: the protocol's own
     feature_epochs: int = 10  # of the network herding and k-center select in
+    only_seeds: tuple[int, ...] | None = None  # of range(seeds): to split a run over parallel streams
     out: str = HERE
 
     @property
@@ -125,19 +126,18 @@ def load_data(dataset: str):
 
 
 def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode):
-    """The recipe's settings with the mode's and the variant's overrides (output_dir unset)."""
-    import yaml
-
-    from d3hf.arguments import DistillArguments
+    """The recipe's settings (read as ``d3hf distill`` reads them) with the mode's and the
+    variant's overrides (output_dir unset)."""
+    from d3hf.cli import parse_distill_args
     from d3hf.pipeline import build_config
 
-    with open(os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")) as f:
-        recipe = yaml.safe_load(f)
+    recipe = parse_distill_args([os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")])
     variant = dict(D3_VARIANTS[method])
+    if method == "d3-lpc1" and recipe.lpc == "1":
+        raise NotApplicable("the recipe itself stores one prior per class")
     # Variants of one dataset, budget and seed train identical experts: they share one buffer.
     buffer_dir = os.path.join(mode.cache, "experts", f"{dataset}_ipc{ipc}_seed{seed}")
-    args = DistillArguments(**{**recipe, **mode.d3_overrides, "seed": seed, "eval_epochs": 0,
-                               "buffer_dir": buffer_dir})
+    args = dataclasses.replace(recipe, **mode.d3_overrides, seed=seed, eval_epochs=0, buffer_dir=buffer_dir)
     if variant.get("decoder") == "half":
         width = build_config(args, data).decoder_specs()[0].channels[-1]
         if width < 2:
@@ -159,14 +159,44 @@ def distill_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode
     return None
 
 
-def settings_digest(args) -> str:
-    """A short hash of the settings that decide what a distillation computes (not where it keeps
-    files or how often it logs): builds and cells of D3-based methods carry it, so a changed recipe
-    is distilled and scored anew instead of read from a stale cache."""
+def baseline_settings(data, method: str, seed: int, mode: Mode) -> dict | None:
+    """What decides a selected or learned baseline set besides its dataset, budget and seed; None
+    for the sets nothing else decides (random real, all real, the external images)."""
+    from d3hf import baselines
+    from d3hf.networks import auto_depth
+
+    depth = auto_depth(data.image_shape)
+    if method in ("herding", "kcenter"):
+        return {"feature_epochs": mode.feature_epochs, "depth": depth}
+    if method == "dm":
+        return dataclasses.asdict(baselines.DMSettings(iterations=mode.dm_iterations, seed=seed, depth=depth))
+    return None
+
+
+def _digest(identity: dict) -> str:
     import hashlib
 
-    identity = {**args.run_identity(), "iterations": args.iterations}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def settings_digest(args) -> str:
+    """A short hash of the settings that decide what a distillation computes (not where it keeps
+    files or how often it logs)."""
+    return _digest({**args.run_identity(), "iterations": args.iterations})
+
+
+def build_digest(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -> str | None:
+    """The digest that builds and cells carry, so a changed recipe or baseline setting is built and
+    scored anew instead of read from a stale record; None for methods nothing but the seed decides."""
+    args = distill_arguments(data, dataset, ipc, method, seed, mode)
+    if args is not None:
+        return settings_digest(args)
+    settings = baseline_settings(data, method, seed, mode)
+    return _digest(settings) if settings is not None else None
+
+
+def build_name(dataset: str, ipc: int, method: str, seed: int, digest: str | None) -> str:
+    return f"{dataset}_ipc{ipc}_{method}_seed{seed}" + (f"_{digest}" if digest else "")
 
 
 # What is kept of a D3 build beside the cell records: the artifact's weights and config and the
@@ -198,7 +228,7 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
     from d3hf.pipeline import ARTIFACT_DIR, run_distillation
 
     args = d3_arguments(data, dataset, ipc, method, seed, mode)
-    name = f"{dataset}_ipc{ipc}_{method}_seed{seed}_{settings_digest(args)}"
+    name = build_name(dataset, ipc, method, seed, settings_digest(args))
     out, kept = os.path.join(mode.cache, "builds", name), os.path.join(mode.cells_dir, "builds", name)
     artifact = os.path.join(out, ARTIFACT_DIR)
     if os.path.exists(os.path.join(artifact, "config.json")):
@@ -222,12 +252,12 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     import torch
 
     from d3hf import baselines
-    from d3hf.networks import auto_depth
 
     args = distill_arguments(data, dataset, ipc, method, seed, mode)
-    suffix = f"_{settings_digest(args)}" if args is not None else ""
+    settings = baseline_settings(data, method, seed, mode)
     folder = mode.cache if method in ("random", "full") else mode.cells_dir
-    path = os.path.join(folder, "builds", f"{dataset}_ipc{ipc}_{method}_seed{seed}{suffix}.npz")
+    name = build_name(dataset, ipc, method, seed, build_digest(data, dataset, ipc, method, seed, mode))
+    path = os.path.join(folder, "builds", name + ".npz")
     if os.path.exists(path):
         with np.load(path) as npz:
             images = baselines.ImageSet(torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]))
@@ -236,12 +266,12 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     if method == "random":
         images = baselines.random_real_images(data, ipc, seed)
     elif method in ("herding", "kcenter"):
-        net = baselines.train_feature_network(data, epochs=mode.feature_epochs, seed=seed,
-                                              depth=auto_depth(data.image_shape))
+        net = baselines.train_feature_network(data, epochs=settings["feature_epochs"], seed=seed,
+                                              depth=settings["depth"])
         images = (baselines.herding_images if method == "herding" else baselines.k_center_images)(data, ipc, net)
     elif method == "dm":
-        settings = baselines.DMSettings(iterations=mode.dm_iterations, seed=seed, depth=auto_depth(data.image_shape))
-        images = baselines.distribution_matching_images(data, ipc, settings, show_progress=True)
+        images = baselines.distribution_matching_images(data, ipc, baselines.DMSettings(**settings),
+                                                        show_progress=True)
     elif method == "d3-prototypes":
         from d3hf.experts import build_expert_buffer
         from d3hf.pipeline import expert_settings
@@ -311,6 +341,8 @@ def cells(mode: Mode):
                 # Ablations run under the first protocol and architecture only (P-noaug, ConvNet).
                 ablation = method in ABLATIONS
                 for seed in range(seeds):
+                    if mode.only_seeds is not None and seed not in mode.only_seeds:
+                        continue
                     for protocol in mode.protocols[:1] if ablation else mode.protocols:
                         for arch in mode.archs[:1] if ablation else mode.archs:
                             yield dataset, key_ipc, method, seed, protocol, arch
@@ -323,15 +355,17 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
     for key in cells(mode):
         dataset, ipc, method, seed = key[:4]
         path = os.path.join(mode.cells_dir, cell_name(*key) + ".json")
+        skipped = path.removesuffix(".json") + SKIPPED
         if dataset not in data_by_name:
             data_by_name[dataset] = load_data(dataset)
         try:
-            args = distill_arguments(data_by_name[dataset], dataset, ipc, method, seed, mode)
+            digest = build_digest(data_by_name[dataset], dataset, ipc, method, seed, mode)
         except NotApplicable as e:
             print(f"{cell_name(*key)}: skipped, {e}", file=sys.stderr)
-            _write_json(os.path.join(mode.cells_dir, cell_name(*key) + SKIPPED), {"skipped": str(e)})
+            _write_json(skipped, {"skipped": str(e)})
+            if os.path.exists(path):  # scored when the recipe still had the variant
+                os.remove(path)
             continue
-        digest = settings_digest(args) if args is not None else None
         if os.path.exists(path):
             with open(path) as f:
                 cached = json.load(f).get("settings_digest")
@@ -347,6 +381,8 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
         result["settings_digest"] = digest
         result["machine"] = machine()
         _write_json(path, result)
+        if os.path.exists(skipped):  # the variant exists again
+            os.remove(skipped)
         print(f"{cell_name(*key)}: {100 * result['accuracy']:.2f} % ({result['cell_seconds']:.0f} s)", file=sys.stderr)
 
 
@@ -375,9 +411,35 @@ def load_results(mode: Mode) -> list[dict]:
     return results
 
 
-def coverage(mode: Mode) -> list[str]:
-    """How much of the grid ``mode`` defines is scored, and what is missing, as report lines."""
-    done = set(os.listdir(mode.cells_dir)) if os.path.isdir(mode.cells_dir) else set()
+def split_stale(mode: Mode, results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The records scored under the settings the recipes and ``mode`` give now, and the stale rest
+    (a recipe or baseline setting changed since): the report leaves those out until re-scored."""
+    data: dict = {}
+    digests: dict = {}
+    current, stale = [], []
+    for r in results:
+        key = (r["dataset"], r["ipc_budget"], r["method"], r["seed"])
+        if key not in digests:
+            if key[0] not in data:
+                data[key[0]] = load_data(key[0])
+            try:
+                digests[key] = build_digest(data[key[0]], *key, mode)
+            except NotApplicable:
+                digests[key] = "not applicable"
+        (current if r.get("settings_digest") == digests[key] else stale).append(r)
+    return current, stale
+
+
+def coverage(mode: Mode, results: list[dict] | None = None) -> list[str]:
+    """How much of the grid ``mode`` defines is scored under the current settings (``results``:
+    the current records, read and checked when not given), and what is missing, as report lines."""
+    if results is None:
+        results = split_stale(mode, [r for r in load_results(mode) if r["dataset"] in mode.datasets])[0]
+    # A record's protocol may carry the mode's overrides ("P-noaug[epochs=100]"); file names do not.
+    done = {cell_name(r["dataset"], r["ipc_budget"], r["method"], r["seed"], r["protocol"].split("[")[0],
+                      r["arch"]) + ".json" for r in results}
+    if os.path.isdir(mode.cells_dir):
+        done |= {name for name in os.listdir(mode.cells_dir) if name.endswith(SKIPPED)}
     groups: dict = {}
     skipped = 0
     for key in cells(mode):
@@ -420,7 +482,7 @@ def summarise(results: list[dict]) -> dict:
 
 def write_report(mode: Mode, command: str) -> str:
     """RESULTS.md from every cached cell of this mode (also cells of earlier, wider runs)."""
-    results = load_results(mode)
+    results, stale = split_stale(mode, load_results(mode))
     summary = summarise(results)
     timed = [r["cell_seconds"] for r in results if r.get("cell_seconds") is not None]
     recovered = sorted({r["recovered_from"] for r in results if "recovered_from" in r})
@@ -441,6 +503,8 @@ def write_report(mode: Mode, command: str) -> str:
                "(`benchmarks/recover_cells.py`): scored on an earlier machine that was not recorded; their build and "
                "evaluation seconds were kept, their cell time was not." for source in recovered],
              *([f"- Cell time: {sum(timed) / 60:.1f} min over the {len(timed)} cells timed whole."] if timed else []),
+             *([f"- Left out: {len(stale)} records scored under settings that have changed since (a recipe or a "
+                "baseline setting); the grid scores those cells anew."] if stale else []),
              "",
              "Accuracy is the FINAL-epoch accuracy on the real test split of a freshly trained network, mean +- std "
              "over the seeds in brackets (each seed builds its own training set and trains its own network). Every "
@@ -467,7 +531,7 @@ def write_report(mode: Mode, command: str) -> str:
         lines += ["No grid cell has been run yet: `python benchmarks/grid.py` (resumable) fills this section.", ""]
     grid_mode = dataclasses.replace(BASE_MODES.get(mode.name, mode), out=mode.out)
     lines += _verdicts(summary, with_targets=TARGET_PANEL[0] in grid_mode.datasets)
-    lines += coverage(grid_mode)
+    lines += coverage(grid_mode, results)
     lines += _ledger(results)
     lines += ["### Cells", "", "| cell | accuracy | build s | eval s |", "|---|---:|---:|---:|"]
     for r in results:
@@ -656,6 +720,7 @@ def main(argv=None) -> None:
     p.add_argument("--ipc", help="comma-separated ipc budgets")
     p.add_argument("--methods", help=f"comma-separated, of {','.join(METHODS)}")
     p.add_argument("--seeds", type=int)
+    p.add_argument("--only-seeds", help="comma-separated: run only these of the seeds (e.g. one per stream)")
     p.add_argument("--protocols")
     p.add_argument("--archs")
     p.add_argument("--max-minutes", type=float, default=None, help="stop starting new cells after this long")
@@ -671,6 +736,8 @@ def main(argv=None) -> None:
             mode = dataclasses.replace(mode, **{field: items})
     if a.seeds:
         mode = dataclasses.replace(mode, seeds=a.seeds)
+    if a.only_seeds:
+        mode = dataclasses.replace(mode, only_seeds=tuple(int(v) for v in a.only_seeds.split(",")))
     unknown = set(mode.methods) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}")

@@ -83,7 +83,7 @@ def main(argv=None) -> None:
         dataset, ipc, method, seed = cell["dataset"], cell["ipc_budget"], cell["method"], cell["seed"]
         data.setdefault(dataset, grid.load_data(dataset))
         args = grid.distill_arguments(data[dataset], dataset, ipc, method, seed, mode)
-        cell["settings_digest"] = grid.settings_digest(args) if args is not None else None
+        cell["settings_digest"] = grid.build_digest(data[dataset], dataset, ipc, method, seed, mode)
         if method in grid.D3_VARIANTS:
             ledger = estimate_storage(build_config(args, data[dataset])).to_dict()
             if ledger["total_scalars"] != cell["storage_scalars"]:

@@ -39,12 +39,23 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
     grid.main(["--smoke", "--out", str(tmp_path)])  # everything cached: nothing is recomputed
     assert mtimes == {c: os.stat(tmp_path / "results" / "grid-smoke" / c).st_mtime_ns for c in cells}
 
-    # Changed distillation settings re-score the D3 cell from a new build; the image sets stay.
-    changed = dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("d3", "random"),
-                                  d3_overrides={**grid.SMOKE.d3_overrides, "iterations": 3})
+    # Changed distillation or DM settings re-score those cells from new builds; the others stay.
+    changed = dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("d3", "random", "herding", "dm"),
+                                  d3_overrides={**grid.SMOKE.d3_overrides, "iterations": 3},
+                                  dm_iterations=grid.SMOKE.dm_iterations + 1)
     grid.run_grid(changed, max_minutes=None)
     after = {c: os.stat(tmp_path / "results" / "grid-smoke" / c).st_mtime_ns for c in cells}
-    assert [c for c in cells if after[c] != mtimes[c]] == ["digits_ipc10_d3_seed0_P-noaug_convnet.json"]
+    assert [c for c in cells if after[c] != mtimes[c]] == [f"digits_ipc10_{m}_seed0_P-noaug_convnet.json"
+                                                           for m in ("d3", "dm")]
+    assert len([b for b in os.listdir(tmp_path / "results" / "grid-smoke" / "builds") if "_dm_seed0_" in b]) == 2
+    # Under the smoke settings those two records are stale: the report leaves them out, and the
+    # grid scores them anew from the builds it kept.
+    smoke = dataclasses.replace(grid.SMOKE, out=str(tmp_path))
+    report = grid.write_report(smoke, "cmd")
+    assert "Left out: 2 records" in report and "4 of the 6 cells this grid defines are scored" in report
+    assert "| digits_ipc10_dm_seed0_" not in report
+    grid.run_grid(smoke, max_minutes=None)
+    assert "Left out" not in grid.write_report(smoke, "cmd")
     assert len([b for b in os.listdir(tmp_path / "cache" / "grid-smoke" / "builds") if "_d3_seed0_" in b]) == 2
     # D3, its variants and the prototype ablation trained one set of experts between them.
     assert os.listdir(tmp_path / "cache" / "grid-smoke" / "experts") == ["digits_ipc10_seed0"]
@@ -118,9 +129,21 @@ def test_variants_change_only_their_settings(grid, digits):
     width = build_config(base, digits).decoder_specs()[0].channels[-1]
     assert half.decoder == str(width // 2) and build_config(half, digits).priors_per_class > \
         build_config(base, digits).priors_per_class
-    # At digits ipc 1 the recipe's decoder is already 1 channel wide: that cell is skipped.
+    # At digits ipc 1 the recipe itself has one prior per class: that variant does not exist there,
+    # and halving the decoder gives the budget's rest to more priors than the recipe's one.
     with pytest.raises(grid.NotApplicable):
-        grid.d3_arguments(digits, "digits", 1, "d3-half-decoder", 0, grid.QUICK)
+        grid.d3_arguments(digits, "digits", 1, "d3-lpc1", 0, grid.QUICK)
+    half = grid.d3_arguments(digits, "digits", 1, "d3-half-decoder", 0, grid.QUICK)
+    base = grid.d3_arguments(digits, "digits", 1, "d3", 0, grid.QUICK)
+    assert base.lpc == "1" and build_config(half, digits).priors_per_class > 1
+
+
+def test_only_seeds_splits_a_run_over_streams(grid):
+    mode = grid.Mode(name="t", datasets=("digits",), ipcs=(1,), methods=("d3", "random"), seeds=3,
+                     protocols=("P-noaug",), archs=("convnet",))
+    streams = [list(grid.cells(dataclasses.replace(mode, only_seeds=picks))) for picks in ((0, 1), (2,))]
+    assert sorted(streams[0] + streams[1]) == sorted(grid.cells(mode))
+    assert {k[3] for k in streams[1]} == {2}
 
 
 def test_the_upper_bound_is_scored_once_whatever_the_budgets(grid):
@@ -134,16 +157,19 @@ def test_the_upper_bound_is_scored_once_whatever_the_budgets(grid):
 
 
 def test_coverage_counts_scored_missing_and_cells_that_do_not_exist(grid, tmp_path):
-    mode = grid.Mode(name="t", datasets=("digits",), ipcs=(1,), methods=("d3", "d3-half-decoder", "random"), seeds=1,
+    mode = grid.Mode(name="t", datasets=("digits",), ipcs=(1,), methods=("d3", "d3-lpc1", "random"), seeds=1,
                      protocols=("P-noaug",), archs=("convnet",), out=str(tmp_path))
-    # At digits ipc 1 the recipe's decoder is 1 channel wide: the half-decoder cell is recorded as
-    # not existing, without building anything.
-    grid.run_grid(dataclasses.replace(mode, methods=("d3-half-decoder",)), max_minutes=None)
-    assert os.listdir(mode.cells_dir) == ["digits_ipc1_d3-half-decoder_seed0_P-noaug_convnet" + grid.SKIPPED]
+    # At digits ipc 1 the recipe has one prior per class already: the lpc-1 cell is recorded as
+    # not existing, without building anything, and a record scored under an older recipe goes.
+    os.makedirs(mode.cells_dir)
+    (tmp_path / "results" / "grid-t" / "digits_ipc1_d3-lpc1_seed0_P-noaug_convnet.json").write_text("{}")
+    grid.run_grid(dataclasses.replace(mode, methods=("d3-lpc1",)), max_minutes=None)
+    assert os.listdir(mode.cells_dir) == ["digits_ipc1_d3-lpc1_seed0_P-noaug_convnet" + grid.SKIPPED]
     assert not os.path.exists(mode.cache) or not os.listdir(mode.cache)
     assert grid.load_results(mode) == []
     record = {"dataset": "digits", "ipc_budget": 1, "method": "d3", "seed": 0, "protocol": "P-noaug",
-              "arch": "convnet", "accuracy": 0.5}
+              "arch": "convnet", "accuracy": 0.5,
+              "settings_digest": grid.build_digest(grid.load_data("digits"), "digits", 1, "d3", 0, mode)}
     (tmp_path / "results" / "grid-t" / "digits_ipc1_d3_seed0_P-noaug_convnet.json").write_text(json.dumps(record))
     text = "\n".join(grid.coverage(mode))
     assert "1 of the 2 cells this grid defines are scored, besides 1 that do not exist" in text
