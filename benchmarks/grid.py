@@ -14,6 +14,9 @@ distilling anything twice.
     python benchmarks/grid.py --report-only   # rewrite the report from the recorded cells
     python benchmarks/grid.py --status        # what of the grid (or of a selection) is still missing
 
+Streams can share the work (one torch thread each, e.g. `--only-seeds 0,1` and `--only-seeds 2`):
+a build is locked while one stream makes it, and a cell whose build is busy is left for later.
+
 Writes benchmarks/RESULTS.md (benchmarks/RESULTS-quick.md with --quick) and a PNG plot of
 accuracy against storage budget beside it.
 """
@@ -21,6 +24,7 @@ accuracy against storage budget beside it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -199,6 +203,46 @@ def build_name(dataset: str, ipc: int, method: str, seed: int, digest: str | Non
     return f"{dataset}_ipc{ipc}_{method}_seed{seed}" + (f"_{digest}" if digest else "")
 
 
+class BuildBusy(Exception):
+    """Another live process is making this build: its cells are left for a later run."""
+
+
+@contextlib.contextmanager
+def build_lock(path: str):
+    """Hold ``path + '.lock'`` (holding our pid) while making a build, so that parallel streams
+    never make the same one twice; a lock whose process is gone (killed) is taken over."""
+    lock = path + ".lock"
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            with open(lock) as f:
+                holder = f.read().strip()
+            if not holder or _alive(int(holder)):  # empty: its holder is writing its pid now
+                raise BuildBusy(f"{os.path.basename(path)} is being built by process {holder or '?'}") from None
+            os.remove(lock)
+    else:
+        raise BuildBusy(f"{os.path.basename(path)}: another process took the lock first")
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        os.remove(lock)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 # What is kept of a D3 build beside the cell records: the artifact's weights and config and the
 # run's summary (tens of kB): enough to score new cells from it on any machine, and the exact
 # artifact behind every D3 number.
@@ -236,7 +280,8 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
     elif os.path.exists(os.path.join(kept, "summary.json")):
         out = artifact = kept
     else:
-        run_distillation(dataclasses.replace(args, output_dir=out), show_progress=True)
+        with build_lock(out):  # a run killed before has left a resumable folder
+            run_distillation(dataclasses.replace(args, output_dir=out), show_progress=True)
         keep_build(out, kept)
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
@@ -253,42 +298,47 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
 
     from d3hf import baselines
 
-    args = distill_arguments(data, dataset, ipc, method, seed, mode)
-    settings = baseline_settings(data, method, seed, mode)
     folder = mode.cache if method in ("random", "full") else mode.cells_dir
     name = build_name(dataset, ipc, method, seed, build_digest(data, dataset, ipc, method, seed, mode))
     path = os.path.join(folder, "builds", name + ".npz")
-    if os.path.exists(path):
-        with np.load(path) as npz:
-            images = baselines.ImageSet(torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]))
-            return images, {"storage_scalars": images.storage_scalars, "build_seconds": float(npz["seconds"])}
-    t = time.perf_counter()
+    if not os.path.exists(path):
+        with build_lock(os.path.join(mode.cache, "builds", name)):
+            t = time.perf_counter()
+            images = _make_image_set(data, dataset, method, ipc, seed, mode)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            np.savez_compressed(path + ".tmp.npz", images=images.images.numpy(), labels=images.labels.numpy(),
+                                seconds=time.perf_counter() - t)
+            os.replace(path + ".tmp.npz", path)
+    with np.load(path) as npz:
+        images = baselines.ImageSet(torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]))
+        return images, {"storage_scalars": images.storage_scalars, "build_seconds": float(npz["seconds"])}
+
+
+def _make_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: Mode):
+    import numpy as np
+    import torch
+
+    from d3hf import baselines
+
+    settings = baseline_settings(data, method, seed, mode)
     if method == "random":
-        images = baselines.random_real_images(data, ipc, seed)
-    elif method in ("herding", "kcenter"):
+        return baselines.random_real_images(data, ipc, seed)
+    if method in ("herding", "kcenter"):
         net = baselines.train_feature_network(data, epochs=settings["feature_epochs"], seed=seed,
                                               depth=settings["depth"])
-        images = (baselines.herding_images if method == "herding" else baselines.k_center_images)(data, ipc, net)
-    elif method == "dm":
-        images = baselines.distribution_matching_images(data, ipc, baselines.DMSettings(**settings),
-                                                        show_progress=True)
-    elif method == "d3-prototypes":
+        return (baselines.herding_images if method == "herding" else baselines.k_center_images)(data, ipc, net)
+    if method == "dm":
+        return baselines.distribution_matching_images(data, ipc, baselines.DMSettings(**settings), show_progress=True)
+    if method == "d3-prototypes":
         from d3hf.experts import build_expert_buffer
         from d3hf.pipeline import expert_settings
 
+        args = distill_arguments(data, dataset, ipc, method, seed, mode)
         buffer = build_expert_buffer(data, expert_settings(args, data.image_shape), args.buffer_dir)
-        images = baselines.d3_objective_images(data, ipc, buffer, args, show_progress=True)
-    elif method == "full":
-        rows = np.arange(len(data.labels()))
-        images = baselines.ImageSet(data.images(rows), torch.from_numpy(data.labels()))
-    else:
-        raise ValueError(method)
-    seconds = time.perf_counter() - t
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez_compressed(path + ".tmp.npz", images=images.images.numpy(), labels=images.labels.numpy(),
-                        seconds=seconds)
-    os.replace(path + ".tmp.npz", path)
-    return images, {"storage_scalars": images.storage_scalars, "build_seconds": seconds}
+        return baselines.d3_objective_images(data, ipc, buffer, args, show_progress=True)
+    if method == "full":
+        return baselines.ImageSet(data.images(np.arange(len(data.labels()))), torch.from_numpy(data.labels()))
+    raise ValueError(method)
 
 
 # ----------------------------------------------------------------------------- one cell
@@ -376,7 +426,11 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
             print(f"stopping after {max_minutes} minutes; run again to continue", file=sys.stderr)
             return
         t = time.perf_counter()
-        result = run_cell(data_by_name[dataset], *key, mode)
+        try:
+            result = run_cell(data_by_name[dataset], *key, mode)
+        except BuildBusy as e:
+            print(f"{cell_name(*key)}: left for a later run, {e}", file=sys.stderr)
+            continue
         result["cell_seconds"] = time.perf_counter() - t
         result["settings_digest"] = digest
         result["machine"] = machine()

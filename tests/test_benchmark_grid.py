@@ -174,3 +174,26 @@ def test_coverage_counts_scored_missing_and_cells_that_do_not_exist(grid, tmp_pa
     text = "\n".join(grid.coverage(mode))
     assert "1 of the 2 cells this grid defines are scored, besides 1 that do not exist" in text
     assert "| digits | 1 | random real | 0 | 1 |" in text and "| digits | 1 | d3hf (D3) |" not in text
+
+
+def test_a_build_is_made_by_one_stream_at_a_time(grid, tmp_path):
+    path = str(tmp_path / "builds" / "digits_ipc1_dm_seed0")
+    with grid.build_lock(path):
+        assert open(path + ".lock").read() == str(os.getpid())
+        with pytest.raises(grid.BuildBusy, match="being built by process"):
+            with grid.build_lock(path):
+                pass
+    assert not os.path.exists(path + ".lock")
+    # The lock of a process that is gone (killed mid-build) is taken over.
+    import subprocess
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with open(path + ".lock", "w") as f:
+        f.write(dead.stdout.strip())
+    with grid.build_lock(path):
+        assert open(path + ".lock").read() == str(os.getpid())
+    # The grid leaves a cell whose build another stream is making for a later run.
+    mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("random",))
+    with grid.build_lock(os.path.join(mode.cache, "builds", "digits_ipc10_random_seed0")):
+        grid.run_grid(mode, max_minutes=None)
+    assert os.listdir(mode.cells_dir) == []
