@@ -280,7 +280,7 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
     elif os.path.exists(os.path.join(kept, "summary.json")):
         out = artifact = kept
     else:
-        with build_lock(out):  # a run killed before has left a resumable folder
+        with build_lock(out):  # one stream at a time; the next resumes a killed run from its folder
             run_distillation(dataclasses.replace(args, output_dir=out), show_progress=True)
         keep_build(out, kept)
     with open(os.path.join(out, "summary.json")) as f:
