@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -123,7 +124,9 @@ BASE_MODES = {"full": Mode(name="full"), "quick": QUICK, "smoke": SMOKE}
 # ----------------------------------------------------------------------------- building training sets
 
 
+@functools.lru_cache(maxsize=None)
 def load_data(dataset: str):
+    """The dataset, loaded once per process (the grid, its digests and the report share it)."""
     from d3hf.data import load_image_classification
 
     return load_image_classification(dataset)
@@ -281,7 +284,8 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
         out = artifact = kept
     else:
         with build_lock(out):  # one stream at a time; the next resumes a killed run from its folder
-            run_distillation(dataclasses.replace(args, output_dir=out), show_progress=True)
+            if not os.path.exists(os.path.join(artifact, "config.json")):  # unless one finished it meanwhile
+                run_distillation(dataclasses.replace(args, output_dir=out), show_progress=True)
         keep_build(out, kept)
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
@@ -303,12 +307,13 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     path = os.path.join(folder, "builds", name + ".npz")
     if not os.path.exists(path):
         with build_lock(os.path.join(mode.cache, "builds", name)):
-            t = time.perf_counter()
-            images = _make_image_set(data, dataset, method, ipc, seed, mode)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            np.savez_compressed(path + ".tmp.npz", images=images.images.numpy(), labels=images.labels.numpy(),
-                                seconds=time.perf_counter() - t)
-            os.replace(path + ".tmp.npz", path)
+            if not os.path.exists(path):  # another stream may have finished it before we took the lock
+                t = time.perf_counter()
+                images = _make_image_set(data, dataset, method, ipc, seed, mode)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                np.savez_compressed(path + ".tmp.npz", images=images.images.numpy(), labels=images.labels.numpy(),
+                                    seconds=time.perf_counter() - t)
+                os.replace(path + ".tmp.npz", path)
     with np.load(path) as npz:
         images = baselines.ImageSet(torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]))
         return images, {"storage_scalars": images.storage_scalars, "build_seconds": float(npz["seconds"])}
@@ -401,15 +406,12 @@ def cells(mode: Mode):
 def run_grid(mode: Mode, max_minutes: float | None) -> None:
     os.makedirs(mode.cells_dir, exist_ok=True)
     start = time.perf_counter()
-    data_by_name: dict = {}
     for key in cells(mode):
         dataset, ipc, method, seed = key[:4]
         path = os.path.join(mode.cells_dir, cell_name(*key) + ".json")
         skipped = path.removesuffix(".json") + SKIPPED
-        if dataset not in data_by_name:
-            data_by_name[dataset] = load_data(dataset)
         try:
-            digest = build_digest(data_by_name[dataset], dataset, ipc, method, seed, mode)
+            digest = build_digest(load_data(dataset), dataset, ipc, method, seed, mode)
         except NotApplicable as e:
             print(f"{cell_name(*key)}: skipped, {e}", file=sys.stderr)
             _write_json(skipped, {"skipped": str(e)})
@@ -427,7 +429,7 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
             return
         t = time.perf_counter()
         try:
-            result = run_cell(data_by_name[dataset], *key, mode)
+            result = run_cell(load_data(dataset), *key, mode)
         except BuildBusy as e:
             print(f"{cell_name(*key)}: left for a later run, {e}", file=sys.stderr)
             continue
@@ -468,16 +470,13 @@ def load_results(mode: Mode) -> list[dict]:
 def split_stale(mode: Mode, results: list[dict]) -> tuple[list[dict], list[dict]]:
     """The records scored under the settings the recipes and ``mode`` give now, and the stale rest
     (a recipe or baseline setting changed since): the report leaves those out until re-scored."""
-    data: dict = {}
     digests: dict = {}
     current, stale = [], []
     for r in results:
         key = (r["dataset"], r["ipc_budget"], r["method"], r["seed"])
         if key not in digests:
-            if key[0] not in data:
-                data[key[0]] = load_data(key[0])
             try:
-                digests[key] = build_digest(data[key[0]], *key, mode)
+                digests[key] = build_digest(load_data(key[0]), *key, mode)
             except NotApplicable:
                 digests[key] = "not applicable"
         (current if r.get("settings_digest") == digests[key] else stale).append(r)

@@ -77,15 +77,14 @@ def main(argv=None) -> None:
     from d3hf.storage import estimate_storage
 
     os.makedirs(mode.cells_dir, exist_ok=True)
-    data = {}
     cells = parse_report(text)
     for cell in cells:
         dataset, ipc, method, seed = cell["dataset"], cell["ipc_budget"], cell["method"], cell["seed"]
-        data.setdefault(dataset, grid.load_data(dataset))
-        args = grid.distill_arguments(data[dataset], dataset, ipc, method, seed, mode)
-        cell["settings_digest"] = grid.build_digest(data[dataset], dataset, ipc, method, seed, mode)
+        data = grid.load_data(dataset)
+        args = grid.distill_arguments(data, dataset, ipc, method, seed, mode)
+        cell["settings_digest"] = grid.build_digest(data, dataset, ipc, method, seed, mode)
         if method in grid.D3_VARIANTS:
-            ledger = estimate_storage(build_config(args, data[dataset])).to_dict()
+            ledger = estimate_storage(build_config(args, data)).to_dict()
             if ledger["total_scalars"] != cell["storage_scalars"]:
                 raise SystemExit(f"{cell}: the recipe's ledger has {ledger['total_scalars']} scalars; the report "
                                  f"recorded {cell['storage_scalars']}: the recipe changed, do not recover this cell")
