@@ -1,5 +1,6 @@
 """A seconds-long run of the benchmark grid: builds, cells, cache, resume, report and recovery."""
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -7,6 +8,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -197,3 +199,27 @@ def test_a_build_is_made_by_one_stream_at_a_time(grid, tmp_path):
     with grid.build_lock(os.path.join(mode.cache, "builds", "digits_ipc10_random_seed0")):
         grid.run_grid(mode, max_minutes=None)
     assert os.listdir(mode.cells_dir) == []
+
+
+def test_a_stream_that_waited_for_a_build_uses_it_instead_of_making_it_again(grid, tmp_path, monkeypatch):
+    mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path))
+    data = grid.load_data("digits")
+    path = os.path.join(mode.cache, "builds", grid.build_name("digits", 10, "random", 0, None) + ".npz")
+    real_lock = grid.build_lock
+
+    @contextlib.contextmanager
+    def lock_after_the_other_stream_finished(build):
+        # Between this stream's first look and its lock, the other stream saves the set.
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.savez_compressed(path, images=np.zeros((100, 1, 8, 8), np.float32), labels=np.repeat(np.arange(10), 10),
+                            seconds=1.5)
+        with real_lock(build):
+            yield
+
+    def never(*args, **kwargs):
+        raise AssertionError("the build was made a second time")
+
+    monkeypatch.setattr(grid, "build_lock", lock_after_the_other_stream_finished)
+    monkeypatch.setattr(grid, "_make_image_set", never)
+    images, facts = grid.build_image_set(data, "digits", "random", 10, 0, mode)
+    assert facts["build_seconds"] == 1.5 and images.images.shape == (100, 1, 8, 8)
