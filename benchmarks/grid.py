@@ -39,7 +39,9 @@ REPO = os.path.dirname(HERE)
 PEER_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "peer-baselines"))
 # D3 and its ablations: settings laid over the dataset's recipe. "half-decoder" halves the
 # recipe's decoder width and lets the priors per class fill the budget it frees (skipped where the
-# width is already 1).
+# width is already 1). "lpc1" gives the freed priors' scalars to the decoder only where the next
+# decoder width fits (digits ipc 1); elsewhere the width step is too coarse and the row is fewer
+# modes at less storage (its ledger says how much).
 D3_VARIANTS = {
     "d3": {},
     "d3-random-init": {"init": "random"},
@@ -59,7 +61,7 @@ ABLATIONS = (*[m for m in D3_VARIANTS if m != "d3"], "d3-prototypes")
 METHODS = (*D3_VARIANTS, "d3-prototypes", "random", "herding", "kcenter", "dm", "peer", "full")
 METHOD_NAMES = {"d3": "d3hf (D3)", "d3-random-init": "D3, random init (the reference's start)",
                 "d3-vae-only": "D3 warm start only (VAE fit, no MTT/MMD)", "d3-mtt-only": "D3, MTT term only",
-                "d3-mmd-only": "D3, MMD term only", "d3-lpc1": "D3, 1 prior per class + larger decoder",
+                "d3-mmd-only": "D3, MMD term only", "d3-lpc1": "D3, 1 prior per class (decoder as large as fits)",
                 "d3-half-decoder": "D3, half-width decoder + more priors",
                 "d3-prototypes": "prototype images, D3's MTT + MMD objective", "random": "random real",
                 "herding": "herding", "kcenter": "k-center", "dm": "DM (in-project)", "peer": "DM (external images)",
