@@ -201,7 +201,7 @@ def test_a_build_is_made_by_one_stream_at_a_time(grid, tmp_path):
     assert os.listdir(mode.cells_dir) == []
 
 
-def test_a_stream_that_waited_for_a_build_uses_it_instead_of_making_it_again(grid, tmp_path, monkeypatch):
+def test_a_stream_that_locks_a_build_another_just_finished_uses_it_instead_of_making_it_again(grid, tmp_path, monkeypatch):
     mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path))
     data = grid.load_data("digits")
     path = os.path.join(mode.cache, "builds", grid.build_name("digits", 10, "random", 0, None) + ".npz")
