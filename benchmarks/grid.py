@@ -39,16 +39,16 @@ REPO = os.path.dirname(HERE)
 PEER_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "peer-baselines"))
 # D3 and its ablations: settings laid over the dataset's recipe. "half-decoder" halves the
 # recipe's decoder width and lets the priors per class fill the budget it frees (skipped where the
-# width is already 1). "lpc1" gives the freed priors' scalars to the decoder only where the next
-# decoder width fits (digits ipc 1); elsewhere the width step is too coarse and the row is fewer
-# modes at less storage (its ledger says how much).
+# width is already 1). "lpc1" stores one prior per class and the widest decoder that fits the rest,
+# even where the recipe fixes the width; where the next width does not fit (MNIST-5k) the row is
+# fewer modes at less storage (its ledger says how much).
 D3_VARIANTS = {
     "d3": {},
     "d3-random-init": {"init": "random"},
     "d3-vae-only": {"iterations": 0},
     "d3-mtt-only": {"mmd_weight": 0.0},
     "d3-mmd-only": {"mtt_weight": 0.0},
-    "d3-lpc1": {"lpc": "1"},
+    "d3-lpc1": {"lpc": "1", "decoder": "auto"},
     "d3-half-decoder": {"decoder": "half", "lpc": "auto"},  # the halved budget goes to priors
 }
 # Learned prototype images under D3's own MTT + MMD objective (same experts and settings as the
