@@ -131,6 +131,9 @@ def test_variants_change_only_their_settings(grid, digits):
     width = build_config(base, digits).decoder_specs()[0].channels[-1]
     assert half.decoder == str(width // 2) and build_config(half, digits).priors_per_class > \
         build_config(base, digits).priors_per_class
+    # One prior per class gives the freed scalars to the decoder even though the recipe fixes its width.
+    lpc1 = build_config(grid.d3_arguments(digits, "digits", 10, "d3-lpc1", 0, grid.QUICK), digits)
+    assert lpc1.priors_per_class == 1 and lpc1.decoder_specs()[0].channels[-1] > width
     # At digits ipc 1 the recipe itself has one prior per class: that variant does not exist there,
     # and halving the decoder gives the budget's rest to more priors than the recipe's one.
     with pytest.raises(grid.NotApplicable):
