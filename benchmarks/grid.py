@@ -142,8 +142,6 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
 
     recipe = parse_distill_args([os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")])
     variant = dict(D3_VARIANTS[method])
-    if method == "d3-lpc1" and recipe.lpc == "1":
-        raise NotApplicable("the recipe itself stores one prior per class")
     # Variants of one dataset, budget and seed train identical experts: they share one buffer.
     buffer_dir = os.path.join(mode.cache, "experts", f"{dataset}_ipc{ipc}_seed{seed}")
     args = dataclasses.replace(recipe, **mode.d3_overrides, seed=seed, eval_epochs=0, buffer_dir=buffer_dir)
@@ -152,7 +150,20 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
         if width < 2:
             raise NotApplicable(f"the recipe's decoder is {width} channel wide: there is no half")
         variant["decoder"] = str(width // 2)
-    return dataclasses.replace(args, **variant)
+    variant_args = dataclasses.replace(args, **variant)
+    if method != "d3" and resolved_settings(variant_args, data) == resolved_settings(args, data):
+        raise NotApplicable(f"{variant} resolves to the recipe's own settings: the d3 row scores them")
+    return variant_args
+
+
+def resolved_settings(args, data) -> dict:
+    """What a distillation computes, with `auto` sizes resolved to what it builds: two runs with
+    equal ones compute the same."""
+    from d3hf.pipeline import build_config
+
+    config = build_config(args, data)
+    return {**args.run_identity(), "iterations": args.iterations, "lpc": config.priors_per_class,
+            "decoder": config.decoders, "z_dim": config.z_dim}
 
 
 class NotApplicable(Exception):

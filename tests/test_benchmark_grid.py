@@ -143,6 +143,30 @@ def test_variants_change_only_their_settings(grid, digits):
     assert base.lpc == "1" and build_config(half, digits).priors_per_class > 1
 
 
+def test_a_variant_is_skipped_exactly_when_it_resolves_to_the_recipe(grid, digits, monkeypatch):
+    import d3hf.cli
+
+    parse = d3hf.cli.parse_distill_args
+
+    def recipe_with(**settings):
+        monkeypatch.setattr(d3hf.cli, "parse_distill_args",
+                            lambda argv: dataclasses.replace(parse(argv), **settings))
+
+    # One prior per class with a fixed narrow decoder: the lpc-1 row widens the decoder, so it exists.
+    recipe_with(lpc="1", decoder="2")
+    lpc1 = grid.d3_arguments(digits, "digits", 10, "d3-lpc1", 0, grid.QUICK)
+    assert (lpc1.lpc, lpc1.decoder) == ("1", "auto")
+    # The recipe is the variant already: nothing is left to vary.
+    recipe_with(lpc="1", decoder="auto")
+    with pytest.raises(grid.NotApplicable):
+        grid.d3_arguments(digits, "digits", 10, "d3-lpc1", 0, grid.QUICK)
+    # A recipe without the MMD term is its own MTT-only row.
+    recipe_with(mmd_weight=0.0)
+    with pytest.raises(grid.NotApplicable):
+        grid.d3_arguments(digits, "digits", 10, "d3-mtt-only", 0, grid.QUICK)
+    assert grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK).mtt_weight == 0
+
+
 def test_only_seeds_splits_a_run_over_streams(grid):
     mode = grid.Mode(name="t", datasets=("digits",), ipcs=(1,), methods=("d3", "random"), seeds=3,
                      protocols=("P-noaug",), archs=("convnet",))
