@@ -250,3 +250,40 @@ def test_a_stream_that_locks_a_build_another_just_finished_uses_it_instead_of_ma
     monkeypatch.setattr(grid, "_make_image_set", never)
     images, facts = grid.build_image_set(data, "digits", "random", 10, 0, mode)
     assert facts["build_seconds"] == 1.5 and images.images.shape == (100, 1, 8, 8)
+
+
+def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_of_distilling(grid, tmp_path,
+                                                                                              monkeypatch):
+    import d3hf.pipeline
+
+    mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path))
+    data = grid.load_data("digits")
+    args = grid.d3_arguments(data, "digits", 10, "d3", 0, mode)
+    name = grid.build_name("digits", 10, "d3", 0, grid.settings_digest(args))
+    out = os.path.join(mode.cache, "builds", name)
+    artifact_dir = os.path.join(out, d3hf.pipeline.ARTIFACT_DIR)
+    real_lock = grid.build_lock
+
+    @contextlib.contextmanager
+    def lock_after_the_other_stream_finished(build):
+        # Between this stream's first look and its lock, the other stream finishes the distillation.
+        os.makedirs(artifact_dir)
+        for file in grid.KEPT_ARTIFACT_FILES:
+            with open(os.path.join(artifact_dir, file), "w") as f:
+                f.write(file)
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump({"ledger": {"total_scalars": 123}, "timings": {"subtasks_s": 4.5}, "subtasks": []}, f)
+        with real_lock(build):
+            yield
+
+    def never(*args, **kwargs):
+        raise AssertionError("the build was distilled a second time")
+
+    monkeypatch.setattr(grid, "build_lock", lock_after_the_other_stream_finished)
+    monkeypatch.setattr(d3hf.pipeline, "run_distillation", never)
+    artifact, facts = grid.build_d3(data, "digits", 10, "d3", 0, mode)
+    assert artifact == artifact_dir
+    assert facts["storage_scalars"] == 123 and facts["build_seconds"] == 4.5
+    # ... and keeps it in the tracked results like a build of its own.
+    kept = os.path.join(mode.cells_dir, "builds", name)
+    assert sorted(os.listdir(kept)) == sorted([*grid.KEPT_ARTIFACT_FILES, "summary.json"])
