@@ -44,7 +44,13 @@ def parse_setting(text: str, recipe) -> dict:
         if not sep or key not in fields:
             raise SystemExit(f"--settings: {item!r} is not KEY=VALUE with a distillation key "
                              f"(e.g. lr_decoder=0.0001)")
-        setting[key] = type(getattr(recipe, key))(value)
+        if key in ("iterations", "validation_size", "output_dir", "buffer_dir", "eval_epochs"):
+            raise SystemExit(f"--settings: {key} is set by the sweep (iteration counts are --eval_at)")
+        default = getattr(recipe, key)
+        if isinstance(default, bool):  # bool("false") is True
+            setting[key] = value.strip().lower() in ("1", "true", "yes")
+        else:
+            setting[key] = value if default is None else type(default)(value)
     return setting
 
 

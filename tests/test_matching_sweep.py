@@ -41,3 +41,14 @@ def test_sweep_scores_each_setting_from_one_warm_start_and_resumes(sweep, tmp_pa
 def test_a_setting_with_an_unknown_key_is_refused(sweep, tmp_path):
     with pytest.raises(SystemExit, match="not KEY=VALUE with a distillation key"):
         sweep.main(["--smoke", "--dataset", "digits", "--settings", "lr_decodr=0.1", "--out", str(tmp_path)])
+
+
+def test_settings_take_the_recipe_types(sweep):
+    from d3hf.arguments import DistillArguments
+
+    recipe = DistillArguments(soft_labels=True)
+    assert sweep.parse_setting("lr_priors=0.1, syn_steps=7,soft_labels=false", recipe) == \
+        {"lr_priors": 0.1, "syn_steps": 7, "soft_labels": False}
+    with pytest.raises(SystemExit, match="--eval_at"):
+        sweep.parse_setting("iterations=7", recipe)
+    assert sweep.setting_name({}) == "recipe"
