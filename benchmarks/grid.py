@@ -162,8 +162,8 @@ def resolved_settings(args, data) -> dict:
     from d3hf.pipeline import build_config
 
     config = build_config(args, data)
-    return {**args.run_identity(), "iterations": args.iterations, "lpc": config.priors_per_class,
-            "decoder": config.decoders, "z_dim": config.z_dim}
+    return {**_computed_settings(args), "lpc": config.priors_per_class, "decoder": config.decoders,
+            "z_dim": config.z_dim}
 
 
 class NotApplicable(Exception):
@@ -202,7 +202,11 @@ def _digest(identity: dict) -> str:
 def settings_digest(args) -> str:
     """A short hash of the settings that decide what a distillation computes (not where it keeps
     files or how often it logs)."""
-    return _digest({**args.run_identity(), "iterations": args.iterations})
+    return _digest(_computed_settings(args))
+
+
+def _computed_settings(args) -> dict:
+    return {**args.run_identity(), "iterations": args.iterations}
 
 
 def build_digest(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -> str | None:

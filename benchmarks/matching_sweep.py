@@ -34,24 +34,24 @@ SMOKE = {"num_experts": 1, "expert_epochs_total": 3, "max_start_epoch": 1, "min_
          "expert_epochs": 1, "syn_steps": 2, "student_width": 8, "init_steps": 20, "checkpoint_every": 1}
 
 
-def parse_setting(text: str, recipe) -> dict:
-    """``"lr_decoder=0.001,lr_priors=1"`` -> the keys with the recipe's types; a key the
-    recipe does not have is refused."""
-    fields = {f.name: f for f in dataclasses.fields(recipe)}
-    setting = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--settings: {item!r} is not KEY=VALUE with a distillation key "
+def parse_setting(text: str) -> dict:
+    """``"lr_decoder=0.001,lr_priors=1"`` -> those keys, typed and checked as ``d3hf distill``
+    reads them from its command line; a key it does not have is refused."""
+    from d3hf.arguments import DistillArguments
+    from d3hf.cli import parse_distill_args
+
+    pairs = [item.partition("=") for item in filter(None, (part.strip() for part in text.split(",")))]
+    for key, sep, value in pairs:
+        if not sep or key not in DistillArguments.__dataclass_fields__:
+            raise SystemExit(f"--settings: {key + sep + value!r} is not KEY=VALUE with a distillation key "
                              f"(e.g. lr_decoder=0.0001)")
         if key in ("iterations", "validation_size", "output_dir", "buffer_dir", "eval_epochs"):
             raise SystemExit(f"--settings: {key} is set by the sweep (iteration counts are --eval_at)")
-        default = getattr(recipe, key)
-        if isinstance(default, bool):  # bool("false") is True
-            setting[key] = value.strip().lower() in ("1", "true", "yes")
-        else:
-            setting[key] = value if default is None else type(default)(value)
-    return setting
+    try:
+        parsed = parse_distill_args([arg for key, _, value in pairs for arg in (f"--{key}", value)])
+    except ValueError as err:
+        raise SystemExit(f"--settings {text!r}: {err}") from None
+    return {key: getattr(parsed, key) for key, _, _ in pairs}
 
 
 def setting_name(setting: dict) -> str:
@@ -86,7 +86,10 @@ def run_cell(recipe, setting: dict, iterations: int, root: str, eval_epochs: int
 
 
 def report(root: str, title: str) -> str:
-    cells = [json.load(open(os.path.join(root, "cells", f))) for f in sorted(os.listdir(os.path.join(root, "cells")))]
+    cells = []
+    for name in sorted(os.listdir(os.path.join(root, "cells"))):
+        with open(os.path.join(root, "cells", name)) as f:
+            cells.append(json.load(f))
     stops = sorted({c["iterations"] for c in cells})
     warm = next((c for c in cells if c["iterations"] == 0), None)
     rows = [f"## {title}", "",
@@ -122,6 +125,7 @@ def main(argv=None) -> None:
     import torch
 
     from d3hf.cli import parse_distill_args
+    from d3hf.io_utils import atomic_write_json
 
     torch.set_num_threads(a.threads)
     recipe_path = os.path.join(REPO, "recipes", a.dataset, f"ipc{a.ipc}.yaml")
@@ -129,7 +133,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"no recipe {os.path.relpath(recipe_path, REPO)}: pick --dataset/--ipc that has one")
     recipe = dataclasses.replace(parse_distill_args([recipe_path]), seed=a.seed, num_threads=a.threads,
                                  **(SMOKE if a.smoke else {}))
-    settings = [parse_setting(s, recipe) for s in a.settings.split(";")]
+    settings = [parse_setting(s) for s in a.settings.split(";")]
     picks = range(len(settings)) if a.only is None else [int(i) for i in a.only.split(",")]
     stops = sorted(int(n) for n in a.eval_at.split(","))
     name = f"{a.dataset}_ipc{a.ipc}_seed{a.seed}" + ("_smoke" if a.smoke else "")
@@ -143,9 +147,7 @@ def main(argv=None) -> None:
                 continue
             result = run_cell(recipe, settings[i], n, root, a.eval_epochs, a.eval_seeds)
             result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {a.threads} torch thread(s)"
-            with open(cell + ".tmp", "w") as f:
-                json.dump(result, f, indent=2)
-            os.replace(cell + ".tmp", cell)
+            atomic_write_json(cell, result)
             print(f"{result['setting']} N={n}: {100 * result['mean']:.2f} %", file=sys.stderr, flush=True)
     command = shlex.join(["python", "benchmarks/matching_sweep.py", *(argv if argv is not None else sys.argv[1:])])
     text = report(root, f"{a.dataset}, ipc_budget {a.ipc}, seed {a.seed}") + f"\n\nCommand: `{command}`\n"

@@ -44,11 +44,8 @@ def test_a_setting_with_an_unknown_key_is_refused(sweep, tmp_path):
 
 
 def test_settings_take_the_recipe_types(sweep):
-    from d3hf.arguments import DistillArguments
-
-    recipe = DistillArguments(soft_labels=True)
-    assert sweep.parse_setting("lr_priors=0.1, syn_steps=7,soft_labels=false", recipe) == \
+    assert sweep.parse_setting("lr_priors=0.1, syn_steps=7,soft_labels=false") == \
         {"lr_priors": 0.1, "syn_steps": 7, "soft_labels": False}
     with pytest.raises(SystemExit, match="--eval_at"):
-        sweep.parse_setting("iterations=7", recipe)
+        sweep.parse_setting("iterations=7")
     assert sweep.setting_name({}) == "recipe"
