@@ -14,8 +14,10 @@ distilling anything twice.
     python benchmarks/grid.py --report-only   # rewrite the report from the recorded cells
     python benchmarks/grid.py --status        # what of the grid (or of a selection) is still missing
 
-Streams can share the work (one torch thread each, e.g. `--only-seeds 0,1` and `--only-seeds 2`):
-a build is locked while one stream makes it, and a cell whose build is busy is left for later.
+Streams can share the work (one torch thread each, the same selection or e.g. `--only-seeds 0,1`
+and `--only-seeds 2`): a build or a cell is locked while one stream makes or scores it, and a cell
+that is busy, or whose build is, is left for later. A killed cell's downstream training resumes
+from its last checkpoint (saved each minute under cache/<grid>/scoring/) in the next run.
 
 Writes benchmarks/RESULTS.md (benchmarks/RESULTS-quick.md with --quick) and a PNG plot of
 accuracy against storage budget beside it.
@@ -30,6 +32,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections import Counter
@@ -223,14 +226,14 @@ def build_name(dataset: str, ipc: int, method: str, seed: int, digest: str | Non
     return f"{dataset}_ipc{ipc}_{method}_seed{seed}" + (f"_{digest}" if digest else "")
 
 
-class BuildBusy(Exception):
-    """Another live process is making this build: its cells are left for a later run."""
+class Busy(Exception):
+    """Another live process is making this build or scoring this cell: left for a later run."""
 
 
 @contextlib.contextmanager
-def build_lock(path: str):
-    """Hold ``path + '.lock'`` (holding our pid) while making a build, so that parallel streams
-    never make the same one twice; a lock whose process is gone (killed) is taken over."""
+def exclusive(path: str):
+    """Hold ``path + '.lock'`` (holding our pid) while making a build or scoring a cell, so that
+    parallel streams never do the same one twice; a lock whose process is gone (killed) is taken over."""
     lock = path + ".lock"
     os.makedirs(os.path.dirname(lock), exist_ok=True)
     for _ in range(2):
@@ -241,10 +244,10 @@ def build_lock(path: str):
             with open(lock) as f:
                 holder = f.read().strip()
             if not holder or _alive(int(holder)):  # empty: its holder is writing its pid now
-                raise BuildBusy(f"{os.path.basename(path)} is being built by process {holder or '?'}") from None
+                raise Busy(f"{os.path.basename(path)} is in use by process {holder or '?'}") from None
             os.remove(lock)
     else:
-        raise BuildBusy(f"{os.path.basename(path)}: another process took the lock first")
+        raise Busy(f"{os.path.basename(path)}: another process took the lock first")
     os.write(fd, str(os.getpid()).encode())
     os.close(fd)
     try:
@@ -271,8 +274,6 @@ KEPT_ARTIFACT_FILES = ("config.json", "model.safetensors")
 
 def keep_build(out: str, kept: str) -> None:
     """Copy a finished D3 build's artifact and summary from the cache into the tracked results."""
-    import shutil
-
     from d3hf.pipeline import ARTIFACT_DIR
 
     if os.path.exists(os.path.join(kept, "summary.json")):
@@ -300,7 +301,7 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
     elif os.path.exists(os.path.join(kept, "summary.json")):
         out = artifact = kept
     else:
-        with build_lock(out):  # one stream at a time; the next resumes a killed run from its folder
+        with exclusive(out):  # one stream at a time; the next resumes a killed run from its folder
             if not os.path.exists(os.path.join(artifact, "config.json")):  # unless one finished it meanwhile
                 run_distillation(dataclasses.replace(args, output_dir=out), show_progress=True)
         keep_build(out, kept)
@@ -323,7 +324,7 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     name = build_name(dataset, ipc, method, seed, build_digest(data, dataset, ipc, method, seed, mode))
     path = os.path.join(folder, "builds", name + ".npz")
     if not os.path.exists(path):
-        with build_lock(os.path.join(mode.cache, "builds", name)):
+        with exclusive(os.path.join(mode.cache, "builds", name)):
             if not os.path.exists(path):  # another stream may have finished it before we took the lock
                 t = time.perf_counter()
                 images = _make_image_set(data, dataset, method, ipc, seed, mode)
@@ -370,7 +371,10 @@ def cell_name(dataset: str, ipc: int, method: str, seed: int, protocol: str, arc
     return f"{dataset}_ipc{ipc}_{method}_seed{seed}_{protocol}_{arch}"
 
 
-def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name: str, arch: str, mode: Mode) -> dict:
+def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name: str, arch: str, mode: Mode,
+             checkpoint_dir: str | None = None) -> dict:
+    """Build (or find) the cell's training set and score it; the downstream training resumes from
+    ``checkpoint_dir`` (one per cell and settings digest) when a killed run left it there."""
     from d3hf import baselines
     from d3hf.evaluation import evaluate, fixed_source, model_source, named_protocol
     from d3hf.modeling_d3 import D3Model
@@ -392,7 +396,8 @@ def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name
         make_source = lambda s: fixed_source(images.images, images.labels)  # noqa: E731
     t = time.perf_counter()
     # The evaluation seed is the build seed: one downstream network per built set.
-    result = evaluate(lambda _: make_source(seed), data, protocol, seeds=1, show_progress=True)
+    result = evaluate(lambda _: make_source(seed), data, protocol, seeds=1, show_progress=True,
+                      checkpoint_dir=checkpoint_dir)
     return {"dataset": dataset, "ipc_budget": ipc, "method": method, "seed": seed, "protocol": protocol.name,
             "arch": arch, "accuracy": result["accuracies"][0], "notes": result["notes"],
             "eval_seconds": time.perf_counter() - t, **facts}
@@ -435,28 +440,40 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
             if os.path.exists(path):  # scored when the recipe still had the variant
                 os.remove(path)
             continue
+        if _scored(path, digest):
+            continue
         if os.path.exists(path):
-            with open(path) as f:
-                cached = json.load(f).get("settings_digest")
-            if cached == digest:
-                continue
             print(f"{cell_name(*key)}: the recipe changed since it was scored; scoring anew", file=sys.stderr)
         if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
             print(f"stopping after {max_minutes} minutes; run again to continue", file=sys.stderr)
             return
+        # Where a killed run of this cell left its downstream training: resumed from, not restarted.
+        scoring = os.path.join(mode.cache, "scoring", cell_name(*key) + (f"_{digest}" if digest else ""))
         t = time.perf_counter()
         try:
-            result = run_cell(load_data(dataset), *key, mode)
-        except BuildBusy as e:
+            with exclusive(scoring):
+                if _scored(path, digest):  # by another stream, since this one looked
+                    continue
+                result = run_cell(load_data(dataset), *key, mode, checkpoint_dir=scoring)
+                result["cell_seconds"] = time.perf_counter() - t
+                result["settings_digest"] = digest
+                result["machine"] = machine()
+                _write_json(path, result)
+        except Busy as e:
             print(f"{cell_name(*key)}: left for a later run, {e}", file=sys.stderr)
             continue
-        result["cell_seconds"] = time.perf_counter() - t
-        result["settings_digest"] = digest
-        result["machine"] = machine()
-        _write_json(path, result)
+        shutil.rmtree(scoring, ignore_errors=True)
         if os.path.exists(skipped):  # the variant exists again
             os.remove(skipped)
         print(f"{cell_name(*key)}: {100 * result['accuracy']:.2f} % ({result['cell_seconds']:.0f} s)", file=sys.stderr)
+
+
+def _scored(path: str, digest: str | None) -> bool:
+    """Whether the record at ``path`` exists and was scored under ``digest``."""
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("settings_digest") == digest
 
 
 # ----------------------------------------------------------------------------- report
@@ -579,7 +596,9 @@ def write_report(mode: Mode, command: str) -> str:
              "Accuracy is the FINAL-epoch accuracy on the real test split of a freshly trained network, mean +- std "
              "over the seeds in brackets (each seed builds its own training set and trains its own network). Every "
              "method at an `ipc_budget` stores at most `ipc_budget x classes x C x H x W` scalars (D3: decoders + "
-             "priors; image sets: pixels); the storage column is the measured mean.", ""]
+             "priors; image sets: pixels); the storage column is the measured mean. At `ipc_budget` 1 herding and "
+             "k-center keep the same image per class by construction (both start from the train image whose "
+             "features are nearest the class mean), so their rows agree there.", ""]
     for dataset in datasets:
         for protocol in sorted({k[1] for k in summary if k[0] == dataset}):
             for arch in sorted({k[2] for k in summary if k[0] == dataset and k[1] == protocol}):

@@ -7,7 +7,11 @@ as mean and std over seeds, with the protocol written beside it.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import logging
+import os
+import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 
 from .augment import DSA
 from .data import DataError, ImageClassificationData
+from .io_utils import CorruptFileError, read_checked, write_checked
 from .networks import build_classifier
 from .seeding import class_seed
 
@@ -52,6 +57,7 @@ class Protocol:
 
 
 AUGMENTATIONS = ("none", "dsa")
+CHECKPOINT_SECONDS = 60.0  # between saves of a resumable downstream training: ms each, at most a minute lost
 _NAMED_PROTOCOLS = {
     "P-noaug": {},
     "P-dsa": {"epochs": 1000, "augment": "dsa"},
@@ -97,19 +103,27 @@ def test_accuracy(net: torch.nn.Module, data: ImageClassificationData, mean, std
     return correct / max(total, 1)
 
 
-def train_and_test(
+def train_network(
     train_source: TrainSource,
     data: ImageClassificationData,
     protocol: Protocol,
     seed: int,
     device: torch.device | str = "cpu",
     show_progress: bool = False,
-) -> float:
+    checkpoint: str | None = None,
+    checkpoint_seconds: float | None = None,
+) -> torch.nn.Module:
     """Train one network for ``protocol.epochs`` epochs; ``train_source(epoch)`` gives that
-    epoch's (images in pixel scale, labels). Returns the final test accuracy.
+    epoch's (images in pixel scale, labels). Returns the trained network.
 
     With ``augment="dsa"`` every normalised batch is augmented, each image with its own
     parameters, as the DSA reference trains its evaluation networks.
+
+    With ``checkpoint`` (a file path, one per training set and seed), the whole training state is
+    saved there at an epoch's end at most every ``checkpoint_seconds`` (default
+    ``CHECKPOINT_SECONDS``), a run that finds it resumes
+    from it, and it is removed when training finishes: a resumed run gives the same network as
+    an uninterrupted one (same device and thread count).
     """
     from tqdm.auto import tqdm
 
@@ -119,15 +133,22 @@ def train_and_test(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     augment = None
+    # A generator of its own, so augmentation never shifts the seed's other random streams.
+    augment_rng = torch.Generator().manual_seed(class_seed(seed, 3571))
     if protocol.augment == "dsa":
         augment = DSA()
-        # A generator of its own, so augmentation never shifts the seed's other random streams.
-        augment_rng = torch.Generator().manual_seed(class_seed(seed, 3571))
     net = build_classifier(protocol.arch, data.image_shape, data.num_classes, protocol.depth, protocol.width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[protocol.epochs // 2], gamma=0.1)
+    state = _TrainingState(net, opt, sched, rng, augment_rng, {"protocol": asdict(protocol), "seed": seed})
+    first_epoch = state.load(checkpoint) if checkpoint else 0
+    if checkpoint_seconds is None:
+        checkpoint_seconds = CHECKPOINT_SECONDS
+    last_save = time.monotonic()
     mean, std = data.normalization_tensors(device)
-    for epoch in tqdm(range(protocol.epochs), desc=f"eval seed {seed}", disable=not show_progress, leave=False):
+    epochs = tqdm(range(first_epoch, protocol.epochs), desc=f"eval seed {seed}", disable=not show_progress,
+                  leave=False, initial=first_epoch, total=protocol.epochs)
+    for epoch in epochs:
         images, labels = train_source(epoch)
         order = rng.permutation(len(labels))
         for start in range(0, len(order), protocol.batch_size):
@@ -140,6 +161,65 @@ def train_and_test(
             loss.backward()
             opt.step()
         sched.step()
+        if checkpoint and epoch + 1 < protocol.epochs and time.monotonic() - last_save >= checkpoint_seconds:
+            state.save(checkpoint, epoch + 1)
+            last_save = time.monotonic()
+    if checkpoint and os.path.exists(checkpoint):
+        os.remove(checkpoint)
+    return net
+
+
+class _TrainingState:
+    """Everything a downstream training run's next epoch depends on, saved to and loaded from one
+    checked file; ``identity`` (protocol and seed) must match for a file to be resumed from."""
+
+    def __init__(self, net, opt, sched, rng: np.random.Generator, augment_rng: torch.Generator, identity: dict):
+        self.net, self.opt, self.sched, self.rng, self.augment_rng = net, opt, sched, rng, augment_rng
+        self.identity = json.dumps(identity, sort_keys=True)
+
+    def save(self, path: str, next_epoch: int) -> None:
+        buffer = io.BytesIO()
+        torch.save({"identity": self.identity, "next_epoch": next_epoch, "net": self.net.state_dict(),
+                    "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                    "rng": self.rng.bit_generator.state, "augment_rng": self.augment_rng.get_state(),
+                    "torch_rng": torch.get_rng_state()}, buffer)
+        write_checked(path, buffer.getvalue())
+
+    def load(self, path: str) -> int:
+        """The epoch to start from: the saved one, or 0 when there is no usable file."""
+        if not os.path.exists(path):
+            return 0
+        try:
+            saved = torch.load(io.BytesIO(read_checked(path)), map_location="cpu", weights_only=True)
+        except CorruptFileError as err:
+            logger.warning("%s; training this network from epoch 0", err)
+            return 0
+        if saved["identity"] != self.identity:
+            logger.warning("%s was saved by another protocol or seed; training this network from epoch 0", path)
+            return 0
+        self.net.load_state_dict(saved["net"])
+        self.opt.load_state_dict(saved["opt"])  # moves its tensors to the parameters' device
+        self.sched.load_state_dict(saved["sched"])
+        self.rng.bit_generator.state = saved["rng"]
+        self.augment_rng.set_state(saved["augment_rng"])
+        torch.set_rng_state(saved["torch_rng"])  # nothing draws from it after the init today; dropout would
+        logger.info("resuming downstream training from %s at epoch %d", path, saved["next_epoch"])
+        return int(saved["next_epoch"])
+
+
+def train_and_test(
+    train_source: TrainSource,
+    data: ImageClassificationData,
+    protocol: Protocol,
+    seed: int,
+    device: torch.device | str = "cpu",
+    show_progress: bool = False,
+    checkpoint: str | None = None,
+) -> float:
+    """``train_network``, then the trained network's accuracy on the test split."""
+    device = torch.device(device)
+    net = train_network(train_source, data, protocol, seed, device, show_progress, checkpoint)
+    mean, std = data.normalization_tensors(device)
     return test_accuracy(net, data, mean, std, device)
 
 
@@ -161,10 +241,13 @@ def fixed_source(images: torch.Tensor, labels: torch.Tensor) -> TrainSource:
 
 
 def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificationData, protocol: Protocol,
-             seeds: int = 1, device="cpu", show_progress: bool = False) -> dict:
+             seeds: int = 1, device="cpu", show_progress: bool = False, checkpoint_dir: str | None = None) -> dict:
     """Mean and std (over ``seeds``) of the final test accuracy; ``make_source(seed)``. ``split``
-    names the split scored: "validation" when it was carved from train for tuning."""
-    accs = [train_and_test(make_source(s), data, protocol, s, device, show_progress) for s in range(seeds)]
+    names the split scored: "validation" when it was carved from train for tuning. With
+    ``checkpoint_dir`` (one per training source), each seed's training resumes from there."""
+    checkpoints = [os.path.join(checkpoint_dir, f"eval-seed{s}.pt") if checkpoint_dir else None for s in range(seeds)]
+    accs = [train_and_test(make_source(s), data, protocol, s, device, show_progress, checkpoints[s])
+            for s in range(seeds)]
     return {
         "split": data.source_info.get("test_split", "test"),
         "protocol": protocol.name,

@@ -207,10 +207,10 @@ def test_coverage_counts_scored_missing_and_cells_that_do_not_exist(grid, tmp_pa
 
 def test_a_build_is_made_by_one_stream_at_a_time(grid, tmp_path):
     path = str(tmp_path / "builds" / "digits_ipc1_dm_seed0")
-    with grid.build_lock(path):
+    with grid.exclusive(path):
         assert open(path + ".lock").read() == str(os.getpid())
-        with pytest.raises(grid.BuildBusy, match="being built by process"):
-            with grid.build_lock(path):
+        with pytest.raises(grid.Busy, match="in use by process"):
+            with grid.exclusive(path):
                 pass
     assert not os.path.exists(path + ".lock")
     # The lock of a process that is gone (killed mid-build) is taken over.
@@ -219,20 +219,63 @@ def test_a_build_is_made_by_one_stream_at_a_time(grid, tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     with open(path + ".lock", "w") as f:
         f.write(dead.stdout.strip())
-    with grid.build_lock(path):
+    with grid.exclusive(path):
         assert open(path + ".lock").read() == str(os.getpid())
     # The grid leaves a cell whose build another stream is making for a later run.
     mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("random",))
-    with grid.build_lock(os.path.join(mode.cache, "builds", "digits_ipc10_random_seed0")):
+    with grid.exclusive(os.path.join(mode.cache, "builds", "digits_ipc10_random_seed0")):
         grid.run_grid(mode, max_minutes=None)
     assert os.listdir(mode.cells_dir) == []
+
+
+def test_a_cell_killed_mid_training_resumes_where_it_stopped(grid, tmp_path, monkeypatch):
+    import d3hf.evaluation
+
+    mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path / "a"), methods=("random",), eval_epochs=3)
+    grid.run_grid(dataclasses.replace(mode, out=str(tmp_path / "b")), max_minutes=None)  # uninterrupted
+    real_source = d3hf.evaluation.fixed_source
+    epochs_run = []
+
+    class Killed(Exception):
+        pass
+
+    def source_killed_at_epoch_2(images, labels):
+        def source(epoch):
+            epochs_run.append(epoch)
+            if epoch == 2 and epochs_run.count(2) == 1:
+                raise Killed
+            return real_source(images, labels)(epoch)
+        return source
+
+    monkeypatch.setattr(d3hf.evaluation, "CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(d3hf.evaluation, "fixed_source", source_killed_at_epoch_2)
+    with pytest.raises(Killed):
+        grid.run_grid(mode, max_minutes=None)
+    assert os.listdir(mode.cells_dir) == []
+    grid.run_grid(mode, max_minutes=None)
+    assert epochs_run == [0, 1, 2, 2]  # the second run trained epoch 2 only
+    (name,) = os.listdir(mode.cells_dir)
+    with open(os.path.join(mode.cells_dir, name)) as f, open(os.path.join(tmp_path, "b", "results", "grid-smoke",
+                                                                             name)) as g:
+        assert json.load(f)["accuracy"] == json.load(g)["accuracy"]
+    assert os.listdir(os.path.join(mode.cache, "scoring")) == []  # the checkpoint goes with the record
+
+
+def test_a_cell_another_stream_is_scoring_is_left_to_it(grid, tmp_path):
+    mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("random",))
+    (key,) = grid.cells(mode)
+    with grid.exclusive(os.path.join(mode.cache, "scoring", grid.cell_name(*key))):
+        grid.run_grid(mode, max_minutes=None)
+    assert os.listdir(mode.cells_dir) == []
+    grid.run_grid(mode, max_minutes=None)
+    assert os.listdir(mode.cells_dir) == [grid.cell_name(*key) + ".json"]
 
 
 def test_a_stream_that_locks_a_build_another_just_finished_uses_it_instead_of_making_it_again(grid, tmp_path, monkeypatch):
     mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path))
     data = grid.load_data("digits")
     path = os.path.join(mode.cache, "builds", grid.build_name("digits", 10, "random", 0, None) + ".npz")
-    real_lock = grid.build_lock
+    real_lock = grid.exclusive
 
     @contextlib.contextmanager
     def lock_after_the_other_stream_finished(build):
@@ -246,7 +289,7 @@ def test_a_stream_that_locks_a_build_another_just_finished_uses_it_instead_of_ma
     def never(*args, **kwargs):
         raise AssertionError("the build was made a second time")
 
-    monkeypatch.setattr(grid, "build_lock", lock_after_the_other_stream_finished)
+    monkeypatch.setattr(grid, "exclusive", lock_after_the_other_stream_finished)
     monkeypatch.setattr(grid, "_make_image_set", never)
     images, facts = grid.build_image_set(data, "digits", "random", 10, 0, mode)
     assert facts["build_seconds"] == 1.5 and images.images.shape == (100, 1, 8, 8)
@@ -262,7 +305,7 @@ def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_o
     name = grid.build_name("digits", 10, "d3", 0, grid.settings_digest(args))
     out = os.path.join(mode.cache, "builds", name)
     artifact_dir = os.path.join(out, d3hf.pipeline.ARTIFACT_DIR)
-    real_lock = grid.build_lock
+    real_lock = grid.exclusive
 
     @contextlib.contextmanager
     def lock_after_the_other_stream_finished(build):
@@ -279,7 +322,7 @@ def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_o
     def never(*args, **kwargs):
         raise AssertionError("the build was distilled a second time")
 
-    monkeypatch.setattr(grid, "build_lock", lock_after_the_other_stream_finished)
+    monkeypatch.setattr(grid, "exclusive", lock_after_the_other_stream_finished)
     monkeypatch.setattr(d3hf.pipeline, "run_distillation", never)
     artifact, facts = grid.build_d3(data, "digits", 10, "d3", 0, mode)
     assert artifact == artifact_dir

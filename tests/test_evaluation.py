@@ -32,6 +32,7 @@ from d3hf.evaluation import (
     named_protocol,
     named_protocols,
     train_and_test,
+    train_network,
     train_rows_record,
 )
 from d3hf.networks import build_classifier
@@ -185,6 +186,48 @@ def test_p_dsa_augments_the_training_batches(digits, monkeypatch):
     assert seen == []
     with pytest.raises(ValueError, match="augmentation"):
         train_and_test(fixed_source(*images), digits, Protocol(epochs=1, width=8, augment="mixup"), seed=0)
+
+
+def test_an_interrupted_downstream_training_resumes_to_the_same_network(digits, tmp_path, caplog):
+    images = random_real_images(digits, 3, seed=0)
+    # DSA, several batches per epoch, and the lr step at epoch 2 after the resume: every random
+    # stream and the schedule have to be restored for the resumed network to match.
+    protocol = replace(named_protocol("P-dsa", epochs=4, width=8), batch_size=8)
+    reference = train_network(fixed_source(*images), digits, protocol, seed=1)
+    checkpoint = str(tmp_path / "eval-seed1.pt")
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupted_at_epoch_1(epoch):
+        if epoch == 1:
+            raise Interrupted
+        return images
+
+    with pytest.raises(Interrupted):
+        train_network(interrupted_at_epoch_1, digits, protocol, seed=1, checkpoint=checkpoint, checkpoint_seconds=0)
+    epochs_run = []
+
+    def counting(epoch):
+        epochs_run.append(epoch)
+        return images
+
+    resumed = train_network(counting, digits, protocol, seed=1, checkpoint=checkpoint, checkpoint_seconds=0)
+    assert epochs_run == [1, 2, 3] and not os.path.exists(checkpoint)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    # A checkpoint of another seed, or a damaged one, is not resumed from: training starts over.
+    with pytest.raises(Interrupted):
+        train_network(interrupted_at_epoch_1, digits, protocol, seed=2, checkpoint=checkpoint, checkpoint_seconds=0)
+    epochs_run.clear()
+    train_network(counting, digits, protocol, seed=1, checkpoint=checkpoint)
+    assert epochs_run == [0, 1, 2, 3] and "another protocol or seed" in caplog.text
+    with open(checkpoint, "wb") as f:
+        f.write(b"not a checkpoint")
+    epochs_run.clear()
+    assert train_and_test(counting, digits, protocol, seed=1, checkpoint=checkpoint) == \
+        train_and_test(fixed_source(*images), digits, protocol, seed=1)
+    assert epochs_run == [0, 1, 2, 3] and "not a d3hf checked file" in caplog.text
 
 
 # ----------------------------------------------------------------------------- storage and random real
