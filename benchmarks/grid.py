@@ -398,9 +398,13 @@ def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name
     # The evaluation seed is the build seed: one downstream network per built set.
     result = evaluate(lambda _: make_source(seed), data, protocol, seeds=1, show_progress=True,
                       checkpoint_dir=checkpoint_dir)
+    before = result["seconds_before_resume"][0]
+    # A resumed training counts the seconds it ran before, up to its last checkpoint.
+    resumed = {"resumed_from_epoch": result["resumed_from_epochs"][0], "seconds_before_resume": before} \
+        if before else {}
     return {"dataset": dataset, "ipc_budget": ipc, "method": method, "seed": seed, "protocol": protocol.name,
             "arch": arch, "accuracy": result["accuracies"][0], "notes": result["notes"],
-            "eval_seconds": time.perf_counter() - t, **facts}
+            "eval_seconds": time.perf_counter() - t + before, **resumed, **facts}
 
 
 def cells(mode: Mode):
@@ -455,7 +459,7 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
                 if _scored(path, digest):  # by another stream, since this one looked
                     continue
                 result = run_cell(load_data(dataset), *key, mode, checkpoint_dir=scoring)
-                result["cell_seconds"] = time.perf_counter() - t
+                result["cell_seconds"] = time.perf_counter() - t + result.get("seconds_before_resume", 0.0)
                 result["settings_digest"] = digest
                 result["machine"] = machine()
                 _write_json(path, result)

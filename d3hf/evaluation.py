@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -112,18 +112,18 @@ def train_network(
     show_progress: bool = False,
     checkpoint: str | None = None,
     checkpoint_seconds: float | None = None,
-) -> torch.nn.Module:
+) -> TrainedNetwork:
     """Train one network for ``protocol.epochs`` epochs; ``train_source(epoch)`` gives that
-    epoch's (images in pixel scale, labels). Returns the trained network.
+    epoch's (images in pixel scale, labels).
 
     With ``augment="dsa"`` every normalised batch is augmented, each image with its own
     parameters, as the DSA reference trains its evaluation networks.
 
     With ``checkpoint`` (a file path, one per training set and seed), the whole training state is
     saved there at an epoch's end at most every ``checkpoint_seconds`` (default
-    ``CHECKPOINT_SECONDS``), a run that finds it resumes
-    from it, and it is removed when training finishes: a resumed run gives the same network as
-    an uninterrupted one (same device and thread count).
+    ``CHECKPOINT_SECONDS``), a run that finds it resumes from it, and it is removed when training
+    finishes: a resumed run gives the same network as an uninterrupted one (same device and
+    thread count).
     """
     from tqdm.auto import tqdm
 
@@ -142,6 +142,7 @@ def train_network(
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[protocol.epochs // 2], gamma=0.1)
     state = _TrainingState(net, opt, sched, rng, augment_rng, {"protocol": asdict(protocol), "seed": seed})
     first_epoch = state.load(checkpoint) if checkpoint else 0
+    seconds_before_resume = state.seconds_before
     if checkpoint_seconds is None:
         checkpoint_seconds = CHECKPOINT_SECONDS
     last_save = time.monotonic()
@@ -166,7 +167,14 @@ def train_network(
             last_save = time.monotonic()
     if checkpoint and os.path.exists(checkpoint):
         os.remove(checkpoint)
-    return net
+    return TrainedNetwork(net, state.seconds(), first_epoch, seconds_before_resume)
+
+
+class TrainedNetwork(NamedTuple):
+    net: torch.nn.Module
+    seconds: float  # of training, including those before a resume (up to its checkpoint)
+    resumed_from_epoch: int  # 0: trained from scratch
+    seconds_before_resume: float
 
 
 class _TrainingState:
@@ -176,13 +184,17 @@ class _TrainingState:
     def __init__(self, net, opt, sched, rng: np.random.Generator, augment_rng: torch.Generator, identity: dict):
         self.net, self.opt, self.sched, self.rng, self.augment_rng = net, opt, sched, rng, augment_rng
         self.identity = json.dumps(identity, sort_keys=True)
+        self.seconds_before, self.started = 0.0, time.monotonic()
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
 
     def save(self, path: str, next_epoch: int) -> None:
         buffer = io.BytesIO()
         torch.save({"identity": self.identity, "next_epoch": next_epoch, "net": self.net.state_dict(),
                     "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                     "rng": self.rng.bit_generator.state, "augment_rng": self.augment_rng.get_state(),
-                    "torch_rng": torch.get_rng_state()}, buffer)
+                    "torch_rng": torch.get_rng_state(), "seconds": self.seconds()}, buffer)
         write_checked(path, buffer.getvalue())
 
     def load(self, path: str) -> int:
@@ -203,6 +215,7 @@ class _TrainingState:
         self.rng.bit_generator.state = saved["rng"]
         self.augment_rng.set_state(saved["augment_rng"])
         torch.set_rng_state(saved["torch_rng"])  # nothing draws from it after the init today; dropout would
+        self.seconds_before = float(saved["seconds"])
         logger.info("resuming downstream training from %s at epoch %d", path, saved["next_epoch"])
         return int(saved["next_epoch"])
 
@@ -218,7 +231,7 @@ def train_and_test(
 ) -> float:
     """``train_network``, then the trained network's accuracy on the test split."""
     device = torch.device(device)
-    net = train_network(train_source, data, protocol, seed, device, show_progress, checkpoint)
+    net = train_network(train_source, data, protocol, seed, device, show_progress, checkpoint).net
     mean, std = data.normalization_tensors(device)
     return test_accuracy(net, data, mean, std, device)
 
@@ -245,9 +258,13 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
     """Mean and std (over ``seeds``) of the final test accuracy; ``make_source(seed)``. ``split``
     names the split scored: "validation" when it was carved from train for tuning. With
     ``checkpoint_dir`` (one per training source), each seed's training resumes from there."""
-    checkpoints = [os.path.join(checkpoint_dir, f"eval-seed{s}.pt") if checkpoint_dir else None for s in range(seeds)]
-    accs = [train_and_test(make_source(s), data, protocol, s, device, show_progress, checkpoints[s])
-            for s in range(seeds)]
+    device = torch.device(device)
+    mean, std = data.normalization_tensors(device)
+    accs, runs = [], []
+    for s in range(seeds):
+        checkpoint = os.path.join(checkpoint_dir, f"eval-seed{s}.pt") if checkpoint_dir else None
+        runs.append(train_network(make_source(s), data, protocol, s, device, show_progress, checkpoint))
+        accs.append(test_accuracy(runs[-1].net, data, mean, std, device))
     return {
         "split": data.source_info.get("test_split", "test"),
         "protocol": protocol.name,
@@ -256,6 +273,8 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
         "std": float(np.std(accs)),
         "seeds": seeds,
         "accuracies": accs,
+        "resumed_from_epochs": [run.resumed_from_epoch for run in runs],
+        "seconds_before_resume": [run.seconds_before_resume for run in runs],
         "settings": asdict(protocol),
         "notes": protocol.describe(),
     }

@@ -255,9 +255,11 @@ def test_a_cell_killed_mid_training_resumes_where_it_stopped(grid, tmp_path, mon
     grid.run_grid(mode, max_minutes=None)
     assert epochs_run == [0, 1, 2, 2]  # the second run trained epoch 2 only
     (name,) = os.listdir(mode.cells_dir)
-    with open(os.path.join(mode.cells_dir, name)) as f, open(os.path.join(tmp_path, "b", "results", "grid-smoke",
-                                                                             name)) as g:
-        assert json.load(f)["accuracy"] == json.load(g)["accuracy"]
+    with open(os.path.join(mode.cells_dir, name)) as f, \
+            open(os.path.join(tmp_path, "b", "results", "grid-smoke", name)) as g:
+        resumed, uninterrupted = json.load(f), json.load(g)
+    assert resumed["accuracy"] == uninterrupted["accuracy"] and "resumed_from_epoch" not in uninterrupted
+    assert resumed["resumed_from_epoch"] == 2 and resumed["cell_seconds"] >= resumed["seconds_before_resume"] > 0
     assert os.listdir(os.path.join(mode.cache, "scoring")) == []  # the checkpoint goes with the record
 
 

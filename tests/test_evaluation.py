@@ -214,8 +214,10 @@ def test_an_interrupted_downstream_training_resumes_to_the_same_network(digits, 
 
     resumed = train_network(counting, digits, protocol, seed=1, checkpoint=checkpoint, checkpoint_seconds=0)
     assert epochs_run == [1, 2, 3] and not os.path.exists(checkpoint)
-    for name, value in reference.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[name]), name
+    assert resumed.resumed_from_epoch == 1 and resumed.seconds > resumed.seconds_before_resume > 0
+    assert reference.resumed_from_epoch == 0 and reference.seconds_before_resume == 0
+    for name, value in reference.net.state_dict().items():
+        assert torch.equal(value, resumed.net.state_dict()[name]), name
     # A checkpoint of another seed, or a damaged one, is not resumed from: training starts over.
     with pytest.raises(Interrupted):
         train_network(interrupted_at_epoch_1, digits, protocol, seed=2, checkpoint=checkpoint, checkpoint_seconds=0)
