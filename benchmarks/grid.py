@@ -838,6 +838,9 @@ def main(argv=None) -> None:
         print("\n".join(coverage(mode)))
         return
     if not a.report_only:
+        from d3hf.allocator import keep_freed_memory
+
+        keep_freed_memory()
         run_grid(mode, a.max_minutes)
     command = "python benchmarks/grid.py" + (" --quick" if a.quick else " --smoke" if a.smoke else "")
     print(write_report(mode, command))

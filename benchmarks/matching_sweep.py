@@ -124,9 +124,11 @@ def main(argv=None) -> None:
 
     import torch
 
+    from d3hf.allocator import keep_freed_memory
     from d3hf.cli import parse_distill_args
     from d3hf.io_utils import atomic_write_json
 
+    keep_freed_memory()
     torch.set_num_threads(a.threads)
     recipe_path = os.path.join(REPO, "recipes", a.dataset, f"ipc{a.ipc}.yaml")
     if not os.path.exists(recipe_path):

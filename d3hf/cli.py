@@ -14,6 +14,7 @@ from typing import Sequence
 
 import yaml
 
+from .allocator import keep_freed_memory
 from .arguments import DistillArguments
 
 
@@ -256,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"usage: d3hf {{{','.join(COMMANDS)}}} ... [--debug]\n")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     _setup_logging(debug)
+    keep_freed_memory()  # this process is ours: no page faults for every large tensor (d3hf.allocator)
     from .budget import BudgetError
     from .data import DataError
     from .engine import NonFiniteError
