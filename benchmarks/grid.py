@@ -691,7 +691,13 @@ def _verdicts(summary: dict, with_targets: bool = True) -> list[str]:
                 ablations.append(f"- {key[0]}, ipc_budget 1: {METHOD_NAMES[m]} {text(c)} {verdict} random real "
                                  f"{text(random_real)}.")
     lines += ["", "Single-term ablations against random real images (P-noaug, convnet, ipc_budget 1):", ""]
-    return lines + (ablations or ["- not run yet."]) + [""]
+    lines += (ablations or ["- not run yet."])
+    # An ablation that removes a part of D3 and scores as well means that part is not earning its cost there.
+    level = [f"- {', '.join(key[:3])}, ipc_budget {key[4]}: {METHOD_NAMES[m]} {text(c)} against D3 {text(d3)}."
+             for key, d3 in sorted(summary.items()) if key[3] == "d3"
+             for m in ABLATIONS if (c := summary.get((*key[:3], m, key[4]))) is not None and c["mean"] >= d3["mean"]]
+    lines += ["", "Ablations level with or ahead of the whole method:", ""]
+    return lines + (level or ["- none so far."]) + [""]
 
 
 def _ledger(results: list[dict]) -> list[str]:

@@ -332,3 +332,17 @@ def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_o
     # ... and keeps it in the tracked results like a build of its own.
     kept = os.path.join(mode.cells_dir, "builds", name)
     assert sorted(os.listdir(kept)) == sorted([*grid.KEPT_ARTIFACT_FILES, "summary.json"])
+
+
+def test_the_report_names_every_ablation_that_scores_as_well_as_the_whole_method(grid):
+    cell = lambda mean: {"mean": mean, "std": 0.0, "n": 3, "storage": 1}  # noqa: E731
+    panel = ("mnist5k", "P-noaug", "convnet")
+    summary = {(*panel, "d3", 10): cell(0.963), (*panel, "d3-vae-only", 10): cell(0.969),
+               (*panel, "d3-mtt-only", 10): cell(0.95), (*panel, "random", 10): cell(0.91),
+               (*panel, "d3", 1): cell(0.945), (*panel, "d3-mmd-only", 1): cell(0.945)}
+    text = "\n".join(grid._verdicts(summary))
+    section = text.split("Ablations level with or ahead of the whole method:")[1]
+    assert "ipc_budget 10: D3 warm start only (VAE fit, no MTT/MMD) 96.9 +- 0.0 (3) against D3 96.3" in section
+    assert "ipc_budget 1: D3, MMD term only 94.5" in section and "MTT term only" not in section
+    alone = "\n".join(grid._verdicts({(*panel, "d3", 10): cell(0.963), (*panel, "d3-vae-only", 10): cell(0.96)}))
+    assert alone.split("Ablations level with or ahead of the whole method:")[1].strip() == "- none so far."
