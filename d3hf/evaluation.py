@@ -142,7 +142,6 @@ def train_network(
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[protocol.epochs // 2], gamma=0.1)
     state = _TrainingState(net, opt, sched, rng, augment_rng, {"protocol": asdict(protocol), "seed": seed})
     first_epoch = state.load(checkpoint) if checkpoint else 0
-    seconds_before_resume = state.seconds_before
     if checkpoint_seconds is None:
         checkpoint_seconds = CHECKPOINT_SECONDS
     last_save = time.monotonic()
@@ -167,7 +166,7 @@ def train_network(
             last_save = time.monotonic()
     if checkpoint and os.path.exists(checkpoint):
         os.remove(checkpoint)
-    return TrainedNetwork(net, state.seconds(), first_epoch, seconds_before_resume)
+    return TrainedNetwork(net, state.seconds(), first_epoch, state.seconds_before)
 
 
 class TrainedNetwork(NamedTuple):
