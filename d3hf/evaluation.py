@@ -213,7 +213,7 @@ class _TrainingState:
         self.sched.load_state_dict(saved["sched"])
         self.rng.bit_generator.state = saved["rng"]
         self.augment_rng.set_state(saved["augment_rng"])
-        torch.set_rng_state(saved["torch_rng"])  # nothing draws from it after the init today; dropout would
+        torch.set_rng_state(saved["torch_rng"])  # a train_source may draw from it (the CPU generator)
         self.seconds_before = float(saved["seconds"])
         logger.info("resuming downstream training from %s at epoch %d", path, saved["next_epoch"])
         return int(saved["next_epoch"])
