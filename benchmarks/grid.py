@@ -603,6 +603,7 @@ def write_report(mode: Mode, command: str) -> str:
              "priors; image sets: pixels); the storage column is the measured mean. At `ipc_budget` 1 herding and "
              "k-center keep the same image per class by construction (both start from the train image whose "
              "features are nearest the class mean), so their rows agree there.", ""]
+    lines += _at_a_glance(summary, datasets, ipcs)
     for dataset in datasets:
         for protocol in sorted({k[1] for k in summary if k[0] == dataset}):
             for arch in sorted({k[2] for k in summary if k[0] == dataset and k[1] == protocol}):
@@ -637,6 +638,54 @@ def write_report(mode: Mode, command: str) -> str:
         f.write(text)
     _plot(mode.report, methods, summary)
     return text
+
+
+GLANCE_METHODS = ("d3", "dm", "peer", "herding", "kcenter", "random", "full")
+
+
+def _panels(summary: dict, dataset: str, methods) -> list[tuple[str, str]]:
+    """The (protocol, arch) panels of ``dataset`` where any of ``methods`` was scored, P-noaug and
+    ConvNet first."""
+    keys = {(k[1], k[2]) for k in summary if k[0] == dataset and k[3] in methods}
+    return sorted(keys, key=lambda k: (not k[0].startswith("P-noaug"), k[0], k[1] != "convnet", k[1]))
+
+
+def _at_a_glance(summary: dict, datasets: list[str], ipcs: list[int]) -> list[str]:
+    """D3 and every baseline side by side in each panel, one table per dataset and budget, and the
+    ablations side by side across budgets: the best mean of each column in bold."""
+    def column(cells_: list, contenders: list[bool]) -> list[str]:
+        best = max((c["mean"] for c, ok in zip(cells_, contenders) if c and ok), default=None)
+        return ["-" if c is None else (f"**{100 * c['mean']:.1f}**" if ok and c["mean"] == best else
+                                       f"{100 * c['mean']:.1f}") + (f" +- {100 * c['std']:.1f}" if c["n"] > 1 else "")
+                + f" ({c['n']})" for c, ok in zip(cells_, contenders)]
+
+    lines = ["## At a glance", "", "Mean +- std test accuracy in % (seeds in brackets); in bold the best stored set of "
+             "each column (all real train images are the upper bound, the same cells at every budget).", ""]
+    for dataset in datasets:
+        panels = _panels(summary, dataset, GLANCE_METHODS)
+        for ipc in ipcs:
+            methods = [m for m in GLANCE_METHODS if any((dataset, *p, m, ipc) in summary for p in panels)
+                       and m != "full"] + ["full"]
+            if not any((dataset, *p, "d3", ipc) in summary for p in panels):
+                continue
+            grid_ = [column([summary.get((dataset, *p, m, FULL_IPC if m == "full" else ipc)) for m in methods],
+                            [m != "full" for m in methods]) for p in panels]
+            lines += [f"### {dataset}, ipc_budget {ipc}", "",
+                      "| method | " + " | ".join(f"{p} {a}" for p, a in panels) + " |", "|---|" + "---:|" * len(panels)]
+            lines += [f"| {METHOD_NAMES[m]} | " + " | ".join(col[i] for col in grid_) + " |" for i, m in enumerate(methods)]
+            lines.append("")
+    for dataset in datasets:
+        for protocol, arch in _panels(summary, dataset, ABLATIONS)[:1]:
+            rows = ["d3", *ABLATIONS, "random"]
+            budgets = [i for i in ipcs if (dataset, protocol, arch, "d3", i) in summary]
+            grid_ = [column([summary.get((dataset, protocol, arch, m, i)) for m in rows], [True] * len(rows))
+                     for i in budgets]
+            lines += [f"### {dataset} ablations, {protocol} {arch}", "",
+                      "| method | " + " | ".join(f"ipc_budget {i}" for i in budgets) + " |",
+                      "|---|" + "---:|" * len(budgets)]
+            lines += [f"| {METHOD_NAMES[m]} | " + " | ".join(col[k] for col in grid_) + " |" for k, m in enumerate(rows)]
+            lines.append("")
+    return lines
 
 
 # The benchmark's targets: D3's accuracy floor per budget in the headline panel, where it must
@@ -733,7 +782,8 @@ def _ledger(results: list[dict]) -> list[str]:
 
 
 # Measurements made by the other benchmark scripts, gathered into RESULTS.md when present.
-OTHER_REPORTS = ("baseline_check.md", "subtasks.md", "unroll_memory.md", "speed_and_storage.md", "reproducibility.md")
+OTHER_REPORTS = ("baseline_check.md", "subtasks.md", "unroll_memory.md", "speed_and_storage.md", "cpu_allocator.md",
+                 "reproducibility.md")
 
 
 def _other_measurements() -> list[str]:

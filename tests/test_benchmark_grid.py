@@ -346,3 +346,23 @@ def test_the_report_names_every_ablation_that_scores_as_well_as_the_whole_method
     assert "ipc_budget 1: D3, MMD term only 94.5" in section and "MTT term only" not in section
     alone = "\n".join(grid._verdicts({(*panel, "d3", 10): cell(0.963), (*panel, "d3-vae-only", 10): cell(0.96)}))
     assert alone.split("Ablations level with or ahead of the whole method:")[1].strip() == "- none so far."
+
+
+def test_at_a_glance_sets_methods_side_by_side_and_bolds_the_best_stored_set(grid):
+    cell = lambda mean, n=3: {"mean": mean, "std": 0.01, "n": n, "storage": 1}  # noqa: E731
+    summary = {("mnist5k", "P-noaug", "convnet", "d3", 1): cell(0.945),
+               ("mnist5k", "P-noaug", "convnet", "dm", 1): cell(0.853),
+               ("mnist5k", "P-noaug", "convnet", "full", grid.FULL_IPC): cell(0.984, n=1),
+               ("mnist5k", "P-dsa", "resnet", "d3", 1): cell(0.90),
+               ("mnist5k", "P-dsa", "resnet", "dm", 1): cell(0.92),
+               ("mnist5k", "P-noaug", "convnet", "d3-vae-only", 1): cell(0.95)}
+    text = "\n".join(grid._at_a_glance(summary, ["mnist5k"], [1]))
+    table = text.split("### mnist5k, ipc_budget 1")[1].split("###")[0]
+    assert "| method | P-noaug convnet | P-dsa resnet |" in table  # headline panel first
+    assert "| d3hf (D3) | **94.5** +- 1.0 (3) | 90.0 +- 1.0 (3) |" in table
+    assert "| DM (in-project) | 85.3 +- 1.0 (3) | **92.0** +- 1.0 (3) |" in table
+    # The upper bound is shown (without a std of one seed), never bolded as the best stored set.
+    assert "| all real train images | 98.4 (1) | - |" in table
+    ablations = text.split("### mnist5k ablations, P-noaug convnet")[1]
+    assert "| D3 warm start only (VAE fit, no MTT/MMD) | **95.0** +- 1.0 (3) |" in ablations
+    assert "| d3hf (D3) | 94.5 +- 1.0 (3) |" in ablations and "| D3, MTT term only | - |" in ablations
