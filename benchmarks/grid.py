@@ -660,7 +660,8 @@ def _at_a_glance(summary: dict, datasets: list[str], ipcs: list[int]) -> list[st
                 + f" ({c['n']})" for c, ok in zip(cells_, contenders)]
 
     lines = ["## At a glance", "", "Mean +- std test accuracy in % (seeds in brackets); in bold the best stored set of "
-             "each column (all real train images are the upper bound, the same cells at every budget).", ""]
+             "each column (all real train images are the upper bound, the same cells at every budget); a dash: not "
+             "scored yet, or an ablation that is the recipe itself at that budget.", ""]
     for dataset in datasets:
         panels = _panels(summary, dataset, GLANCE_METHODS)
         for ipc in ipcs:
