@@ -627,10 +627,11 @@ def write_report(mode: Mode, command: str) -> str:
     lines += _verdicts(summary, with_targets=TARGET_PANEL[0] in grid_mode.datasets)
     lines += coverage(grid_mode, results)
     lines += _ledger(results)
-    lines += ["### Cells", "", "| cell | accuracy | build s | eval s |", "|---|---:|---:|---:|"]
+    lines += ["### Cells", "", "| cell | accuracy | build s | eval s | CPU |", "|---|---:|---:|---:|---|"]
     for r in results:
+        cpu = r["machine"]["cpu"] if "machine" in r else "not recorded"
         lines.append(f"| {cell_name(r['dataset'], r['ipc_budget'], r['method'], r['seed'], r['protocol'], r['arch'])} "
-                     f"| {100 * r['accuracy']:.2f} % | {r['build_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+                     f"| {100 * r['accuracy']:.2f} % | {r['build_seconds']:.0f} | {r['eval_seconds']:.0f} | {cpu} |")
     if mode.name == "full":
         lines += _other_measurements()
     text = "\n".join(lines) + "\n"

@@ -83,11 +83,15 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
         assert after["accuracy"] == before[c]["accuracy"] and after["storage_scalars"] == before[c]["storage_scalars"]
     report = grid.write_report(dataclasses.replace(grid.SMOKE, out=str(tmp_path)), "cmd")
     assert report.count("| digits_ipc10_") == 6
+    cpu = grid.machine()["cpu"]
+    assert sum(line.startswith("| digits_ipc10_") and line.endswith(f" | {cpu} |") for line in report.splitlines()) == 6
 
-    # The report can be read back into the records it was written from.
+    # The report can be read back into the records it was written from, with or without the CPU
+    # column (reports before it had none).
     recover_cells = _load("recover_cells")
     try:
         recovered = recover_cells.parse_report(report)
+        without_cpu = recover_cells.parse_report(report.replace(f" | {cpu} |", " |"))
     finally:
         del sys.modules["recover_cells"]
 
@@ -96,6 +100,7 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
                 for r in rs}
 
     recovered = by_name(recovered)
+    assert by_name(without_cpu) == recovered
     records = by_name(grid.load_results(dataclasses.replace(grid.SMOKE, out=str(tmp_path))))
     assert recovered.keys() == records.keys()
     assert "6 of the 6 cells this grid defines are scored" in report
