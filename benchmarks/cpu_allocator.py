@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import time
+
+import grid  # benchmarks/grid.py: the machine a measurement ran on, as the grid records it
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "cache", "cpu_allocator")
@@ -95,8 +96,7 @@ def cached(arch: str, protocol: str, keep: bool) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         out = subprocess.run([sys.executable, __file__, "--cell", arch, protocol, str(int(keep))], env=env,
                              capture_output=True, text=True, check=True).stdout
-        record = {**json.loads(out.strip().splitlines()[-1]), "cpu": platform.processor() or platform.machine(),
-                  "cores": os.cpu_count()}
+        record = {**json.loads(out.strip().splitlines()[-1]), "cpu": grid.machine()["cpu"], "cores": os.cpu_count()}
         os.makedirs(CACHE, exist_ok=True)
         with open(path + ".tmp", "w") as f:
             json.dump(record, f, indent=2)
