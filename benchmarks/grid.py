@@ -672,22 +672,22 @@ def _at_a_glance(summary: dict, datasets: list[str], ipcs: list[int]) -> list[st
                 continue
             grid_ = [column([summary.get((dataset, *p, m, FULL_IPC if m == "full" else ipc)) for m in methods],
                             [m != "full" for m in methods]) for p in panels]
-            lines += [f"### {dataset}, ipc_budget {ipc}", "",
-                      "| method | " + " | ".join(f"{p} {a}" for p, a in panels) + " |", "|---|" + "---:|" * len(panels)]
-            lines += [f"| {METHOD_NAMES[m]} | " + " | ".join(col[i] for col in grid_) + " |" for i, m in enumerate(methods)]
-            lines.append("")
+            lines += _glance_table(f"{dataset}, ipc_budget {ipc}", [f"{p} {a}" for p, a in panels], methods, grid_)
     for dataset in datasets:
         for protocol, arch in _panels(summary, dataset, ABLATIONS)[:1]:
             rows = ["d3", *ABLATIONS, "random"]
             budgets = [i for i in ipcs if (dataset, protocol, arch, "d3", i) in summary]
             grid_ = [column([summary.get((dataset, protocol, arch, m, i)) for m in rows], [True] * len(rows))
                      for i in budgets]
-            lines += [f"### {dataset} ablations, {protocol} {arch}", "",
-                      "| method | " + " | ".join(f"ipc_budget {i}" for i in budgets) + " |",
-                      "|---|" + "---:|" * len(budgets)]
-            lines += [f"| {METHOD_NAMES[m]} | " + " | ".join(col[k] for col in grid_) + " |" for k, m in enumerate(rows)]
-            lines.append("")
+            lines += _glance_table(f"{dataset} ablations, {protocol} {arch}", [f"ipc_budget {i}" for i in budgets],
+                                   rows, grid_)
     return lines
+
+
+def _glance_table(title: str, columns: list[str], methods: list[str], grid_: list[list[str]]) -> list[str]:
+    """A titled table with a row per method and ``grid_[column][row]`` in its cells."""
+    return [f"### {title}", "", "| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns),
+            *[f"| {METHOD_NAMES[m]} | " + " | ".join(col[i] for col in grid_) + " |" for i, m in enumerate(methods)], ""]
 
 
 # The benchmark's targets: D3's accuracy floor per budget in the headline panel, where it must
