@@ -17,7 +17,8 @@ distilling anything twice.
 Streams can share the work (one torch thread each, the same selection or e.g. `--only-seeds 0,1`
 and `--only-seeds 2`): a build or a cell is locked while one stream makes or scores it, and a cell
 that is busy, or whose build is, is left for later. A killed cell's downstream training resumes
-from its last checkpoint (saved each minute under cache/<grid>/scoring/) in the next run.
+from its last checkpoint (saved each minute under results/<grid>/scoring/, git-ignored: force-add
+a long cell's checkpoint to carry it to another checkout) in the next run.
 
 Writes benchmarks/RESULTS.md (benchmarks/RESULTS-quick.md with --quick) and a PNG plot of
 accuracy against storage budget beside it.
@@ -102,6 +103,12 @@ class Mode:
     def cells_dir(self) -> str:
         """One JSON record per scored cell: small, tracked, what the report is made from."""
         return os.path.join(self.out, "results", self.folder_name)
+
+    @property
+    def scoring_dir(self) -> str:
+        """Checkpoints of downstream trainings in progress, one folder per cell; beside the records
+        so that one of a cell too long for a session can be carried over in git (force-added)."""
+        return os.path.join(self.cells_dir, "scoring")
 
     @property
     def report(self) -> str:
@@ -452,7 +459,7 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
             print(f"stopping after {max_minutes} minutes; run again to continue", file=sys.stderr)
             return
         # Where a killed run of this cell left its downstream training: resumed from, not restarted.
-        scoring = os.path.join(mode.cache, "scoring", cell_name(*key) + (f"_{digest}" if digest else ""))
+        scoring = os.path.join(mode.scoring_dir, cell_name(*key) + (f"_{digest}" if digest else ""))
         t = time.perf_counter()
         try:
             with exclusive(scoring):

@@ -28,6 +28,11 @@ def grid():
     del sys.modules["grid"]
 
 
+def record_names(mode) -> list[str]:
+    """The cells' records in a grid's results folder (beside the checkpoints of cells in progress)."""
+    return sorted(n for n in os.listdir(mode.cells_dir) if n.endswith(".json"))
+
+
 def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accelerate_state):
     grid.main(["--smoke", "--out", str(tmp_path)])
     cells = sorted(c for c in os.listdir(tmp_path / "results" / "grid-smoke") if c.endswith(".json"))
@@ -230,7 +235,7 @@ def test_a_build_is_made_by_one_stream_at_a_time(grid, tmp_path):
     mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("random",))
     with grid.exclusive(os.path.join(mode.cache, "builds", "digits_ipc10_random_seed0")):
         grid.run_grid(mode, max_minutes=None)
-    assert os.listdir(mode.cells_dir) == []
+    assert record_names(mode) == []
 
 
 def test_a_cell_killed_mid_training_resumes_where_it_stopped(grid, tmp_path, monkeypatch):
@@ -256,26 +261,26 @@ def test_a_cell_killed_mid_training_resumes_where_it_stopped(grid, tmp_path, mon
     monkeypatch.setattr(d3hf.evaluation, "fixed_source", source_killed_at_epoch_2)
     with pytest.raises(Killed):
         grid.run_grid(mode, max_minutes=None)
-    assert os.listdir(mode.cells_dir) == []
+    assert record_names(mode) == [] and os.listdir(mode.scoring_dir)  # no record, a checkpoint
     grid.run_grid(mode, max_minutes=None)
     assert epochs_run == [0, 1, 2, 2]  # the second run trained epoch 2 only
-    (name,) = os.listdir(mode.cells_dir)
+    (name,) = record_names(mode)
     with open(os.path.join(mode.cells_dir, name)) as f, \
             open(os.path.join(tmp_path, "b", "results", "grid-smoke", name)) as g:
         resumed, uninterrupted = json.load(f), json.load(g)
     assert resumed["accuracy"] == uninterrupted["accuracy"] and "resumed_from_epoch" not in uninterrupted
     assert resumed["resumed_from_epoch"] == 2 and resumed["cell_seconds"] >= resumed["seconds_before_resume"] > 0
-    assert os.listdir(os.path.join(mode.cache, "scoring")) == []  # the checkpoint goes with the record
+    assert os.listdir(mode.scoring_dir) == []  # the checkpoint goes with the record
 
 
 def test_a_cell_another_stream_is_scoring_is_left_to_it(grid, tmp_path):
     mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("random",))
     (key,) = grid.cells(mode)
-    with grid.exclusive(os.path.join(mode.cache, "scoring", grid.cell_name(*key))):
+    with grid.exclusive(os.path.join(mode.scoring_dir, grid.cell_name(*key))):
         grid.run_grid(mode, max_minutes=None)
-    assert os.listdir(mode.cells_dir) == []
+    assert record_names(mode) == []
     grid.run_grid(mode, max_minutes=None)
-    assert os.listdir(mode.cells_dir) == [grid.cell_name(*key) + ".json"]
+    assert record_names(mode) == [grid.cell_name(*key) + ".json"]
 
 
 def test_a_stream_that_locks_a_build_another_just_finished_uses_it_instead_of_making_it_again(grid, tmp_path, monkeypatch):
