@@ -90,12 +90,17 @@ def measure_distill(ipc: str, keep: bool) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def in_fresh_process(kind: str, what: str, keep: bool) -> str:
+    """``--cell KIND WHAT KEEP`` in a new process with one torch thread; its standard output."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, __file__, "--cell", kind, what, str(int(keep))], env=env,
+                          stdout=subprocess.PIPE, text=True, check=True).stdout
+
+
 def cached(arch: str, protocol: str, keep: bool) -> dict:
     path = os.path.join(CACHE, f"{arch}_{protocol}_{'keep' if keep else 'default'}.json")
     if not os.path.exists(path):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        out = subprocess.run([sys.executable, __file__, "--cell", arch, protocol, str(int(keep))], env=env,
-                             capture_output=True, text=True, check=True).stdout
+        out = in_fresh_process(arch, protocol, keep)
         record = {**json.loads(out.strip().splitlines()[-1]), "cpu": grid.machine()["cpu"], "cores": os.cpu_count()}
         os.makedirs(CACHE, exist_ok=True)
         with open(path + ".tmp", "w") as f:
@@ -128,8 +133,7 @@ def main() -> None:
     distill_rows = []
     for ipc in DISTILL_IPCS:
         if not os.path.isdir(experts_dir(ipc)):  # built apart, so that neither cell's peak RSS includes them
-            subprocess.run([sys.executable, __file__, "--cell", "experts", ipc, "1"], check=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+            in_fresh_process("experts", ipc, True)
         d, k = cached("distill", ipc, False), cached("distill", ipc, True)
         split = " | ".join(f"{d[p + '_s_per_iteration']:.2f} / {k[p + '_s_per_iteration']:.2f}" for p in parts)
         distill_rows.append(f"| `recipes/{d['recipe']}.yaml` | {d['s_per_iteration']:.2f} | {k['s_per_iteration']:.2f} | "
