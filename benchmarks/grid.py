@@ -624,7 +624,7 @@ def write_report(mode: Mode, command: str) -> str:
                     cells_ = [rows.get((dataset, protocol, arch, method, i)) for i in ipcs]
                     if not any(cells_):
                         continue
-                    text = [f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f} ({c['n']})" if c else "-" for c in cells_]
+                    text = [_accuracy(c) if c else "-" for c in cells_]
                     storage = " / ".join(f"{c['storage']:,}" for c in cells_ if c)
                     lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(text) + f" | {storage} |")
                 lines.append("")
@@ -646,6 +646,11 @@ def write_report(mode: Mode, command: str) -> str:
         f.write(text)
     _plot(mode.report, methods, summary)
     return text
+
+
+def _accuracy(c: dict) -> str:
+    """A summarised cell as the report's tables and verdicts write it: mean +- std (seeds), in %."""
+    return f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f} ({c['n']})"
 
 
 GLANCE_METHODS = ("d3", "dm", "peer", "herding", "kcenter", "random", "full")
@@ -708,9 +713,6 @@ SINGLE_TERM_ABLATIONS = ("d3-mtt-only", "d3-mmd-only")
 def _verdicts(summary: dict, with_targets: bool = True) -> list[str]:
     """Targets met or missed, every panel where a baseline is level with or ahead of D3, and the
     single-term ablations against random real images: stated from the cells, never by hand."""
-    def text(c):
-        return f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f} ({c['n']})"
-
     lines = ["### Targets, and where D3 is not ahead", ""]
     for ipc, floor in TARGET_ACCURACY.items() if with_targets else ():
         d3 = summary.get((*TARGET_PANEL, "d3", ipc))
@@ -723,8 +725,8 @@ def _verdicts(summary: dict, with_targets: bool = True) -> list[str]:
         floor_met = "met" if d3["mean"] >= floor else "MISSED"
         ahead = ("no baseline run yet" if best is None else
                  f"{'met' if d3['mean'] > others[best]['mean'] else 'MISSED'} (best baseline: "
-                 f"{METHOD_NAMES[best]} {text(others[best])}; {len(others)} of {len(BASELINES)} baselines run)")
-        lines.append(f"- {where}: D3 {text(d3)}. Target >= {100 * floor:.0f} %: {floor_met}. "
+                 f"{METHOD_NAMES[best]} {_accuracy(others[best])}; {len(others)} of {len(BASELINES)} baselines run)")
+        lines.append(f"- {where}: D3 {_accuracy(d3)}. Target >= {100 * floor:.0f} %: {floor_met}. "
                      f"Ahead of every baseline: {ahead}.")
     behind = []
     for key, d3 in sorted(summary.items()):
@@ -733,8 +735,8 @@ def _verdicts(summary: dict, with_targets: bool = True) -> list[str]:
         level = [(m, summary[(*key[:3], m, key[4])]) for m in BASELINES if (*key[:3], m, key[4]) in summary]
         level = [(m, c) for m, c in level if c["mean"] >= d3["mean"]]
         if level:
-            behind.append(f"- {', '.join(key[:3])}, ipc_budget {key[4]}: D3 {text(d3)} against "
-                          + ", ".join(f"{METHOD_NAMES[m]} {text(c)}" for m, c in level) + ".")
+            behind.append(f"- {', '.join(key[:3])}, ipc_budget {key[4]}: D3 {_accuracy(d3)} against "
+                          + ", ".join(f"{METHOD_NAMES[m]} {_accuracy(c)}" for m, c in level) + ".")
     if len(lines) > 2:  # after the target lines
         lines.append("")
     lines += ["Panels where a baseline is level with or ahead of D3:", ""] + (behind or ["- none so far."])
@@ -746,12 +748,12 @@ def _verdicts(summary: dict, with_targets: bool = True) -> list[str]:
         for m in SINGLE_TERM_ABLATIONS:
             if (c := summary.get((*key[:3], m, 1))) is not None:
                 verdict = "beats" if c["mean"] > random_real["mean"] else "DOES NOT beat"
-                ablations.append(f"- {key[0]}, ipc_budget 1: {METHOD_NAMES[m]} {text(c)} {verdict} random real "
-                                 f"{text(random_real)}.")
+                ablations.append(f"- {key[0]}, ipc_budget 1: {METHOD_NAMES[m]} {_accuracy(c)} {verdict} random real "
+                                 f"{_accuracy(random_real)}.")
     lines += ["", "Single-term ablations against random real images (P-noaug, convnet, ipc_budget 1):", ""]
     lines += (ablations or ["- not run yet."])
     # An ablation that removes a part of D3 and scores as well means that part is not earning its cost there.
-    level = [f"- {', '.join(key[:3])}, ipc_budget {key[4]}: {METHOD_NAMES[m]} {text(c)} against D3 {text(d3)}."
+    level = [f"- {', '.join(key[:3])}, ipc_budget {key[4]}: {METHOD_NAMES[m]} {_accuracy(c)} against D3 {_accuracy(d3)}."
              for key, d3 in sorted(summary.items()) if key[3] == "d3"
              for m in ABLATIONS if (c := summary.get((*key[:3], m, key[4]))) is not None and c["mean"] >= d3["mean"]]
     lines += ["", "Ablations level with or ahead of the whole method:", ""]
