@@ -2,7 +2,7 @@
 
 glibc hands every allocation above a dynamic threshold (at most 32 MB) to ``mmap`` and gives it
 back with ``munmap`` on free, so a training step whose activations are tens of MB asks the
-kernel for fresh, zeroed pages every time: on a 2-core CPU about a third of a downstream
+kernel for fresh, zeroed pages every time: on a 2-core CPU a third to a half of a downstream
 training's time went to page faults (benchmarks/cpu_allocator.md). Keeping freed memory in the
 heap removes that; the process then holds its peak memory, as torch's CUDA allocator does.
 """
