@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
+
+from d3hf.environment import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "cache", "baseline_check")
@@ -89,7 +90,7 @@ def run_cell(data, method: str, ipc: int, seed: int, protocol_name: str, iterati
         "build_seconds": build_seconds, "eval_seconds": time.perf_counter() - t,
         "dm_iterations": iterations if method == "dm" else None, "split_check": verified,
         "notes": protocol.describe(), "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads 1",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch threads 1",
     }
 
 

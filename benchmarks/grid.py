@@ -32,7 +32,6 @@ import dataclasses
 import functools
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -590,8 +589,8 @@ def write_report(mode: Mode, command: str) -> str:
     machines = Counter(_machine_text(r["machine"]) for r in results if "machine" in r)
     lines = [f"# d3hf benchmark{'' if mode.name == 'full' else f' ({mode.name} mode)'}", "",
              "## The grid: D3 and baselines at equal storage", "",
-             f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, "
-             f"torch {_torch_version()}.", "",
+             f"Command: `{command}`. Machines: {os.cpu_count()} CPU cores, no GPU, torch {_torch_version()}; "
+             "each cell's CPU is named below and in the Cells table.", "",
              f"- Cells: {len(results)}, one JSON record each in `{_rel(mode.cells_dir)}/`, tracked, with the weights "
              "of the D3 builds and the learned image sets in its `builds/`; the untracked "
              f"`{_rel(mode.cache)}/` holds the rest (D3 run folders with experts and checkpoints, random and all-real "
@@ -849,11 +848,9 @@ def machine() -> dict:
     thread count (the same cell on another CPU trains to a different, equally valid, number)."""
     import torch
 
-    cpu = "unknown"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+    from d3hf.environment import cpu_model
+
+    return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "cores": os.cpu_count()}
 
 

@@ -21,10 +21,11 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shlex
 import sys
 import time
+
+from d3hf.environment import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -148,7 +149,7 @@ def main(argv=None) -> None:
             if os.path.exists(cell):
                 continue
             result = run_cell(recipe, settings[i], n, root, a.eval_epochs, a.eval_seeds)
-            result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {a.threads} torch thread(s)"
+            result["machine"] = f"{cpu_model()}, {os.cpu_count()} cores, {a.threads} torch thread(s)"
             atomic_write_json(cell, result)
             print(f"{result['setting']} N={n}: {100 * result['mean']:.2f} %", file=sys.stderr, flush=True)
     command = shlex.join(["python", "benchmarks/matching_sweep.py", *(argv if argv is not None else sys.argv[1:])])

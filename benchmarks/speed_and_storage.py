@@ -13,12 +13,13 @@ benchmarks/cache/speed_and_storage/.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
+
+from d3hf.environment import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -93,7 +94,7 @@ def expert_buffer_rows(data, args) -> list[dict]:
 
 def report(dataset_rows: list[dict], buffer_rows: list[dict]) -> str:
     lines = ["# to_dataset speed and expert buffer size", "",
-             f"Command: `python benchmarks/speed_and_storage.py`. Machine: {platform.machine()}, {os.cpu_count()} CPU "
+             f"Command: `python benchmarks/speed_and_storage.py`. Machine: {cpu_model()}, {os.cpu_count()} CPU "
              f"cores, torch {torch.__version__}, {torch.get_num_threads()} torch thread(s); median of {REPEATS} runs.", "",
              "## `D3Model.to_dataset` against the bare decoder forward + `Dataset.from_dict` (same uint8 arrays)", "",
              "| samples per class | images | to_dataset (s) | decoder forward (s) | from_dict (s) | ratio | target |",

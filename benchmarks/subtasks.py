@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
+
+from d3hf.environment import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -80,7 +81,7 @@ def cached(init: str, name: str, compute) -> dict:
     path = os.path.join(CACHE_ROOT, init, name + ".json")
     if not os.path.exists(path):
         result = compute()
-        result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
+        result["machine"] = f"{cpu_model()}, {os.cpu_count()} cores"
         with open(path + ".tmp", "w") as f:
             json.dump(result, f, indent=2)
         os.replace(path + ".tmp", path)

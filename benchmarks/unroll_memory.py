@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
+
+from d3hf.environment import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "cache", "unroll_memory")
@@ -86,7 +87,7 @@ def main() -> None:
             with open(path) as f:
                 rows.append(json.load(f))
     lines = ["# MTT unroll memory", "",
-             f"Command: `python benchmarks/unroll_memory.py`; machine: {platform.machine()}, "
+             f"Command: `python benchmarks/unroll_memory.py`; machine: {cpu_model()}, "
              f"{os.cpu_count()} cores, torch 2 threads. MNIST shapes (1x28x28, 10 classes), student ConvNet-3 "
              f"width {WIDTH}, {CLASSES * PER_CLASS} decoded images per inner step, decoder width {DECODER_WIDTH}, "
              "one iteration (unroll + backward) per fresh process; growth = peak RSS minus RSS before the iteration.",

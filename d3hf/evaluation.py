@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .augment import DSA
 from .data import DataError, ImageClassificationData
+from .environment import measured_on
 from .io_utils import CorruptFileError, read_checked, write_checked
 from .networks import build_classifier
 from .seeding import class_seed
@@ -276,6 +277,7 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
         "seconds_before_resume": [run.seconds_before_resume for run in runs],
         "settings": asdict(protocol),
         "notes": protocol.describe(),
+        "measured_on": measured_on(device),
     }
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .environment import describe
 from .synthetic_data import to_uint8_hwc
 
 if TYPE_CHECKING:
@@ -83,6 +84,9 @@ def card_text(model: "D3Model", evaluation: dict | None = None) -> str:
     ]
     if evaluation:
         body += ["## Evaluation", "", _eval_table(evaluation), "", evaluation.get("protocol_text", ""), ""]
+        environments = dict.fromkeys(describe(r["measured_on"]) for r in evaluation.get("results", [])
+                                     if "measured_on" in r)
+        body += [f"Measured on {'; '.join(environments)}.", ""] if environments else []
     body += [
         "## Samples",
         "",
