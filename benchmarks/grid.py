@@ -406,8 +406,8 @@ def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name
                       checkpoint_dir=checkpoint_dir)
     before = result["seconds_before_resume"][0]
     # A resumed training counts the seconds it ran before, up to its last checkpoint.
-    resumed = {"resumed_from_epoch": result["resumed_from_epochs"][0], "seconds_before_resume": before} \
-        if before else {}
+    resumed = {"resumed_from_epoch": result["resumed_from_epochs"][0], "seconds_before_resume": before,
+               **{k: result[k] for k in ("checkpointed_on",) if k in result}} if before else {}
     return {"dataset": dataset, "ipc_budget": ipc, "method": method, "seed": seed, "protocol": protocol.name,
             "arch": arch, "accuracy": result["accuracies"][0], "notes": result["notes"],
             "eval_seconds": time.perf_counter() - t + before, **resumed, **facts}
@@ -579,6 +579,8 @@ def summarise(results: list[dict]) -> dict:
 
 def write_report(mode: Mode, command: str) -> str:
     """RESULTS.md from every cached cell of this mode (also cells of earlier, wider runs)."""
+    from d3hf.environment import describe
+
     results, stale = split_stale(mode, load_results(mode))
     summary = summarise(results)
     timed = [r["cell_seconds"] for r in results if r.get("cell_seconds") is not None]
@@ -636,6 +638,8 @@ def write_report(mode: Mode, command: str) -> str:
     lines += ["### Cells", "", "| cell | accuracy | build s | eval s | CPU |", "|---|---:|---:|---:|---|"]
     for r in results:
         cpu = r["machine"]["cpu"] if "machine" in r else "not recorded"
+        if r.get("checkpointed_on"):  # resumed from a downstream training begun on another machine
+            cpu += " (resumed from " + "; ".join(describe(e) for e in r["checkpointed_on"]) + ")"
         lines.append(f"| {cell_name(r['dataset'], r['ipc_budget'], r['method'], r['seed'], r['protocol'], r['arch'])} "
                      f"| {100 * r['accuracy']:.2f} % | {r['build_seconds']:.0f} | {r['eval_seconds']:.0f} | {cpu} |")
     if mode.name == "full":

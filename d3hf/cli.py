@@ -127,7 +127,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         raise ValueError("Give either an artifact (MODEL) or --images FILE.npz, not both.")
     import dataclasses
 
-    from .environment import describe
+    from .environment import measured_where
     from .evaluation import check_test_split_disjoint, evaluate, fixed_source, model_source, named_protocol
     from .pipeline import load_data
 
@@ -159,7 +159,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
                      "|---|---|---|---|---:|---:|\n"
                      f"| {method} | {protocol.name} | {a.arch} | {result['split']} | {100 * result['mean']:.2f} +- "
                      f"{100 * result['std']:.2f} % | {a.seeds} |\n\n{result['notes']}; {verified}; measured on "
-                     f"{describe(result['measured_on'])}\n")
+                     f"{measured_where(result)}\n")
     if a.model and os.path.isdir(a.model):
         from .io_utils import atomic_write_json
         from .model_card import write_card_and_samples

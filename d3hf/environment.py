@@ -27,7 +27,7 @@ def measured_on(device: str | torch.device = "cpu") -> dict:
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {"device": device.type, "device_name": name, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "d3hf": __version__}
+            "torch": str(torch.__version__), "torch_threads": torch.get_num_threads(), "d3hf": __version__}
 
 
 def describe(environment: dict) -> str:
@@ -35,3 +35,12 @@ def describe(environment: dict) -> str:
     threads = environment["torch_threads"]
     return (f"{environment['device_name']} ({environment['device']}), torch {environment['torch']}, "
             f"{threads} thread{'s' if threads != 1 else ''}")
+
+
+def measured_where(result: dict) -> str:
+    """Where an evaluation result (``evaluation.evaluate``) was trained: its machine, and the
+    machines of the checkpoints it resumed from, if any."""
+    text = describe(result["measured_on"])
+    if result.get("checkpointed_on"):
+        text += "; resumed from training on " + ", ".join(describe(e) for e in result["checkpointed_on"])
+    return text

@@ -141,7 +141,8 @@ def train_network(
     net = build_classifier(protocol.arch, data.image_shape, data.num_classes, protocol.depth, protocol.width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[protocol.epochs // 2], gamma=0.1)
-    state = _TrainingState(net, opt, sched, rng, augment_rng, {"protocol": asdict(protocol), "seed": seed})
+    state = _TrainingState(net, opt, sched, rng, augment_rng, {"protocol": asdict(protocol), "seed": seed},
+                           measured_on(device))
     first_epoch = state.load(checkpoint) if checkpoint else 0
     if checkpoint_seconds is None:
         checkpoint_seconds = CHECKPOINT_SECONDS
@@ -167,7 +168,7 @@ def train_network(
             last_save = time.monotonic()
     if checkpoint and os.path.exists(checkpoint):
         os.remove(checkpoint)
-    return TrainedNetwork(net, state.seconds(), first_epoch, state.seconds_before)
+    return TrainedNetwork(net, state.seconds(), first_epoch, state.seconds_before, state.earlier_environments())
 
 
 class TrainedNetwork(NamedTuple):
@@ -175,16 +176,23 @@ class TrainedNetwork(NamedTuple):
     seconds: float  # of training, including those before a resume (up to its checkpoint)
     resumed_from_epoch: int  # 0: trained from scratch
     seconds_before_resume: float
+    checkpointed_on: list[dict]  # other machines (d3hf.environment.measured_on) it ran on before a resume
 
 
 class _TrainingState:
     """Everything a downstream training run's next epoch depends on, saved to and loaded from one
-    checked file; ``identity`` (protocol and seed) must match for a file to be resumed from."""
+    checked file; ``identity`` (protocol and seed) must match for a file to be resumed from. It
+    also carries the machines earlier runs trained on, so a resumed number names all of them."""
 
-    def __init__(self, net, opt, sched, rng: np.random.Generator, augment_rng: torch.Generator, identity: dict):
+    def __init__(self, net, opt, sched, rng: np.random.Generator, augment_rng: torch.Generator, identity: dict,
+                 environment: dict):
         self.net, self.opt, self.sched, self.rng, self.augment_rng = net, opt, sched, rng, augment_rng
         self.identity = json.dumps(identity, sort_keys=True)
         self.seconds_before, self.started = 0.0, time.monotonic()
+        self.environment, self.environments = environment, [environment]
+
+    def earlier_environments(self) -> list[dict]:
+        return [e for e in self.environments if e != self.environment]
 
     def seconds(self) -> float:
         return self.seconds_before + time.monotonic() - self.started
@@ -194,7 +202,8 @@ class _TrainingState:
         torch.save({"identity": self.identity, "next_epoch": next_epoch, "net": self.net.state_dict(),
                     "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                     "rng": self.rng.bit_generator.state, "augment_rng": self.augment_rng.get_state(),
-                    "torch_rng": torch.get_rng_state(), "seconds": self.seconds()}, buffer)
+                    "torch_rng": torch.get_rng_state(), "seconds": self.seconds(),
+                    "environments": self.environments}, buffer)
         write_checked(path, buffer.getvalue())
 
     def load(self, path: str) -> int:
@@ -216,6 +225,9 @@ class _TrainingState:
         self.augment_rng.set_state(saved["augment_rng"])
         torch.set_rng_state(saved["torch_rng"])  # a train_source may draw from it (the CPU generator)
         self.seconds_before = float(saved["seconds"])
+        self.environments = saved.get("environments", [])  # absent from checkpoints written before it was kept
+        if self.environment not in self.environments:
+            self.environments.append(self.environment)
         logger.info("resuming downstream training from %s at epoch %d", path, saved["next_epoch"])
         return int(saved["next_epoch"])
 
@@ -265,7 +277,7 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
         checkpoint = os.path.join(checkpoint_dir, f"eval-seed{s}.pt") if checkpoint_dir else None
         runs.append(train_network(make_source(s), data, protocol, s, device, show_progress, checkpoint))
         accs.append(test_accuracy(runs[-1].net, data, mean, std, device))
-    return {
+    result = {
         "split": data.source_info.get("test_split", "test"),
         "protocol": protocol.name,
         "arch": protocol.arch,
@@ -279,6 +291,11 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
         "notes": protocol.describe(),
         "measured_on": measured_on(device),
     }
+    # A run resumed from a checkpoint made elsewhere trained partly on another machine.
+    for environment in (e for run in runs for e in run.checkpointed_on):
+        if environment not in result.setdefault("checkpointed_on", []):
+            result["checkpointed_on"].append(environment)
+    return result
 
 
 # ----------------------------------------------------------------------------- test/train overlap

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .environment import describe
+from .environment import measured_where
 from .synthetic_data import to_uint8_hwc
 
 if TYPE_CHECKING:
@@ -84,8 +84,7 @@ def card_text(model: "D3Model", evaluation: dict | None = None) -> str:
     ]
     if evaluation:
         body += ["## Evaluation", "", _eval_table(evaluation), "", evaluation.get("protocol_text", ""), ""]
-        environments = dict.fromkeys(describe(r["measured_on"]) for r in evaluation.get("results", [])
-                                     if "measured_on" in r)
+        environments = dict.fromkeys(measured_where(r) for r in evaluation.get("results", []) if "measured_on" in r)
         body += [f"Measured on {'; '.join(environments)}.", ""] if environments else []
     body += [
         "## Samples",

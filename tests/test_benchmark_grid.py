@@ -259,7 +259,9 @@ def test_a_cell_killed_mid_training_resumes_where_it_stopped(grid, tmp_path, mon
 
     monkeypatch.setattr(d3hf.evaluation, "CHECKPOINT_SECONDS", 0.0)
     monkeypatch.setattr(d3hf.evaluation, "fixed_source", source_killed_at_epoch_2)
-    with pytest.raises(Killed):
+    other = {**d3hf.evaluation.measured_on("cpu"), "device_name": "Another CPU"}
+    with monkeypatch.context() as patch, pytest.raises(Killed):  # killed on another machine
+        patch.setattr(d3hf.evaluation, "measured_on", lambda device: other)
         grid.run_grid(mode, max_minutes=None)
     assert record_names(mode) == [] and os.listdir(mode.scoring_dir)  # no record, a checkpoint
     grid.run_grid(mode, max_minutes=None)
@@ -271,6 +273,10 @@ def test_a_cell_killed_mid_training_resumes_where_it_stopped(grid, tmp_path, mon
     assert resumed["accuracy"] == uninterrupted["accuracy"] and "resumed_from_epoch" not in uninterrupted
     assert resumed["resumed_from_epoch"] == 2 and resumed["cell_seconds"] >= resumed["seconds_before_resume"] > 0
     assert os.listdir(mode.scoring_dir) == []  # the checkpoint goes with the record
+    assert resumed["checkpointed_on"] == [other] and "checkpointed_on" not in uninterrupted
+    grid.write_report(mode, "cmd")
+    with open(mode.report) as f:
+        assert f"| {grid.machine()['cpu']} (resumed from Another CPU (cpu), torch" in f.read()
 
 
 def test_a_cell_another_stream_is_scoring_is_left_to_it(grid, tmp_path):

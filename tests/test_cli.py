@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from d3hf.cli import main, parse_distill_args
 from d3hf.engine import read_checkpoint
-from d3hf.environment import describe
+from d3hf.environment import measured_where
 from d3hf.modeling_d3 import D3Model
 
 # conftest's TINY, with the iteration count left to each command line and a CPU run that
@@ -213,7 +213,9 @@ def test_evaluate_an_artifact_writes_eval_json_and_card(first_run, tmp_path, cap
     assert "P-noaug[epochs=1,num_per_class=3]" in card
     measured_on = evaluation["results"][0]["measured_on"]
     assert measured_on["device"] == "cpu" and measured_on["torch"] == torch.__version__
-    assert f"measured on {describe(measured_on)}" in out and f"Measured on {describe(measured_on)}." in card
+    assert "checkpointed_on" not in evaluation["results"][0]  # trained in one go, here
+    assert f"measured on {measured_where(evaluation['results'][0])}" in out
+    assert f"Measured on {measured_where(evaluation['results'][0])}." in card
 
 
 def test_a_tuning_run_says_it_scored_the_validation_split(tmp_path, capsys, fresh_accelerate_state):

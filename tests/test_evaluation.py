@@ -24,10 +24,13 @@ from d3hf.baselines import (
     random_real_images,
     train_feature_network,
 )
+from d3hf import evaluation
+from d3hf.environment import measured_on, measured_where
 from d3hf.evaluation import (
     Protocol,
     SplitOverlapError,
     check_test_split_disjoint,
+    evaluate,
     fixed_source,
     named_protocol,
     named_protocols,
@@ -236,6 +239,34 @@ def test_an_interrupted_downstream_training_resumes_to_the_same_network(digits, 
         train_and_test(jittered, digits, protocol, seed=1)
     assert epochs_run == [0, 1, 2, 3] and "not a d3hf checked file" in caplog.text
 
+
+
+def test_a_result_resumed_from_another_machines_checkpoint_names_both(digits, tmp_path, monkeypatch):
+    images = random_real_images(digits, 1, seed=0)
+    protocol = named_protocol("P-noaug", epochs=3, width=8)
+    other = {**measured_on("cpu"), "device_name": "Another CPU"}
+    monkeypatch.setattr(evaluation, "CHECKPOINT_SECONDS", 0)  # a checkpoint after every epoch
+
+    def interrupted_at_epoch_1(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return images
+
+    with monkeypatch.context() as patch:  # the first run, on "another" machine, is killed
+        patch.setattr(evaluation, "measured_on", lambda device: other)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(lambda s: interrupted_at_epoch_1, digits, protocol, checkpoint_dir=str(tmp_path))
+    result = evaluate(lambda s: fixed_source(*images), digits, protocol, checkpoint_dir=str(tmp_path))
+    assert result["resumed_from_epochs"] == [1] and result["measured_on"] == measured_on("cpu")
+    assert result["checkpointed_on"] == [other]
+    assert measured_where(result).endswith("; resumed from training on Another CPU (cpu), torch "
+                                           f"{torch.__version__}, {torch.get_num_threads()} thread"
+                                           + ("s" if torch.get_num_threads() != 1 else ""))
+    # Resumed on the machine that made the checkpoint: one machine, nothing else to name.
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(lambda s: interrupted_at_epoch_1, digits, protocol, checkpoint_dir=str(tmp_path))
+    result = evaluate(lambda s: fixed_source(*images), digits, protocol, checkpoint_dir=str(tmp_path))
+    assert result["resumed_from_epochs"] == [1] and "checkpointed_on" not in result
 
 # ----------------------------------------------------------------------------- storage and random real
 
