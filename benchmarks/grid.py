@@ -406,8 +406,10 @@ def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name
                       checkpoint_dir=checkpoint_dir)
     before = result["seconds_before_resume"][0]
     # A resumed training counts the seconds it ran before, up to its last checkpoint.
-    resumed = {"resumed_from_epoch": result["resumed_from_epochs"][0], "seconds_before_resume": before,
-               **{k: result[k] for k in ("checkpointed_on",) if k in result}} if before else {}
+    resumed = {"resumed_from_epoch": result["resumed_from_epochs"][0], "seconds_before_resume": before} \
+        if before else {}
+    if "checkpointed_on" in result:  # the checkpoint resumed from was made on another machine
+        resumed["checkpointed_on"] = result["checkpointed_on"]
     return {"dataset": dataset, "ipc_budget": ipc, "method": method, "seed": seed, "protocol": protocol.name,
             "arch": arch, "accuracy": result["accuracies"][0], "notes": result["notes"],
             "eval_seconds": time.perf_counter() - t + before, **resumed, **facts}
