@@ -2,7 +2,8 @@
 
 Prototype images (benchmarks/grid.py, method d3-prototypes) are optimised with D3's MTT + MMD
 objective; their Adam step size is chosen here on 10 % of the train split held out as
-validation, never on the test split. One line of JSON per learning rate.
+validation, never on the test split. One line of JSON per learning rate; each is cached in
+benchmarks/cache/prototype_lr/ (with the experts), so a stopped sweep resumes where it stopped.
 
     python benchmarks/prototype_lr.py --dataset digits --ipc 1 --lrs 0.001,0.01,0.1
 """
@@ -13,10 +14,10 @@ import argparse
 import dataclasses
 import json
 import os
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CACHE = os.path.join(HERE, "cache", "prototype_lr")
 
 
 def main(argv=None) -> None:
@@ -30,26 +31,37 @@ def main(argv=None) -> None:
     import torch
     import yaml
 
+    from d3hf.allocator import keep_freed_memory
     from d3hf.arguments import DistillArguments
     from d3hf.baselines import d3_objective_images
     from d3hf.data import load_image_classification
     from d3hf.evaluation import evaluate, fixed_source, named_protocol
     from d3hf.experts import build_expert_buffer
+    from d3hf.io_utils import atomic_write_json
     from d3hf.pipeline import expert_settings
 
+    keep_freed_memory()
     torch.set_num_threads(a.threads)
     data = load_image_classification(a.dataset).with_validation_split(0.1, 0)
     with open(os.path.join(os.path.dirname(HERE), "recipes", a.dataset, f"ipc{a.ipc}.yaml")) as f:
         args = DistillArguments(**{**yaml.safe_load(f), "eval_epochs": 0})
-    with tempfile.TemporaryDirectory() as experts:
-        buffer = build_expert_buffer(data, expert_settings(args, data.image_shape), experts)
-        for lr in [float(v) for v in a.lrs.split(",")]:
+    cell_dir = os.path.join(CACHE, f"{a.dataset}_ipc{a.ipc}")
+    buffer = None
+    for lr in [float(v) for v in a.lrs.split(",")]:
+        cell = os.path.join(cell_dir, f"lr{lr:g}.json")
+        if not os.path.exists(cell):
+            if buffer is None:
+                buffer = build_expert_buffer(data, expert_settings(args, data.image_shape),
+                                             os.path.join(cell_dir, "experts"))
             t = time.perf_counter()
             images = d3_objective_images(data, a.ipc, buffer, dataclasses.replace(args, lr_decoder=lr))
             result = evaluate(lambda _: fixed_source(images.images, images.labels), data, named_protocol("P-noaug"),
                               seeds=1)
-            print(json.dumps({"dataset": a.dataset, "ipc": a.ipc, "lr": lr, "validation_accuracy": result["mean"],
-                              "seconds": round(time.perf_counter() - t, 1)}), flush=True)
+            atomic_write_json(cell, {"dataset": a.dataset, "ipc": a.ipc, "lr": lr,
+                                     "validation_accuracy": result["mean"],
+                                     "seconds": round(time.perf_counter() - t, 1)})
+        with open(cell) as f:
+            print(json.dumps(json.load(f)), flush=True)
 
 
 if __name__ == "__main__":
