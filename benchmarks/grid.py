@@ -56,9 +56,10 @@ D3_VARIANTS = {
 }
 # Learned prototype images under D3's own MTT + MMD objective (same experts and settings as the
 # recipe): the "distributional vs prototype images at equal storage" ablation. Pixels take Adam
-# steps of this size, chosen on digits' validation split at ipc 1 (P-noaug, 1 seed): 0.001
-# 82.6 %, 0.01 84.7 %, 0.1 81.3 % (`python benchmarks/prototype_lr.py`).
-PROTOTYPE_LR = 0.01
+# steps of this size, chosen per dataset on its validation split at ipc 1 (P-noaug, 1 seed;
+# `python benchmarks/prototype_lr.py`, benchmarks/VALIDATION.md): digits 0.001 82.6 %, 0.01
+# 84.7 %, 0.1 81.3 %; MNIST-5k 0.01 59.0 %, 0.03 63.75 %, 0.1 66.5 %, 0.3 66.5 %.
+PROTOTYPE_LR = {"digits": 0.01, "mnist5k": 0.1}
 FULL_IPC = 1  # the ipc_budget the all-real upper bound's cells are recorded under
 ABLATIONS = (*[m for m in D3_VARIANTS if m != "d3"], "d3-prototypes")
 METHODS = (*D3_VARIANTS, "d3-prototypes", "random", "herding", "kcenter", "dm", "peer", "full")
@@ -184,7 +185,7 @@ def distill_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode
     if method in D3_VARIANTS:
         return d3_arguments(data, dataset, ipc, method, seed, mode)
     if method == "d3-prototypes":
-        return dataclasses.replace(d3_arguments(data, dataset, ipc, "d3", seed, mode), lr_decoder=PROTOTYPE_LR)
+        return dataclasses.replace(d3_arguments(data, dataset, ipc, "d3", seed, mode), lr_decoder=PROTOTYPE_LR[dataset])
     return None
 
 
