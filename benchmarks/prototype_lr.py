@@ -3,7 +3,8 @@
 Prototype images (benchmarks/grid.py, method d3-prototypes) are optimised with D3's MTT + MMD
 objective; their Adam step size is chosen here on 10 % of the train split held out as
 validation, never on the test split. One line of JSON per learning rate; each is cached in
-benchmarks/cache/prototype_lr/ (with the experts), so a stopped sweep resumes where it stopped.
+benchmarks/cache/prototype_lr/ (with the experts) under the recipe's settings digest, so a
+stopped sweep resumes where it stopped and a changed recipe is swept anew.
 
     python benchmarks/prototype_lr.py --dataset digits --ipc 1 --lrs 0.001,0.01,0.1
 """
@@ -15,6 +16,8 @@ import dataclasses
 import json
 import os
 import time
+
+import grid  # benchmarks/grid.py: its settings digest keys the cache
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "cache", "prototype_lr")
@@ -45,7 +48,7 @@ def main(argv=None) -> None:
     data = load_image_classification(a.dataset).with_validation_split(0.1, 0)
     with open(os.path.join(os.path.dirname(HERE), "recipes", a.dataset, f"ipc{a.ipc}.yaml")) as f:
         args = DistillArguments(**{**yaml.safe_load(f), "eval_epochs": 0})
-    cell_dir = os.path.join(CACHE, f"{a.dataset}_ipc{a.ipc}")
+    cell_dir = os.path.join(CACHE, f"{a.dataset}_ipc{a.ipc}_{grid.settings_digest(args)}")
     buffer = None
     for lr in [float(v) for v in a.lrs.split(",")]:
         cell = os.path.join(cell_dir, f"lr{lr:g}.json")
