@@ -87,7 +87,8 @@ class DistillArguments:
     checkpoint_every: int = 100
     log_every: int = 20
     cpu: bool = field(default=False, metadata={"help": "run on CPU even when a GPU is present"})
-    mixed_precision: str = field(default="no", metadata={"choices": ["no", "fp16", "bf16"], "help": "autocast dtype"})
+    # No fp16: the unrolled MTT backward would need loss scaling, which bf16's range makes unnecessary.
+    mixed_precision: str = field(default="no", metadata={"choices": ["no", "bf16"], "help": "autocast dtype"})
     num_threads: int = field(default=0, metadata={"help": "torch threads per process (0 = leave as is)"})
 
     # evaluation after distilling

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import sys
+import types
+import typing
 from typing import Sequence
 
 import yaml
@@ -50,14 +52,25 @@ def parse_distill_args(argv: Sequence[str]) -> DistillArguments:
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except SystemExit as err:
+        if err.code == 0:  # --help: argparse printed it, and that is a success
+            raise
         raise ValueError("Invalid command-line arguments for distill (see the message above).") from err
     _check_arguments(args)
     return args
 
 
+def _field_type(name: str) -> type:
+    """A DistillArguments field's type, ``Optional[X]`` read as ``X`` (annotations are strings
+    under ``from __future__ import annotations``, so they are resolved here)."""
+    hint = typing.get_type_hints(DistillArguments)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
 def _as_field_value(key: str, value):
     """YAML reads `no`/`yes` as booleans and numbers as numbers; string keys get strings back."""
-    if DistillArguments.__dataclass_fields__[key].type is not str or value is None or isinstance(value, str):
+    if _field_type(key) is not str or value is None or isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -67,14 +80,18 @@ def _as_field_value(key: str, value):
 def _check_arguments(args: DistillArguments) -> None:
     for name, f in DistillArguments.__dataclass_fields__.items():
         value = getattr(args, name)
-        expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(getattr(f.type, "__name__", str(f.type)))
+        kind = _field_type(name)
+        expected = {int: int, float: (int, float), bool: bool, str: str}.get(kind)
         if expected is not None and value is not None and not isinstance(value, expected):
-            raise ValueError(f"Config key {name!r} must be of type {f.type.__name__}; got {value!r}.")
+            raise ValueError(f"Config key {name!r} must be of type {kind.__name__}; got {value!r}.")
         if expected is int and isinstance(value, bool):
             raise ValueError(f"Config key {name!r} must be an integer; got {value!r}.")
         choices = f.metadata.get("choices")
         if choices and value not in choices:  # YAML values bypass argparse's own check
             raise ValueError(f"Config key {name!r} must be one of {choices}; got {value!r}.")
+    switches = ("auto", "true", "false", "yes", "no", "on", "off", "1", "0")
+    if str(args.checkpoint_steps).lower() not in switches:
+        raise ValueError(f"Config key 'checkpoint_steps' must be auto, true or false; got {args.checkpoint_steps!r}.")
     if not 0 <= args.min_start_epoch < args.max_start_epoch:
         raise ValueError(f"Need 0 <= min_start_epoch < max_start_epoch; got {args.min_start_epoch} and "
                          f"{args.max_start_epoch}.")
@@ -122,16 +139,23 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
                    help="also train on every prior's mean image each epoch")
     p.add_argument("--allow_unverified_test", "--allow-unverified-test", action="store_true",
                    help="evaluate even when the test split cannot be shown disjoint from the distillation rows")
+    p.add_argument("--device", default=None, help="where the networks train, e.g. cpu or cuda:0; default: "
+                   "cuda when available")
     a = p.parse_args(list(argv))
-    if (a.model is None) == (a.images is None):
+    if a.model is None and a.images is None:
+        raise ValueError("Give an artifact (MODEL) or --images FILE.npz to evaluate.")
+    if a.model is not None and a.images is not None:
         raise ValueError("Give either an artifact (MODEL) or --images FILE.npz, not both.")
+    if a.epochs is not None and a.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1; got {a.epochs}.")
+    device = _device(a.device)
     import dataclasses
 
     from .environment import measured_where
     from .evaluation import check_test_split_disjoint, evaluate, fixed_source, model_source, named_protocol
     from .pipeline import load_data
 
-    overrides = {"arch": a.arch, "num_per_class": a.num_per_class, **({"epochs": a.epochs} if a.epochs else {})}
+    overrides = {"arch": a.arch, "num_per_class": a.num_per_class, **({"epochs": a.epochs} if a.epochs is not None else {})}
     protocol = named_protocol("P-dsa" if a.augment == "dsa" else "P-noaug", **overrides)
     if a.images:
         from .baselines import load_peer_images, peer_mnist5k_source
@@ -153,7 +177,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         make_source = lambda s: model_source(model, a.num_per_class, s, with_means=a.with_prior_means)  # noqa: E731
         method = "d3hf artifact" + (" (samples + prior means)" if a.with_prior_means else "")
     verified = check_test_split_disjoint(record, data, allow_unverified=a.allow_unverified_test)
-    result = evaluate(make_source, data, protocol, a.seeds, show_progress=True)
+    result = evaluate(make_source, data, protocol, a.seeds, device=device, show_progress=True)
     result.update(method=method, test_split_check=verified)
     sys.stdout.write("| method | protocol | arch | split | accuracy (final epoch) | seeds |\n"
                      "|---|---|---|---|---:|---:|\n"
@@ -167,6 +191,20 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         atomic_write_json(os.path.join(a.model, "eval.json"), {"results": [result], "protocol_text": result["notes"]})
         write_card_and_samples(model, a.model)
     return 0
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1): {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asks for CUDA, but torch sees no GPU here; use --device cpu.")
+    return device
 
 
 def cmd_info(argv: Sequence[str]) -> int:
@@ -267,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[argv[0]](argv[1:])
+    except SystemExit as err:  # argparse's --help (0) and usage errors (2), as a return code
+        return err.code if isinstance(err.code, int) else 2
     except (DataError, BudgetError, RunConflictError, NonFiniteError, ValueError, OSError) as err:
         if debug:
             raise

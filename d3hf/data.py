@@ -266,7 +266,13 @@ class ImageClassificationData:
         raw = np.asarray(raw)
         if self._label_map is None:
             return raw.astype(np.int64)
-        return np.array([self._label_map[v] for v in raw.tolist()], dtype=np.int64)
+        values = raw.tolist()
+        unknown = sorted({v for v in values if v not in self._label_map}, key=str)
+        if unknown:
+            raise DataError(f"Label value(s) {unknown[:10]} in column {self.label_column!r} never occur in the train "
+                            f"split, whose classes are {sorted(self._label_map, key=str)[:20]}; every split must "
+                            "use the train split's labels.")
+        return np.array([self._label_map[v] for v in values], dtype=np.int64)
 
     def labels(self, split: str = "train") -> np.ndarray:
         """Class ids of every row of a split (read from the label column only)."""
@@ -518,4 +524,10 @@ def load_image_classification(
     empty = [data.class_names[c] for c, rows in enumerate(data.class_rows) if len(rows) == 0]
     if empty:
         raise DataError(f"Classes {empty} have no training rows in {source!r}; drop them or add data.")
+    if test is not None:  # read now, so a test label train never had is refused before any work
+        test_labels = data.labels("test")
+        outside = sorted(set(test_labels[(test_labels < 0) | (test_labels >= data.num_classes)].tolist()))
+        if outside:
+            raise DataError(f"The test split has label id(s) {outside[:10]} outside the train split's "
+                            f"{data.num_classes} classes (0..{data.num_classes - 1}).")
     return data

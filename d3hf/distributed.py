@@ -28,6 +28,12 @@ def make_accelerator(cpu: bool = False, mixed_precision: str = "no", num_threads
     from accelerate import Accelerator
 
     torch.set_num_threads(threads_per_process(num_threads))
+    # The recipe's key wins over the launcher's (it is part of what a resumed run must match).
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launcher and launcher != mixed_precision:
+        logger.warning("The launcher config asks for mixed_precision %s; d3hf uses the recipe's %r. "
+                       "Set mixed_precision in the recipe or pass --mixed_precision %s.", launcher, mixed_precision,
+                       launcher)
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched != accelerator.num_processes:

@@ -350,12 +350,24 @@ def push_synthetic_dataset(
 # ----------------------------------------------------------------------------- generating to disk
 
 
+def imagefolder_names(class_names: list[str]) -> list[str]:
+    """One folder name per class id. ``imagefolder`` numbers classes by their folders' sorted
+    names, so when the names do not sort in id order (``"10"`` before ``"2"``) or collide once
+    made path-safe, each is prefixed with its zero-padded id (``"02_2"``)."""
+    names = [str(n).replace(os.sep, "_").replace("/", "_") or "_" for n in class_names]
+    if len(set(names)) == len(names) and sorted(names) == names:
+        return names
+    width = len(str(len(names) - 1))
+    return [f"{i:0{width}d}_{name}" for i, name in enumerate(names)]
+
+
 def _write_imagefolder(dataset: datasets.Dataset, folder: str, class_names: list[str]) -> None:
-    """``train/<class name>/<row>.png``: ``load_dataset("imagefolder", data_dir=folder)`` reads it."""
+    """``train/<class folder>/<row>.png``: ``load_dataset("imagefolder", data_dir=folder)`` reads it
+    back with the same label ids."""
     from tqdm.auto import tqdm
 
-    names = [str(n).replace(os.sep, "_") or "_" for n in class_names]
-    for name in set(names):
+    names = imagefolder_names(class_names)
+    for name in names:
         os.makedirs(os.path.join(folder, "train", name), exist_ok=True)
     # Rows decode to PIL images; iterate without the features' label decoding.
     for i, row in enumerate(tqdm(dataset, desc="write images", total=len(dataset), leave=False)):

@@ -284,7 +284,7 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     model = aggregate(parts)
     summary["ledger"] = model.storage().to_dict()
     summary["expert_buffer_bytes"] = sum(r["timings"].get("expert_buffer_bytes", 0) for r in results)
-    evaluation = _evaluate_after_distilling(model, data, args, timings, show_progress)
+    evaluation = _evaluate_after_distilling(model, data, args, timings, show_progress, device)
     if evaluation is not None:
         summary["evaluation"] = evaluation
     with atomic_directory(os.path.join(args.output_dir, ARTIFACT_DIR)) as tmp:
@@ -310,20 +310,22 @@ def _subtask_ids(args: DistillArguments, num_subtasks: int) -> list[int]:
 
 
 def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, args: DistillArguments,
-                               timings: dict, show_progress: bool) -> dict | None:
-    """P-noaug accuracy of the artifact and of random real images at the same budget."""
+                               timings: dict, show_progress: bool, device: torch.device) -> dict | None:
+    """P-noaug accuracy of the artifact and of random real images at the same budget, trained on
+    the run's device."""
     if args.eval_epochs <= 0 or data.test is None:
         return None
     from .baselines import random_real_images
-    from .evaluation import Protocol, evaluate, fixed_source, model_source
+    from .evaluation import evaluate, fixed_source, model_source, named_protocol
 
     t = time.perf_counter()
-    protocol = Protocol(epochs=args.eval_epochs, num_per_class=args.eval_num_per_class)
+    # Through named_protocol, so a recipe's shorter training is written into the protocol's name.
+    protocol = named_protocol("P-noaug", epochs=args.eval_epochs, num_per_class=args.eval_num_per_class)
     d3 = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, args.eval_seeds,
-                  show_progress=show_progress)
+                  device=device, show_progress=show_progress)
     ipc = max(1, int(round(args.ipc_budget)))
     real = evaluate(lambda s: fixed_source(*random_real_images(data, ipc, s)), data, protocol, args.eval_seeds,
-                    show_progress=show_progress)
+                    device=device, show_progress=show_progress)
     real["method"] = f"random real, {ipc} image(s) per class"
     d3["method"] = "d3hf artifact"
     timings["evaluate_s"] = time.perf_counter() - t

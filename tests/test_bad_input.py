@@ -162,3 +162,16 @@ def test_full_disk_fails_cleanly_without_a_half_written_artifact(tmp_path):
     assert not (out / "artifact").exists()
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".tmp-")]
     assert not leftovers
+
+
+def test_test_label_never_seen_in_train(tmp_path, capsys, rng):
+    def split(labels):
+        return datasets.Dataset.from_dict({"image": [image_bytes(rng) for _ in labels], "label": labels},
+                                          features=datasets.Features({"image": datasets.Image(),
+                                                                      "label": datasets.Value("int64")}))
+
+    # Integer labels that are not 0..n-1 are mapped through the train split's values; 8 is not one.
+    data = datasets.DatasetDict({"train": split([5, 7, 9] * 10), "test": split([5, 7, 8])})
+    data.save_to_disk(str(tmp_path / "data"))
+    assert_refused(*run(tmp_path, capsys, str(tmp_path / "data"), test_size=None),
+                   "Label value(s) [8] in column 'label' never occur in the train split")

@@ -69,6 +69,8 @@ def test_distill_writes_a_complete_artifact(first_run):
     evaluation = json.loads((artifact / "eval.json").read_text())
     assert [r["method"] for r in evaluation["results"]] == ["d3hf artifact", "random real, 10 image(s) per class"]
     assert all(0.0 <= r["mean"] <= 1.0 and r["settings"]["epochs"] == 2 for r in evaluation["results"])
+    # The recipe's 2 epochs and 5 samples are not P-noaug's 300 and 20: the name says so.
+    assert {r["protocol"] for r in evaluation["results"]} == {"P-noaug[epochs=2,num_per_class=5]"}
     assert "## Evaluation" in (artifact / "README.md").read_text()
     assert _state(first_run["out"])["iteration"] == 3
     summary = json.loads((first_run["out"] / "summary.json").read_text())
@@ -92,6 +94,39 @@ def test_yaml_mixed_precision_no_means_no(tmp_path):
     assert parse_distill_args([cfg]).mixed_precision == "no"
 
 
+def test_yaml_numbers_for_string_keys_become_strings(tmp_path):
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", subtask_ids=0, decoder=8)
+    args = parse_distill_args([cfg])
+    assert (args.subtask_ids, args.decoder) == ("0", "8")  # subtask 0 alone, not "every subtask"
+
+
+def test_fp16_is_refused_with_the_alternative(tmp_path, capsys):
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", mixed_precision="fp16")
+    assert main(["distill", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "'mixed_precision' must be one of ['no', 'bf16']; got 'fp16'" in err
+
+
+@pytest.mark.parametrize("value, accepted", [(True, True), ("auto", True), ("off", True), ("ture", False)])
+def test_checkpoint_steps_switch_is_checked(tmp_path, value, accepted):
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", checkpoint_steps=value)
+    if accepted:
+        assert parse_distill_args([cfg]).checkpoint_steps in ("yes", "auto", "off")
+    else:
+        with pytest.raises(ValueError, match="'checkpoint_steps' must be auto, true or false; got 'ture'"):
+            parse_distill_args([cfg])
+
+
+def test_a_launcher_precision_the_recipe_overrides_is_reported(monkeypatch, caplog, fresh_accelerate_state):
+    from d3hf.distributed import make_accelerator
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with caplog.at_level("WARNING", logger="d3hf.distributed"):
+        accelerator = make_accelerator(cpu=True, mixed_precision="no", num_threads=1)
+    assert accelerator.mixed_precision == "no"
+    assert "launcher config asks for mixed_precision bf16" in caplog.text
+
+
 def test_unknown_yaml_key_is_refused(tmp_path, capsys):
     cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", not_a_real_key=3)
     assert main(["distill", cfg]) == 2
@@ -112,6 +147,13 @@ def test_unknown_dataset_is_refused_clearly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Unknown dataset 'no_such_dataset_xyz'" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["distill", "evaluate", "info", "aggregate", "push", "generate"])
+def test_help_of_every_command_succeeds(command, capsys):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr()
+    assert "usage" in out.out and "error" not in out.err
 
 
 def test_unknown_command_is_a_usage_error(capsys):
@@ -247,7 +289,20 @@ def test_evaluate_refuses_a_test_split_it_cannot_show_disjoint(first_run, tmp_pa
 
 def test_evaluate_needs_an_artifact_or_images(capsys):
     assert main(["evaluate"]) == 2
-    assert "either an artifact" in capsys.readouterr().err
+    assert "Give an artifact (MODEL) or --images" in capsys.readouterr().err
+    assert main(["evaluate", "some/artifact", "--images", "x.npz"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be at least 1; got 0"),
+    (["--device", "tpu-ish"], "is not a torch device"),
+    pytest.param(["--device", "cuda"], "torch sees no GPU here", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="this machine has a GPU")),
+])
+def test_evaluate_refuses_bad_flags_before_training(flags, message, capsys):
+    assert main(["evaluate", "some/artifact", *flags]) == 2
+    assert message in capsys.readouterr().err
 
 
 PEER_IPC1 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",

@@ -372,6 +372,16 @@ def test_generate_formats_round_trip(model, tmp_path, fmt):
     assert card.data.d3hf["default"]["seed"] == 5
 
 
+@pytest.mark.parametrize("class_names", [[str(i) for i in range(12)], ["b", "a/x", "a_x"]],
+                         ids=["numeric-names-past-9", "unsorted-and-colliding"])
+def test_imagefolder_keeps_label_ids_when_names_do_not_sort_in_id_order(class_names, tmp_path):
+    model = make_model(class_names=class_names, distillation={"dataset": "digits", "seed": 0})
+    generate_dataset(model, str(tmp_path / "f"), num_per_class=1, seed=5, format="imagefolder")
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "f"), split="train")
+    assert_same_rows(loaded, model.to_dataset(1, seed=5))  # the label ids survive the folder names
+    assert len(loaded.features["label"].names) == len(class_names)
+
+
 def test_generate_refuses_unknown_format(model, tmp_path):
     with pytest.raises(ValueError, match="format must be one of arrow, parquet, imagefolder"):
         generate_dataset(model, str(tmp_path / "x"), num_per_class=1, format="csv")
