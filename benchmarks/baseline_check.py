@@ -64,12 +64,12 @@ def dm_images(data, ipc: int, seed: int, iterations: int):
 
 def image_set(data, method: str, ipc: int, seed: int, iterations: int):
     """The fixed image set of a cell and the seconds it took to build (0 when cached/loaded)."""
-    from d3hf.baselines import load_peer_images, random_real_images
+    from d3hf.baselines import load_image_set, random_real_images
 
     if method == "random":
         return random_real_images(data, ipc, seed), 0.0
     if method == "peer":
-        return load_peer_images(os.path.join(PEER_DIR, f"dm_mnist5k_ipc{ipc}.npz")), 0.0
+        return load_image_set(os.path.join(PEER_DIR, f"dm_mnist5k_ipc{ipc}.npz")), 0.0
     if method == "dm":
         return dm_images(data, ipc, seed, iterations)
     raise SystemExit(f"unknown method {method!r}; use random, peer or dm")

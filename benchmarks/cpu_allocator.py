@@ -100,12 +100,12 @@ def in_fresh_process(kind: str, what: str, keep: bool) -> str:
 def cached(arch: str, protocol: str, keep: bool) -> dict:
     path = os.path.join(CACHE, f"{arch}_{protocol}_{'keep' if keep else 'default'}.json")
     if not os.path.exists(path):
+        from d3hf.io_utils import atomic_write_json
+
         out = in_fresh_process(arch, protocol, keep)
         record = {**json.loads(out.strip().splitlines()[-1]), "cpu": grid.machine()["cpu"], "cores": os.cpu_count()}
         os.makedirs(CACHE, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(path + ".tmp", path)
+        atomic_write_json(path, record)
     with open(path) as f:
         return json.load(f)
 

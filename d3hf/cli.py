@@ -158,12 +158,18 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     overrides = {"arch": a.arch, "num_per_class": a.num_per_class, **({"epochs": a.epochs} if a.epochs is not None else {})}
     protocol = named_protocol("P-dsa" if a.augment == "dsa" else "P-noaug", **overrides)
     if a.images:
-        from .baselines import load_peer_images, peer_mnist5k_source
+        from .baselines import image_set_source, load_image_set
+        from .evaluation import SplitOverlapError
 
-        images = load_peer_images(a.images)
+        images = load_image_set(a.images)
         data = load_data(DistillArguments(dataset=a.dataset or "mnist5k"))
-        # Fixed image sets carry no record of their rows; the peer's documented split is the one known.
-        record = peer_mnist5k_source() if data.source_info.get("source") == "mnist5k" else {}
+        record = image_set_source(a.images)
+        if record is None and not a.allow_unverified_test:
+            raise SplitOverlapError(
+                f"{a.images} does not record the train rows its images came from, so its test split cannot be "
+                "shown disjoint from them. Save image sets with d3hf.baselines.save_image_set(path, images, data), "
+                "or pass --allow_unverified_test.")
+        record = record or {}
         make_source, method = (lambda s: fixed_source(images.images, images.labels)), f"images {a.images}"
     else:
         from .modeling_d3 import D3Model
@@ -188,9 +194,26 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         from .io_utils import atomic_write_json
         from .model_card import write_card_and_samples
 
-        atomic_write_json(os.path.join(a.model, "eval.json"), {"results": [result], "protocol_text": result["notes"]})
+        path = os.path.join(a.model, "eval.json")
+        atomic_write_json(path, _with_result(path, result))
         write_card_and_samples(model, a.model)
     return 0
+
+
+def _with_result(path: str, result: dict) -> dict:
+    """The evaluation file at ``path`` with ``result`` added: it replaces an earlier result of the
+    same method, protocol, architecture and split, and every other result (distill's random-real
+    row, other protocols) stays."""
+    evaluation = {"results": []}
+    if os.path.exists(path):
+        with open(path) as f:
+            evaluation = json.load(f)
+    key = lambda r: tuple(r.get(k) for k in ("method", "protocol", "arch", "split"))  # noqa: E731
+    evaluation["results"] = [r for r in evaluation.get("results", []) if key(r) != key(result)] + [result]
+    evaluation.pop("protocol_text", None)
+    if len({r.get("notes") for r in evaluation["results"]}) == 1:  # otherwise each row's notes say it
+        evaluation["protocol_text"] = result["notes"]
+    return evaluation
 
 
 def _device(name: str | None):

@@ -52,9 +52,12 @@ class Protocol:
         augment = self.augment
         if augment == "dsa":
             augment = "DSA (one of colour, crop, cutout, scale, rotate per batch, per-image parameters, no flips)"
-        return (f"{self.name}: {self.arch}-{self.depth} width {self.width}, SGD lr {self.lr} momentum {self.momentum} "
+        network = ("mlp, two hidden layers" if self.arch == "mlp"
+                   else f"{self.arch}-{self.depth} width {self.width}, instance norm")
+        return (f"{self.name}: {network}, SGD lr {self.lr} momentum {self.momentum} "
                 f"wd {self.weight_decay}, batch {self.batch_size}, lr x0.1 at epoch {self.epochs // 2}, "
-                f"{self.epochs} epochs, augmentation {augment}, final-epoch accuracy")
+                f"{self.epochs} epochs, {self.num_per_class} fresh samples per class per epoch from a distributional "
+                f"artifact, augmentation {augment}, final-epoch accuracy")
 
 
 AUGMENTATIONS = ("none", "dsa")

@@ -108,7 +108,9 @@ class D3Model(PreTrainedModel):
 
         Sample j of class c uses prior ``j % priors_per_class`` of that class and noise from
         a generator seeded by (seed, c), so a class's samples do not depend on the other
-        classes requested, and the noise is the same on every device.
+        classes requested, and the noise is the same on every device. With fewer samples than
+        priors, the class's samples take distinct priors drawn from the same generator, so that
+        fresh seeds (an evaluation's epochs) reach every prior, not only the first ones.
         """
         classes = range(self.config.num_classes) if classes is None else classes
         lpc, z = self.config.priors_per_class, self.config.z_dim
@@ -119,7 +121,11 @@ class D3Model(PreTrainedModel):
                 raise ValueError(f"class id {c} is out of range 0..{self.config.num_classes - 1}")
             gen = torch.Generator().manual_seed(class_seed(seed, c))
             noise.append(torch.randn(num_per_class, z, generator=gen))
-            ids.append(c * lpc + torch.arange(num_per_class) % lpc)
+            if num_per_class >= lpc:
+                within = torch.arange(num_per_class) % lpc
+            else:
+                within = torch.randperm(lpc, generator=gen)[:num_per_class]
+            ids.append(c * lpc + within)
         if not ids:
             return torch.zeros(0, dtype=torch.long), torch.zeros(0, z)
         return torch.cat(ids), torch.cat(noise)

@@ -250,14 +250,23 @@ def test_evaluate_an_artifact_writes_eval_json_and_card(first_run, tmp_path, cap
     assert "| d3hf artifact (samples + prior means) | P-noaug[epochs=1,num_per_class=3] | resnet | test |" in out
     assert "verified disjoint" in out
     evaluation = json.loads((artifact / "eval.json").read_text())
-    assert len(evaluation["results"][0]["accuracies"]) == 2
+    # distill's two rows stay; the new one comes after them
+    distilled = json.loads((first_run["out"] / "artifact" / "eval.json").read_text())["results"]
+    assert evaluation["results"][:2] == distilled and len(evaluation["results"]) == 3
+    new = evaluation["results"][2]
+    assert len(new["accuracies"]) == 2 and "protocol_text" not in evaluation  # rows of two protocols
     card = (artifact / "README.md").read_text()
-    assert "P-noaug[epochs=1,num_per_class=3]" in card
-    measured_on = evaluation["results"][0]["measured_on"]
+    assert "P-noaug[epochs=1,num_per_class=3]" in card and "random real, 10 image(s) per class" in card
+    measured_on = new["measured_on"]
     assert measured_on["device"] == "cpu" and measured_on["torch"] == torch.__version__
-    assert "checkpointed_on" not in evaluation["results"][0]  # trained in one go, here
-    assert f"measured on {measured_where(evaluation['results'][0])}" in out
-    assert f"Measured on {measured_where(evaluation['results'][0])}." in card
+    assert "checkpointed_on" not in new  # trained in one go, here
+    assert f"measured on {measured_where(new)}" in out
+    assert f"Measured on {measured_where(new)}." in card
+    # The same evaluation again replaces its row instead of adding one.
+    assert main(["evaluate", str(artifact), "--epochs", "1", "--seeds", "1", "--arch", "resnet",
+                 "--with-prior-means", "--num_per_class", "3"]) == 0
+    again = json.loads((artifact / "eval.json").read_text())["results"]
+    assert len(again) == 3 and again[:2] == distilled and again[2]["seeds"] == 1
 
 
 def test_a_tuning_run_says_it_scored_the_validation_split(tmp_path, capsys, fresh_accelerate_state):
@@ -314,3 +323,24 @@ def test_evaluate_a_fixed_image_set_under_the_same_protocol(capsys):
     assert main(["evaluate", "--images", PEER_IPC1, "--dataset", "mnist5k", "--epochs", "1", "--seeds", "1"]) == 0
     out = capsys.readouterr().out
     assert f"| images {PEER_IPC1} | P-noaug[epochs=1] | convnet |" in out and "verified disjoint" in out
+
+
+def test_an_image_file_is_verified_by_the_rows_it_records(tmp_path, capsys):
+    import numpy as np
+
+    from d3hf import load_image_classification
+    from d3hf.baselines import random_real_images, save_image_set
+
+    digits = load_image_classification("digits")
+    images = random_real_images(digits, 1, seed=0)
+    save_image_set(str(tmp_path / "recorded.npz"), images, digits)
+    run = ["--dataset", "digits", "--epochs", "1", "--seeds", "1"]
+    assert main(["evaluate", "--images", str(tmp_path / "recorded.npz"), *run]) == 0
+    out = capsys.readouterr().out
+    assert "verified disjoint" in out and "NOT verified" not in out
+    # The same pixels without a record: nothing says where they came from.
+    np.savez(tmp_path / "bare.npz", images=images.images.numpy(), labels=images.labels.numpy())
+    assert main(["evaluate", "--images", str(tmp_path / "bare.npz"), *run]) == 2
+    assert "does not record the train rows" in capsys.readouterr().err
+    assert main(["evaluate", "--images", str(tmp_path / "bare.npz"), *run, "--allow_unverified_test"]) == 0
+    assert "NOT verified" in capsys.readouterr().out

@@ -19,7 +19,7 @@ from d3hf.baselines import (
     images_per_class,
     k_center_images,
     k_center_order,
-    load_peer_images,
+    load_image_set,
     mean_embedding_loss,
     random_real_images,
     train_feature_network,
@@ -147,6 +147,11 @@ def test_named_protocols():
     assert named_protocol("P-noaug", arch="resnet").name == "P-noaug"
     assert named_protocol("P-dsa", epochs=2).name == "P-dsa[epochs=2]"
     assert "DSA" in protocols["P-dsa"].describe()
+    text = protocols["P-noaug"].describe()  # every choice the headline number depends on
+    for choice in ("convnet-3 width 128, instance norm", "SGD lr 0.01 momentum 0.9 wd 0.0005", "batch 256",
+                   "lr x0.1 at epoch 150", "300 epochs", "20 fresh samples per class per epoch",
+                   "augmentation none", "final-epoch"):
+        assert choice in text
     with pytest.raises(ValueError, match="unknown protocol"):
         named_protocol("P-best")
 
@@ -413,7 +418,7 @@ def test_dm_is_seeded(digits):
 @pytest.mark.skipif(not os.path.isdir(PEER_DIR), reason="shared/peer-baselines is not beside the repository")
 @pytest.mark.parametrize("ipc", [1, 10])
 def test_peer_dm_images_load_in_unclipped_pixel_scale(ipc):
-    images, labels = peer = load_peer_images(os.path.join(PEER_DIR, f"dm_mnist5k_ipc{ipc}.npz"))
+    images, labels = peer = load_image_set(os.path.join(PEER_DIR, f"dm_mnist5k_ipc{ipc}.npz"))
     assert images.shape == (10 * ipc, 1, 28, 28) and images.dtype == torch.float32 and labels.dtype == torch.int64
     assert np.bincount(labels.numpy()).tolist() == [ipc] * 10
     assert peer.storage_scalars == 7840 * ipc
@@ -424,14 +429,14 @@ def test_peer_dm_images_load_in_unclipped_pixel_scale(ipc):
 def test_peer_loader_round_trip_and_errors(tmp_path):
     images = np.random.default_rng(0).normal(0.5, 1.0, (4, 1, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "ok.npz", images=images, labels=np.array([0, 0, 1, 1]))
-    loaded = load_peer_images(str(tmp_path / "ok.npz"))
+    loaded = load_image_set(str(tmp_path / "ok.npz"))
     np.testing.assert_array_equal(loaded.images.numpy(), images)
     assert loaded.labels.tolist() == [0, 0, 1, 1]
     np.savez(tmp_path / "bad.npz", images=images[:, 0], labels=np.array([0, 0, 1, 1]))
     with pytest.raises(ValueError, match="expected images"):
-        load_peer_images(str(tmp_path / "bad.npz"))
+        load_image_set(str(tmp_path / "bad.npz"))
     with pytest.raises(ValueError, match="does not exist"):
-        load_peer_images(str(tmp_path / "missing.npz"))
+        load_image_set(str(tmp_path / "missing.npz"))
 
 
 # ----------------------------------------------------------------------------- overlap refusal

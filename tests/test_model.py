@@ -93,6 +93,14 @@ def test_samples_spread_over_priors_and_noise_matters(model):
     assert (images[0] - images[2]).abs().max() > 1e-4  # same prior, fresh noise
 
 
+def test_fewer_samples_than_priors_reach_every_prior_over_seeds():
+    model = make_model(priors_per_class=5)
+    ids = [model.draw(2, seed=s, classes=[3])[0] for s in range(40)]
+    assert all(len(set(i.tolist())) == 2 and set(i.tolist()) <= set(range(15, 20)) for i in ids)
+    assert set(torch.cat(ids).tolist()) == set(range(15, 20))  # not only priors 15 and 16
+    assert torch.equal(ids[7], model.draw(2, seed=7, classes=[3])[0])
+
+
 def test_mean_images(model):
     images, labels = model.mean_images()
     assert tuple(images.shape) == (20, 1, 8, 8)
