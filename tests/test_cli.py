@@ -269,6 +269,15 @@ def test_evaluate_an_artifact_writes_eval_json_and_card(first_run, tmp_path, cap
     assert len(again) == 3 and again[:2] == distilled and again[2]["seeds"] == 1
 
 
+def test_evaluate_under_p_dsa_with_the_mlp(first_run, tmp_path, capsys):
+    artifact = tmp_path / "artifact"
+    shutil.copytree(first_run["out"] / "artifact", artifact)
+    assert main(["evaluate", str(artifact), "--augment", "dsa", "--arch", "mlp", "--epochs", "1", "--seeds", "1"]) == 0
+    assert "| d3hf artifact | P-dsa[epochs=1] | mlp | test |" in capsys.readouterr().out
+    row = json.loads((artifact / "eval.json").read_text())["results"][-1]
+    assert row["settings"]["augment"] == "dsa" and row["arch"] == "mlp" and "DSA" in row["notes"]
+
+
 def test_a_tuning_run_says_it_scored_the_validation_split(tmp_path, capsys, fresh_accelerate_state):
     cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", validation_size=0.2)
     assert main(["distill", cfg, "--iterations", "1"]) == 0
