@@ -415,8 +415,9 @@ def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name
         if before else {}
     if "checkpointed_on" in result:  # the checkpoint resumed from was made on another machine
         resumed["checkpointed_on"] = result["checkpointed_on"]
+    drawn = {"prior_draw": PRIOR_DRAW} if method in D3_VARIANTS else {}
     return {"dataset": dataset, "ipc_budget": ipc, "method": method, "seed": seed, "protocol": protocol.name,
-            "arch": arch, "accuracy": result["accuracies"][0], "notes": result["notes"],
+            "arch": arch, "accuracy": result["accuracies"][0], "notes": result["notes"], **drawn,
             "eval_seconds": time.perf_counter() - t + before, **resumed, **facts}
 
 
@@ -485,12 +486,22 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
         print(f"{cell_name(*key)}: {100 * result['accuracy']:.2f} % ({result['cell_seconds']:.0f} s)", file=sys.stderr)
 
 
+# How D3Model.draw gave the downstream network its samples when a record was scored: the records
+# marked "cyclic" (sample j of a class always took prior j mod lpc, so with 20 samples and 16
+# priors the first 4 took two samples every epoch) are shown, counted, and scored anew by the
+# next run; cells scored since carry PRIOR_DRAW.
+PRIOR_DRAW = "balanced"
+EARLIER_PRIOR_DRAW = "cyclic"
+
+
 def _scored(path: str, digest: str | None) -> bool:
-    """Whether the record at ``path`` exists and was scored under ``digest``."""
+    """Whether the record at ``path`` exists, was scored under ``digest`` and not under an
+    earlier prior draw."""
     if not os.path.exists(path):
         return False
     with open(path) as f:
-        return json.load(f).get("settings_digest") == digest
+        record = json.load(f)
+    return record.get("settings_digest") == digest and record.get("prior_draw") != EARLIER_PRIOR_DRAW
 
 
 # ----------------------------------------------------------------------------- report
@@ -541,7 +552,7 @@ def coverage(mode: Mode, results: list[dict] | None = None) -> list[str]:
         results = split_stale(mode, [r for r in load_results(mode) if r["dataset"] in mode.datasets])[0]
     # A record's protocol may carry the mode's overrides ("P-noaug[epochs=100]"); file names do not.
     done = {cell_name(r["dataset"], r["ipc_budget"], r["method"], r["seed"], r["protocol"].split("[")[0],
-                      r["arch"]) + ".json" for r in results}
+                      r["arch"]) + ".json" for r in results if r.get("prior_draw") != EARLIER_PRIOR_DRAW}
     if os.path.isdir(mode.cells_dir):
         done |= {name for name in os.listdir(mode.cells_dir) if name.endswith(SKIPPED)}
     groups: dict = {}
@@ -556,7 +567,7 @@ def coverage(mode: Mode, results: list[dict] | None = None) -> list[str]:
         group[1] += 1
     scored, total = sum(g[0] for g in groups.values()), sum(g[1] for g in groups.values())
     lines = ["### Coverage", "",
-             f"{scored} of the {total} cells this grid defines are scored"
+             f"{scored} of the {total} cells this grid defines are scored under the current settings and prior draw"
              + (f", besides {skipped} that do not exist (variants that do not apply at their budget)" if skipped else "")
              + f". Seeds {mode.seeds}; protocols {', '.join(mode.protocols)}; architectures {', '.join(mode.archs)} "
              "(ablations under the first of each only).", ""]
@@ -611,6 +622,10 @@ def write_report(mode: Mode, command: str) -> str:
              *([f"- Cell time: {sum(timed) / 60:.1f} min over the {len(timed)} cells timed whole."] if timed else []),
              *([f"- Left out: {len(stale)} records scored under settings that have changed since (a recipe or a "
                 "baseline setting); the grid scores those cells anew."] if stale else []),
+             *([f"- {cyclic} D3 cells were scored under the earlier prior draw (sample j of a class took prior j mod "
+                "lpc in every epoch, so where 20 samples do not divide evenly over the priors the first ones took one "
+                "sample more every epoch; marked * in the Cells table); the grid scores them anew."]
+               if (cyclic := sum(r.get("prior_draw") == EARLIER_PRIOR_DRAW for r in results)) else []),
              "",
              "Accuracy is the FINAL-epoch accuracy on the real test split of a freshly trained network, mean +- std "
              "over the seeds in brackets (each seed builds its own training set and trains its own network). Every "
@@ -623,8 +638,9 @@ def write_report(mode: Mode, command: str) -> str:
         for protocol in sorted({k[1] for k in summary if k[0] == dataset}):
             for arch in sorted({k[2] for k in summary if k[0] == dataset and k[1] == protocol}):
                 rows = {k: v for k, v in summary.items() if k[:3] == (dataset, protocol, arch)}
-                described = _protocol_text(mode, results, dataset, protocol, arch)
-                lines += [f"### {dataset}, {protocol}, {arch}", "", f"Protocol: {described}.", "",
+                notes = next(r["notes"] for r in results if (r["dataset"], r["protocol"], r["arch"]) ==
+                             (dataset, protocol, arch))
+                lines += [f"### {dataset}, {protocol}, {arch}", "", f"Protocol: {notes}.", "",
                           "| method | " + " | ".join(f"ipc_budget {i}" for i in ipcs) + " | storage (scalars) |",
                           "|---|" + "---:|" * (len(ipcs) + 1)]
                 for method in methods:
@@ -651,7 +667,9 @@ def write_report(mode: Mode, command: str) -> str:
         if r.get("checkpointed_on"):  # resumed from a downstream training begun on another machine
             cpu += " (resumed from " + "; ".join(describe(e) for e in r["checkpointed_on"]) + ")"
         cell_s = f"{r['cell_seconds']:.0f}" if r.get("cell_seconds") is not None else "-"
-        lines.append(f"| {cell_name(r['dataset'], r['ipc_budget'], r['method'], r['seed'], r['protocol'], r['arch'])} "
+        mark = " *" if r.get("prior_draw") == EARLIER_PRIOR_DRAW else ""
+        lines.append(f"| {cell_name(r['dataset'], r['ipc_budget'], r['method'], r['seed'], r['protocol'], r['arch'])}"
+                     f"{mark} "
                      f"| {100 * r['accuracy']:.2f} % | {r['build_seconds']:.0f} | {r['eval_seconds']:.0f} | {cell_s} "
                      f"| {cpu} |")
     if mode.name == "full":
@@ -661,16 +679,6 @@ def write_report(mode: Mode, command: str) -> str:
         f.write(text)
     _plot(mode.report, methods, summary)
     return text
-
-
-def _protocol_text(mode: Mode, results: list[dict], dataset: str, protocol: str, arch: str) -> str:
-    """Every setting of the protocol a panel's cells trained under: as the current code describes
-    it where the mode still defines it (records scored earlier may say less), else as recorded."""
-    for name in mode.protocols:
-        current = mode.protocol(name, arch)
-        if current.name == protocol:
-            return current.describe()
-    return next(r["notes"] for r in results if (r["dataset"], r["protocol"], r["arch"]) == (dataset, protocol, arch))
 
 
 def _accuracy(c: dict) -> str:

@@ -28,8 +28,9 @@ import grid  # noqa: E402
 
 TEST_SIZES = {"mnist5k": 1000, "digits": 360}
 # Protocol names may carry overrides, e.g. "P-noaug[epochs=2]".
-# The cell-seconds and CPU columns came later: reports before them end after the evaluation seconds.
-CELL = re.compile(r"^\| (\w+?)_ipc(\d+)_([\w-]+)_seed(\d+)_(P-[^_ ]+)_(\w+) \| ([\d.]+) % \| (\d+) \| (\d+) \|"
+# The earlier-draw mark (*) and the cell-seconds and CPU columns came later: reports before them
+# end after the evaluation seconds.
+CELL = re.compile(r"^\| (\w+?)_ipc(\d+)_([\w-]+)_seed(\d+)_(P-[^_ ]+)_(\w+)(?: \*)? \| ([\d.]+) % \| (\d+) \| (\d+) \|"
                   r"(?: (?:\d+|-) \|)?(?: [^|]+ \|)?$")
 
 

@@ -371,10 +371,29 @@ def image_set_source(path: str) -> dict | None:
     external peer files (known by checksum), or None when nothing says."""
     with np.load(path) as npz:
         if "source" in npz.files:
-            return json.loads(str(npz["source"]))
+            return _source_record(path, npz)
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     return peer_mnist5k_source() if digest in PEER_FILES else None
+
+
+def _source_record(path: str, npz) -> dict:
+    fix = "write the file with d3hf.baselines.save_image_set"
+    try:
+        value = npz["source"]  # an object array is refused here (no pickles from untrusted files)
+    except ValueError as err:
+        raise DataError(f"{path}: its 'source' entry cannot be read ({err}); {fix}.") from None
+    if value.shape != () or value.dtype.kind not in "US":
+        raise DataError(f"{path}: its 'source' entry must be one JSON string; it is {value.dtype} {value.shape}. {fix}.")
+    text = value.item()
+    try:
+        record = json.loads(text.decode() if isinstance(text, bytes) else text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: its 'source' entry is not valid JSON ({err}); {fix}.") from None
+    if not isinstance(record, dict) or not {"train_rows_key", "train_rows_digest"} <= set(record):
+        raise DataError(f"{path}: its 'source' entry does not name the train rows (train_rows_key, "
+                        f"train_rows_digest); {fix}.")
+    return record
 
 
 def peer_mnist5k_source() -> dict:

@@ -151,6 +151,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     device = _device(a.device)
     import dataclasses
 
+    from .data import DataError
     from .environment import measured_where
     from .evaluation import check_test_split_disjoint, evaluate, fixed_source, model_source, named_protocol
     from .pipeline import load_data
@@ -159,17 +160,17 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     protocol = named_protocol("P-dsa" if a.augment == "dsa" else "P-noaug", **overrides)
     if a.images:
         from .baselines import image_set_source, load_image_set
-        from .evaluation import SplitOverlapError
 
         images = load_image_set(a.images)
-        data = load_data(DistillArguments(dataset=a.dataset or "mnist5k"))
         record = image_set_source(a.images)
         if record is None and not a.allow_unverified_test:
-            raise SplitOverlapError(
+            raise DataError(
                 f"{a.images} does not record the train rows its images came from, so its test split cannot be "
                 "shown disjoint from them. Save image sets with d3hf.baselines.save_image_set(path, images, data), "
                 "or pass --allow_unverified_test.")
         record = record or {}
+        # Test on the dataset the file records unless told otherwise.
+        data = load_data(DistillArguments(dataset=a.dataset or record.get("source") or "mnist5k"))
         make_source, method = (lambda s: fixed_source(images.images, images.labels)), f"images {a.images}"
     else:
         from .modeling_d3 import D3Model
@@ -183,36 +184,54 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         make_source = lambda s: model_source(model, a.num_per_class, s, with_means=a.with_prior_means)  # noqa: E731
         method = "d3hf artifact" + (" (samples + prior means)" if a.with_prior_means else "")
     verified = check_test_split_disjoint(record, data, allow_unverified=a.allow_unverified_test)
+    eval_path = os.path.join(a.model, "eval.json") if a.model and os.path.isdir(a.model) else None
+    earlier = _read_evaluation(eval_path) if eval_path else None  # a broken file stops us before training
     result = evaluate(make_source, data, protocol, a.seeds, device=device, show_progress=True)
-    result.update(method=method, test_split_check=verified)
+    result.update(method=method, dataset=data.source_info.get("source"), test_split_check=verified)
     sys.stdout.write("| method | protocol | arch | split | accuracy (final epoch) | seeds |\n"
                      "|---|---|---|---|---:|---:|\n"
                      f"| {method} | {protocol.name} | {a.arch} | {result['split']} | {100 * result['mean']:.2f} +- "
                      f"{100 * result['std']:.2f} % | {a.seeds} |\n\n{result['notes']}; {verified}; measured on "
                      f"{measured_where(result)}\n")
-    if a.model and os.path.isdir(a.model):
+    if eval_path:
         from .io_utils import atomic_write_json
         from .model_card import write_card_and_samples
 
-        path = os.path.join(a.model, "eval.json")
-        atomic_write_json(path, _with_result(path, result))
+        atomic_write_json(eval_path, _with_result(earlier, result, recorded_dataset=model.config.source.get("source")))
         write_card_and_samples(model, a.model)
     return 0
 
 
-def _with_result(path: str, result: dict) -> dict:
-    """The evaluation file at ``path`` with ``result`` added: it replaces an earlier result of the
-    same method, protocol, architecture and split, and every other result (distill's random-real
-    row, other protocols) stays."""
-    evaluation = {"results": []}
-    if os.path.exists(path):
+def _read_evaluation(path: str) -> dict:
+    """The artifact's evaluation file (empty if there is none yet)."""
+    from .data import DataError
+
+    if not os.path.exists(path):
+        return {"results": []}
+    try:
         with open(path) as f:
             evaluation = json.load(f)
-    key = lambda r: tuple(r.get(k) for k in ("method", "protocol", "arch", "split"))  # noqa: E731
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{path} cannot be read ({err}); move it away or fix it, then evaluate again.") from None
+    if not isinstance(evaluation, dict) or not isinstance(evaluation.get("results", []), list):
+        raise DataError(f"{path} is not an evaluation file (an object with a 'results' list); move it away.")
+    return evaluation
+
+
+def _with_result(evaluation: dict, result: dict, recorded_dataset: str | None) -> dict:
+    """``evaluation`` with ``result`` added: it replaces an earlier result of the same method,
+    protocol, architecture, split and dataset, and every other result (distill's random-real row,
+    other protocols) stays. Rows written before results named their split and dataset were on
+    the test split of the artifact's recorded dataset."""
+    def key(r: dict) -> tuple:
+        return (r.get("method"), r.get("protocol"), r.get("arch"), r.get("split", "test"),
+                r.get("dataset", recorded_dataset))
+
+    evaluation = dict(evaluation)
     evaluation["results"] = [r for r in evaluation.get("results", []) if key(r) != key(result)] + [result]
     evaluation.pop("protocol_text", None)
-    if len({r.get("notes") for r in evaluation["results"]}) == 1:  # otherwise each row's notes say it
-        evaluation["protocol_text"] = result["notes"]
+    if len({json.dumps(r.get("settings"), sort_keys=True) for r in evaluation["results"]}) == 1:
+        evaluation["protocol_text"] = result["notes"]  # one protocol: said once; else each row's notes say it
     return evaluation
 
 

@@ -358,7 +358,7 @@ def train_rows_record(data: ImageClassificationData) -> dict:
 def check_test_split_disjoint(source: dict, data: ImageClassificationData, allow_unverified: bool = False) -> str:
     """Refuse (``SplitOverlapError``) to test on ``data``'s test split unless it is shown
     disjoint from the rows recorded in ``source`` (an artifact's ``config.source``, or
-    ``baselines.PeerImages.source``). Returns a sentence saying how it was verified.
+    ``baselines.image_set_source``). Returns a sentence saying how it was verified.
 
     The recorded train rows are first found in ``data``'s train split: by ``train_rows_digest``
     (see ``train_rows_record``) or, for records without one, by ``train_fingerprint``. Then no

@@ -106,11 +106,12 @@ class D3Model(PreTrainedModel):
     def draw(self, num_per_class: int, seed: int, classes=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prior ids and unit Gaussian noise for ``num_per_class`` samples of each class.
 
-        Sample j of class c uses prior ``j % priors_per_class`` of that class and noise from
-        a generator seeded by (seed, c), so a class's samples do not depend on the other
-        classes requested, and the noise is the same on every device. With fewer samples than
-        priors, the class's samples take distinct priors drawn from the same generator, so that
-        fresh seeds (an evaluation's epochs) reach every prior, not only the first ones.
+        Each prior of class c gets ``num_per_class // priors_per_class`` samples (sample j uses
+        prior ``j % priors_per_class``) and the remaining ``num_per_class % priors_per_class``
+        go to distinct priors drawn from a generator seeded by (seed, c), as does the noise: a
+        class's samples do not depend on the other classes requested, the noise is the same on
+        every device, and over fresh seeds (an evaluation's epochs) every prior is drawn equally
+        often, not the first ones more.
         """
         classes = range(self.config.num_classes) if classes is None else classes
         lpc, z = self.config.priors_per_class, self.config.z_dim
@@ -121,10 +122,8 @@ class D3Model(PreTrainedModel):
                 raise ValueError(f"class id {c} is out of range 0..{self.config.num_classes - 1}")
             gen = torch.Generator().manual_seed(class_seed(seed, c))
             noise.append(torch.randn(num_per_class, z, generator=gen))
-            if num_per_class >= lpc:
-                within = torch.arange(num_per_class) % lpc
-            else:
-                within = torch.randperm(lpc, generator=gen)[:num_per_class]
+            whole, rest = divmod(num_per_class, lpc)
+            within = torch.cat([torch.arange(whole * lpc) % lpc, torch.randperm(lpc, generator=gen)[:rest]])
             ids.append(c * lpc + within)
         if not ids:
             return torch.zeros(0, dtype=torch.long), torch.zeros(0, z)
@@ -143,7 +142,7 @@ class D3Model(PreTrainedModel):
         ``soft_labels=True``, ``(images, labels, soft_labels)``.
 
         Images are float (N, C, H, W) in [0, 1]; labels are global class ids. Same seed, same
-        output; samples are spread evenly over each class's priors.
+        output; samples are spread evenly over each class's priors (see ``draw``).
         """
         if soft_labels and self.soft_labels is None:
             raise ValueError("This artifact was distilled without soft labels (config.soft_labels is False).")

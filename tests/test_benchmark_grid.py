@@ -90,6 +90,17 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
     assert report.count("| digits_ipc10_") == 6
     cpu = grid.machine()["cpu"]
     assert sum(line.startswith("| digits_ipc10_") and line.endswith(f" | {cpu} |") for line in report.splitlines()) == 6
+    # A D3 record scored under the earlier prior draw is shown, marked, counted as missing and
+    # scored anew from its kept build.
+    d3_cell = results / "digits_ipc10_d3_seed0_P-noaug_convnet.json"
+    record = json.loads(d3_cell.read_text())
+    assert record["prior_draw"] == grid.PRIOR_DRAW and "prior_draw" not in json.loads((results / rescored[1]).read_text())
+    d3_cell.write_text(json.dumps({**record, "prior_draw": grid.EARLIER_PRIOR_DRAW}))
+    marked = grid.write_report(dataclasses.replace(grid.SMOKE, out=str(tmp_path)), "cmd")
+    assert "| digits_ipc10_d3_seed0_P-noaug[epochs=2]_convnet * |" in marked and "1 D3 cells were scored under" in marked
+    assert "5 of the 6 cells this grid defines are scored" in marked
+    grid.run_grid(dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("d3",)), None)
+    assert json.loads(d3_cell.read_text())["prior_draw"] == grid.PRIOR_DRAW
 
     # The report can be read back into the records it was written from, with or without the CPU
     # column (reports before it had none).
@@ -211,7 +222,7 @@ def test_coverage_counts_scored_missing_and_cells_that_do_not_exist(grid, tmp_pa
               "settings_digest": grid.build_digest(grid.load_data("digits"), "digits", 1, "d3", 0, mode)}
     (tmp_path / "results" / "grid-t" / "digits_ipc1_d3_seed0_P-noaug_convnet.json").write_text(json.dumps(record))
     text = "\n".join(grid.coverage(mode))
-    assert "1 of the 2 cells this grid defines are scored, besides 1 that do not exist" in text
+    assert "1 of the 2 cells this grid defines are scored under the current settings and prior draw, besides 1 that do not exist" in text
     assert "| digits | 1 | random real | 0 | 1 |" in text and "| digits | 1 | d3hf (D3) |" not in text
 
 

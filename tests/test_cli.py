@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -269,6 +270,25 @@ def test_evaluate_an_artifact_writes_eval_json_and_card(first_run, tmp_path, cap
     assert len(again) == 3 and again[:2] == distilled and again[2]["seeds"] == 1
 
 
+def test_evaluate_keeps_old_rows_apart_and_refuses_a_broken_eval_json_before_training(first_run, tmp_path, capsys):
+    artifact = tmp_path / "artifact"
+    shutil.copytree(first_run["out"] / "artifact", artifact)
+    rows = json.loads((artifact / "eval.json").read_text())["results"]
+    for row in rows:  # as versions before results named their split and dataset wrote them
+        row.pop("split", None)
+        row.pop("dataset", None)
+    (artifact / "eval.json").write_text(json.dumps({"results": rows}))
+    again = ["evaluate", str(artifact), "--epochs", "2", "--num_per_class", "5", "--seeds", "1"]
+    assert main(again) == 0  # the same method and protocol as distill's own row: replaced, not doubled
+    results = json.loads((artifact / "eval.json").read_text())["results"]
+    assert [r["method"] for r in results] == ["random real, 10 image(s) per class", "d3hf artifact"]
+    (artifact / "eval.json").write_text("{broken")
+    capsys.readouterr()
+    assert main(again) == 2
+    err = capsys.readouterr().err
+    assert "eval.json cannot be read" in err and "eval seed" not in err
+
+
 def test_evaluate_under_p_dsa_with_the_mlp(first_run, tmp_path, capsys):
     artifact = tmp_path / "artifact"
     shutil.copytree(first_run["out"] / "artifact", artifact)
@@ -335,8 +355,6 @@ def test_evaluate_a_fixed_image_set_under_the_same_protocol(capsys):
 
 
 def test_an_image_file_is_verified_by_the_rows_it_records(tmp_path, capsys):
-    import numpy as np
-
     from d3hf import load_image_classification
     from d3hf.baselines import random_real_images, save_image_set
 
@@ -344,12 +362,30 @@ def test_an_image_file_is_verified_by_the_rows_it_records(tmp_path, capsys):
     images = random_real_images(digits, 1, seed=0)
     save_image_set(str(tmp_path / "recorded.npz"), images, digits)
     run = ["--dataset", "digits", "--epochs", "1", "--seeds", "1"]
-    assert main(["evaluate", "--images", str(tmp_path / "recorded.npz"), *run]) == 0
+    # No --dataset: the file's record names digits.
+    assert main(["evaluate", "--images", str(tmp_path / "recorded.npz"), *run[2:]]) == 0
     out = capsys.readouterr().out
     assert "verified disjoint" in out and "NOT verified" not in out
+    # Its record does not name MNIST-5k's train rows: refused there.
+    assert main(["evaluate", "--images", str(tmp_path / "recorded.npz"), "--dataset", "mnist5k", *run[2:]]) == 2
+    assert "Cannot verify that the test split" in capsys.readouterr().err
     # The same pixels without a record: nothing says where they came from.
     np.savez(tmp_path / "bare.npz", images=images.images.numpy(), labels=images.labels.numpy())
     assert main(["evaluate", "--images", str(tmp_path / "bare.npz"), *run]) == 2
     assert "does not record the train rows" in capsys.readouterr().err
     assert main(["evaluate", "--images", str(tmp_path / "bare.npz"), *run, "--allow_unverified_test"]) == 0
     assert "NOT verified" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source, message", [
+    (np.array("{not json"), "is not valid JSON"),
+    (np.array('["a list"]'), "does not name the train rows"),
+    (np.array(["{}", "{}"]), "must be one JSON string"),
+    (np.array([{"a": 1}], dtype=object), "cannot be read"),
+])
+def test_a_malformed_source_record_is_refused_with_the_file_named(tmp_path, capsys, source, message):
+    path = tmp_path / "images.npz"
+    np.savez(path, images=np.zeros((10, 1, 8, 8), np.float32), labels=np.arange(10), source=source)
+    assert main(["evaluate", "--images", str(path), "--dataset", "digits", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err

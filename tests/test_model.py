@@ -93,12 +93,16 @@ def test_samples_spread_over_priors_and_noise_matters(model):
     assert (images[0] - images[2]).abs().max() > 1e-4  # same prior, fresh noise
 
 
-def test_fewer_samples_than_priors_reach_every_prior_over_seeds():
+@pytest.mark.parametrize("num_per_class", [2, 7])  # fewer samples than the 5 priors; 1 each and 2 more
+def test_every_prior_is_drawn_equally_often_over_seeds(num_per_class):
     model = make_model(priors_per_class=5)
-    ids = [model.draw(2, seed=s, classes=[3])[0] for s in range(40)]
-    assert all(len(set(i.tolist())) == 2 and set(i.tolist()) <= set(range(15, 20)) for i in ids)
-    assert set(torch.cat(ids).tolist()) == set(range(15, 20))  # not only priors 15 and 16
-    assert torch.equal(ids[7], model.draw(2, seed=7, classes=[3])[0])
+    ids = [model.draw(num_per_class, seed=s, classes=[3])[0] for s in range(200)]
+    for i in ids:  # class 3 owns priors 15-19; within a draw no prior has two samples more than another
+        counts = torch.bincount(i - 15, minlength=5)
+        assert set(i.tolist()) <= set(range(15, 20)) and counts.max() - counts.min() <= 1
+    totals = torch.bincount(torch.cat(ids) - 15, minlength=5).float()
+    assert (totals / totals.mean() - 1).abs().max() < 0.15  # not the first priors more often
+    assert torch.equal(ids[7], model.draw(num_per_class, seed=7, classes=[3])[0])
 
 
 def test_mean_images(model):
