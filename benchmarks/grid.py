@@ -461,7 +461,10 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
         if _scored(path, digest):
             continue
         if os.path.exists(path):
-            print(f"{cell_name(*key)}: the recipe changed since it was scored; scoring anew", file=sys.stderr)
+            with open(path) as f:
+                earlier_draw = json.load(f).get("prior_draw") == EARLIER_PRIOR_DRAW
+            why = "it was scored under the earlier prior draw" if earlier_draw else "the recipe changed since it was scored"
+            print(f"{cell_name(*key)}: {why}; scoring anew", file=sys.stderr)
         if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
             print(f"stopping after {max_minutes} minutes; run again to continue", file=sys.stderr)
             return
