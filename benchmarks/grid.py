@@ -636,7 +636,10 @@ def write_report(mode: Mode, command: str) -> str:
              "priors; image sets: pixels); the storage column is the measured mean. At `ipc_budget` 1 herding and "
              "k-center keep the same image per class by construction (both start from the train image whose "
              "features are nearest the class mean), so their rows agree there.", ""]
-    lines += _at_a_glance(summary, datasets, ipcs, mode.methods)
+    # The grid the mode defines, not the selection this run was narrowed to (--methods full must not
+    # drop the ablation rows from the report).
+    grid_mode = dataclasses.replace(BASE_MODES.get(mode.name, mode), out=mode.out)
+    lines += _at_a_glance(summary, datasets, ipcs, grid_mode.methods)
     for dataset in datasets:
         for protocol in sorted({k[1] for k in summary if k[0] == dataset}):
             for arch in sorted({k[2] for k in summary if k[0] == dataset and k[1] == protocol}):
@@ -656,7 +659,6 @@ def write_report(mode: Mode, command: str) -> str:
                 lines.append("")
     if not results:
         lines += ["No grid cell has been run yet: `python benchmarks/grid.py` (resumable) fills this section.", ""]
-    grid_mode = dataclasses.replace(BASE_MODES.get(mode.name, mode), out=mode.out)
     lines += _verdicts(summary, with_targets=TARGET_PANEL[0] in grid_mode.datasets)
     lines += coverage(grid_mode, results)
     lines += _ledger(results)

@@ -101,6 +101,10 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
     assert "5 of the 6 cells this grid defines are scored" in marked
     grid.run_grid(dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("d3",)), None)
     assert json.loads(d3_cell.read_text())["prior_draw"] == grid.PRIOR_DRAW
+    # A run narrowed to some methods reports the grid its mode defines: every ablation row stays.
+    narrowed = grid.write_report(dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("herding",)), "cmd")
+    ablations = narrowed.split("### digits ablations, P-noaug[epochs=2] convnet")[1].split("###")[0]
+    assert "| D3, MMD term only |" in ablations and "| prototype images, D3's MTT + MMD objective |" in ablations
 
     # The report can be read back into the records it was written from, with or without the CPU
     # column (reports before it had none).
