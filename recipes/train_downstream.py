@@ -189,11 +189,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         real_ipc = args.real_ipc or max(1, round(float(artifact.config.distillation.get("ipc_budget", 1))))
         train_set = real_training_set(data, real_ipc, args.num_per_class, args.sample_seed)
     # A stream has no length: the Trainer needs max_steps. Same steps for both kinds of data.
-    steps_per_epoch = math.ceil(rows_per_epoch / train_args.per_device_train_batch_size)
-    train_args.max_steps = math.ceil(train_args.num_train_epochs * steps_per_epoch)
+    # A positive --max_steps is the user's (TrainingArguments' default -1 means unset) and wins.
+    if train_args.max_steps > 0:
+        steps_from = "--max_steps"
+    else:
+        steps_per_epoch = math.ceil(rows_per_epoch / train_args.per_device_train_batch_size)
+        train_args.max_steps = math.ceil(train_args.num_train_epochs * steps_per_epoch)
+        steps_from = f"--num_train_epochs {train_args.num_train_epochs:g}"
 
-    logger.info("Training on %s data: %d rows per epoch, %d steps of batch %d", args.train_on, rows_per_epoch,
-                train_args.max_steps, train_args.per_device_train_batch_size)
+    logger.info("Training on %s data: %d rows per epoch, %d steps of batch %d (from %s)", args.train_on,
+                rows_per_epoch, train_args.max_steps, train_args.per_device_train_batch_size, steps_from)
     set_seed(train_args.seed)
     classifier = build_classifier(artifact, args)
     image_log = EpochImageLog()

@@ -1,15 +1,35 @@
-"""Issue #26: the license and a quiet setup."""
+"""Issue #26: the license, a quiet setup, --max_steps in the downstream recipe and the model
+card's metadata."""
 
 import hashlib
+import importlib.util
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tomllib
 
+import pytest
+import torch
+
 import d3hf
+from d3hf import D3Config, D3Model, family_spec
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
+RECIPE = os.path.join(ROOT, "recipes", "train_downstream.py")
+
+
+def tiny_model(**source) -> D3Model:
+    """A digits-shaped untrained artifact: 10 classes of 1x8x8, z 4, a width-4 decoder."""
+    torch.manual_seed(0)
+    config = D3Config(
+        class_names=[str(i) for i in range(10)], image_shape=[1, 8, 8], z_dim=4, priors_per_class=2,
+        decoders=[family_spec([1, 8, 8], 4, 4).to_dict()], normalization_mean=[0.3], normalization_std=[0.37],
+        source={"source": "digits", "split_rule": "test rule", **source},
+        distillation={"dataset": "digits", "ipc_budget": 2, "seed": 0},
+    )
+    return D3Model(config).eval()
 
 
 # ----------------------------------------------------------------------------- license and packaging
@@ -104,3 +124,71 @@ def test_setup_fails_and_shows_the_error_when_pip_fails(tmp_path):
     assert done.returncode == 3
     assert "ERROR: No matching distribution" in done.stderr
     assert "d3hf 0.1.0 torch fake" not in done.stdout  # stopped before the final check
+
+
+# ----------------------------------------------------------------------------- recipes/train_downstream.py
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("train_downstream", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the recipe loads
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    path = tmp_path_factory.mktemp("small-fixes-artifact")
+    tiny_model().save_pretrained(str(path))
+    return str(path)
+
+
+def tiny_argv(artifact, output_dir, *extra):
+    return ["--artifact", artifact, "--output_dir", str(output_dir), "--num_per_class", "4", "--embedding_size", "4",
+            "--hidden_sizes", "4,8", "--depths", "1,1", "--per_device_train_batch_size", "16",
+            "--num_train_epochs", "1", "--disable_tqdm", "true", "--use_cpu", "true", *extra]
+
+
+def test_downstream_recipe_honours_a_given_max_steps(recipe, artifact, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="train_downstream"):
+        result = recipe.main(tiny_argv(artifact, tmp_path, "--max_steps", "2"))
+    assert result["steps"] == 2  # one epoch of 40 rows in batches of 16 would be 3
+    assert "2 steps of batch 16 (from --max_steps)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="train_downstream"):
+        assert recipe.main(tiny_argv(artifact, tmp_path / "epochs"))["steps"] == 3
+    assert "3 steps of batch 16 (from --num_train_epochs 1)" in caplog.text
+
+
+# ----------------------------------------------------------------------------- model card
+
+
+def card(source: str):
+    from huggingface_hub import ModelCard
+
+    from d3hf.model_card import card_text
+
+    return ModelCard(card_text(tiny_model(source=source)))
+
+
+@pytest.mark.parametrize("source, license_id, datasets", [
+    ("mnist5k", "mit", ["ylecun/mnist"]),
+    ("fashion_mnist", "mit", ["zalando-datasets/fashion_mnist"]),
+    ("digits", "cc-by-4.0", None),  # scikit-learn's copy of the UCI digits: no canonical Hub id
+    ("someone/their-images", "unknown", ["someone/their-images"]),
+])
+def test_model_card_metadata_the_hub_renders(source, license_id, datasets):
+    c = card(source)
+    assert c.data.license == license_id
+    assert c.data.datasets == datasets
+    assert {"dataset-distillation", "d3", "d3hf", "synthetic-data", "image-classification"} <= set(c.data.tags)
+    assert c.data.library_name == "d3hf"
+    assert "pypi.org" not in c.content
+
+
+def test_model_card_of_a_local_folder_has_no_dataset_and_an_unknown_license(tmp_path):
+    c = card(str(tmp_path))
+    assert c.data.license == "unknown" and not c.data.datasets
