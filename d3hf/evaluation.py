@@ -48,7 +48,11 @@ class Protocol:
     num_per_class: int = 20
     augment: str = "none"
 
-    def describe(self) -> str:
+    def describe(self, training_data: str | None = None) -> str:
+        """The protocol in one line. ``training_data`` says what was trained on; by default
+        ``num_per_class`` fresh samples per class per epoch from a distributional artifact."""
+        if training_data is None:
+            training_data = f"{self.num_per_class} fresh samples per class per epoch from a distributional artifact"
         augment = self.augment
         if augment == "dsa":
             augment = "DSA (one of colour, crop, cutout, scale, rotate per batch, per-image parameters, no flips)"
@@ -56,8 +60,7 @@ class Protocol:
                    else f"{self.arch}-{self.depth} width {self.width}, instance norm")
         return (f"{self.name}: {network}, SGD lr {self.lr} momentum {self.momentum} "
                 f"wd {self.weight_decay}, batch {self.batch_size}, lr x0.1 at epoch {self.epochs // 2}, "
-                f"{self.epochs} epochs, {self.num_per_class} fresh samples per class per epoch from a distributional "
-                f"artifact, augmentation {augment}, final-epoch accuracy")
+                f"{self.epochs} epochs, {training_data}, augmentation {augment}, final-epoch accuracy")
 
 
 AUGMENTATIONS = ("none", "dsa")
@@ -264,8 +267,25 @@ def model_source(model, num_per_class: int, seed: int, with_means: bool = False)
     return source
 
 
+class FixedSource:
+    """The same images every epoch: an image set (random real images, a coreset, DM images)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __call__(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images, self.labels
+
+    def training_data(self) -> str:
+        """What ``Protocol.describe`` says was trained on: the set's size, the same every epoch."""
+        counts = torch.unique(torch.as_tensor(self.labels).cpu(), return_counts=True)[1].tolist()
+        per_class = f"{counts[0]}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
+        return f"a fixed set of {sum(counts)} images ({per_class} per class), the same images every epoch"
+
+
 def fixed_source(images: torch.Tensor, labels: torch.Tensor) -> TrainSource:
-    return lambda epoch: (images, labels)
+    """Train on ``images`` (pixel scale) every epoch."""
+    return FixedSource(images, labels)
 
 
 def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificationData, protocol: Protocol,
@@ -275,10 +295,13 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
     ``checkpoint_dir`` (one per training source), each seed's training resumes from there."""
     device = torch.device(device)
     mean, std = data.normalization_tensors(device)
-    accs, runs = [], []
+    accs, runs, training_data = [], [], None
     for s in range(seeds):
         checkpoint = os.path.join(checkpoint_dir, f"eval-seed{s}.pt") if checkpoint_dir else None
-        runs.append(train_network(make_source(s), data, protocol, s, device, show_progress, checkpoint))
+        source = make_source(s)
+        if isinstance(source, FixedSource) and training_data is None:
+            training_data = source.training_data()
+        runs.append(train_network(source, data, protocol, s, device, show_progress, checkpoint))
         accs.append(test_accuracy(runs[-1].net, data, mean, std, device))
     result = {
         "split": data.source_info.get("test_split", "test"),
@@ -291,7 +314,8 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
         "resumed_from_epochs": [run.resumed_from_epoch for run in runs],
         "seconds_before_resume": [run.seconds_before_resume for run in runs],
         "settings": asdict(protocol),
-        "notes": protocol.describe(),
+        # Said per source: a fixed image set must not read as fresh samples from an artifact.
+        "notes": protocol.describe(training_data),
         "measured_on": measured_on(device),
     }
     # A run resumed from a checkpoint made elsewhere trained partly on another machine.

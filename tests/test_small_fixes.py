@@ -1,5 +1,5 @@
-"""Issue #26: the license, a quiet setup, --max_steps in the downstream recipe and the model
-card's metadata."""
+"""Issue #26: the license, a quiet setup, --max_steps in the downstream recipe, the model card's
+metadata, and the notes of a fixed image set's evaluation."""
 
 import hashlib
 import importlib.util
@@ -192,3 +192,24 @@ def test_model_card_metadata_the_hub_renders(source, license_id, datasets):
 def test_model_card_of_a_local_folder_has_no_dataset_and_an_unknown_license(tmp_path):
     c = card(str(tmp_path))
     assert c.data.license == "unknown" and not c.data.datasets
+
+
+# ----------------------------------------------------------------------------- evaluation notes
+
+
+ARTIFACT_NOTES = ("P-noaug[epochs=1,num_per_class=2]: convnet-3 width 8, instance norm, SGD lr 0.01 momentum 0.9 "
+                  "wd 0.0005, batch 256, lr x0.1 at epoch 0, 1 epochs, 2 fresh samples per class per epoch from a "
+                  "distributional artifact, augmentation none, final-epoch accuracy")
+
+
+def test_evaluation_notes_say_what_was_trained_on(digits):
+    from d3hf.baselines import random_real_images
+    from d3hf.evaluation import evaluate, fixed_source, model_source, named_protocol
+
+    protocol = named_protocol("P-noaug", width=8, epochs=1, num_per_class=2)
+    real = evaluate(lambda s: fixed_source(*random_real_images(digits, 3, s)), digits, protocol)
+    assert "a fixed set of 30 images (3 per class), the same images every epoch" in real["notes"]
+    assert "fresh samples" not in real["notes"] and "artifact" not in real["notes"]
+    model = tiny_model()
+    d3 = evaluate(lambda s: model_source(model, protocol.num_per_class, s), digits, protocol)
+    assert d3["notes"] == protocol.describe() == ARTIFACT_NOTES  # as every artifact row read before
