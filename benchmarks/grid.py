@@ -155,6 +155,7 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
     """The recipe's settings (read as ``d3hf distill`` reads them) with the mode's and the
     variant's overrides (output_dir unset)."""
     from d3hf.cli import parse_distill_args
+    from d3hf.errors import ConfigError
     from d3hf.pipeline import build_config
 
     recipe = parse_distill_args([os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")])
@@ -167,7 +168,10 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
         if width < 2:
             raise NotApplicable(f"the recipe's decoder is {width} channel wide: there is no half")
         variant["decoder"] = str(width // 2)
-    variant_args = dataclasses.replace(args, **variant)
+    try:
+        variant_args = dataclasses.replace(args, **variant)
+    except ConfigError as err:  # e.g. the MMD-only row of a recipe without the MMD term: no term left
+        raise NotApplicable(f"{variant} is not a valid run of this recipe: {err}") from None
     if method != "d3" and resolved_settings(variant_args, data) == resolved_settings(args, data):
         raise NotApplicable(f"{variant} resolves to the recipe's own settings: the d3 row scores them")
     return variant_args
@@ -601,6 +605,7 @@ def summarise(results: list[dict]) -> dict:
 def write_report(mode: Mode, command: str) -> str:
     """RESULTS.md from every cached cell of this mode (also cells of earlier, wider runs)."""
     from d3hf.environment import describe
+    from d3hf.evaluation import FIXED_SET_TRAINING
 
     results, stale = split_stale(mode, load_results(mode))
     summary = summarise(results)
@@ -644,9 +649,13 @@ def write_report(mode: Mode, command: str) -> str:
         for protocol in sorted({k[1] for k in summary if k[0] == dataset}):
             for arch in sorted({k[2] for k in summary if k[0] == dataset and k[1] == protocol}):
                 rows = {k: v for k, v in summary.items() if k[:3] == (dataset, protocol, arch)}
-                notes = next(r["notes"] for r in results if (r["dataset"], r["protocol"], r["arch"]) ==
-                             (dataset, protocol, arch))
+                panel = [r for r in results if (r["dataset"], r["protocol"], r["arch"]) == (dataset, protocol, arch)]
+                # Said as for the artifacts; the image sets' rows differ only in what they train on.
+                notes = next((r for r in panel if r["method"] in D3_VARIANTS), panel[0])["notes"]
+                fixed = any(r["method"] not in D3_VARIANTS for r in panel)
                 lines += [f"### {dataset}, {protocol}, {arch}", "", f"Protocol: {notes}.", "",
+                          *([f"Image sets (the rows other than D3's) train on {FIXED_SET_TRAINING}.", ""] if fixed
+                            else []),
                           "| method | " + " | ".join(f"ipc_budget {i}" for i in ipcs) + " | storage (scalars) |",
                           "|---|" + "---:|" * (len(ipcs) + 1)]
                 for method in methods:

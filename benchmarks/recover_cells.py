@@ -34,6 +34,16 @@ CELL = re.compile(r"^\| (\w+?)_ipc(\d+)_([\w-]+)_seed(\d+)_(P-[^_ ]+)_(\w+)(?: \
                   r"(?: (?:\d+|-) \|)?(?: [^|]+ \|)?$")
 
 
+def _cell_notes(panel_notes: str, method: str) -> str:
+    """A cell's notes from its panel's protocol line, which describes the artifacts' training data."""
+    from d3hf.evaluation import FIXED_SET_TRAINING
+
+    if method in grid.D3_VARIANTS:
+        return panel_notes
+    return re.sub(r"\d+ fresh samples per class per epoch from a distributional artifact", FIXED_SET_TRAINING,
+                  panel_notes)
+
+
 def parse_report(text: str) -> list[dict]:
     notes, storage, panel = {}, {}, None
     names = {v: k for k, v in grid.METHOD_NAMES.items()}
@@ -61,7 +71,7 @@ def parse_report(text: str) -> list[dict]:
             assert abs(100 * correct / TEST_SIZES[dataset] - float(acc)) < 0.006, line
             cells.append({"dataset": dataset, "ipc_budget": int(ipc), "method": method, "seed": int(seed),
                           "protocol": protocol, "arch": arch, "accuracy": correct / TEST_SIZES[dataset],
-                          "notes": notes[(dataset, protocol, arch)], "eval_seconds": float(eval_s),
+                          "notes": _cell_notes(notes[(dataset, protocol, arch)], method), "eval_seconds": float(eval_s),
                           "build_seconds": float(build_s),
                           "storage_scalars": storage[(dataset, int(ipc), method)], "cell_seconds": None})
     return cells

@@ -1,39 +1,52 @@
-"""d3hf: Distributional Dataset Distillation (D3) for the Hugging Face ecosystem."""
+"""d3hf: Distributional Dataset Distillation (D3) for the Hugging Face ecosystem.
 
-from transformers import AutoConfig, AutoModel
+Names load on first use, so ``import d3hf`` and the command line's help start without torch.
+"""
 
-from .configuration_d3 import D3Config
-from .data import DataError, ImageClassificationData, load_image_classification
-from .decoders import DecoderSpec, family_spec, reference_spec
-from .evaluation import SplitOverlapError, named_protocol
-from .hub import HubAccessError, generate_dataset, load_artifact, load_distilled, push_artifact, push_synthetic_dataset
-from .modeling_d3 import D3Model
-from .storage import StorageLedger, estimate_storage
-from .validation import ArtifactError
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .errors import ArtifactError, ConfigError, D3HFError, OutputError
 
 __version__ = "0.1.0"
 
-AutoConfig.register("d3", D3Config, exist_ok=True)
-AutoModel.register(D3Config, D3Model, exist_ok=True)
+_LAZY = {
+    "D3Config": "configuration_d3",
+    "D3Model": "modeling_d3",
+    "DataError": "data",
+    "ImageClassificationData": "data",
+    "load_image_classification": "data",
+    "DecoderSpec": "decoders",
+    "family_spec": "decoders",
+    "reference_spec": "decoders",
+    "SplitOverlapError": "evaluation",
+    "named_protocol": "evaluation",
+    "HubAccessError": "hub",
+    "generate_dataset": "hub",
+    "load_artifact": "hub",
+    "load_distilled": "hub",
+    "push_artifact": "hub",
+    "push_synthetic_dataset": "hub",
+    "StorageLedger": "storage",
+    "estimate_storage": "storage",
+}
 
-__all__ = [
-    "ArtifactError",
-    "D3Config",
-    "D3Model",
-    "DataError",
-    "DecoderSpec",
-    "HubAccessError",
-    "ImageClassificationData",
-    "SplitOverlapError",
-    "StorageLedger",
-    "estimate_storage",
-    "family_spec",
-    "generate_dataset",
-    "load_artifact",
-    "load_distilled",
-    "load_image_classification",
-    "named_protocol",
-    "push_artifact",
-    "push_synthetic_dataset",
-    "reference_spec",
-]
+__all__ = sorted([*_LAZY, "ArtifactError", "ConfigError", "D3HFError", "OutputError", "__version__"])
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'd3hf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if "transformers" in sys.modules:  # the user works with transformers: register the Auto classes now
+    importlib.import_module(".modeling_d3", __name__)

@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from .errors import D3HFError
 from .configuration_d3 import D3Config
 from .modeling_d3 import D3Model
 
@@ -19,7 +20,7 @@ SUBTASK_KEY = "subtask"
 SHARED_FIELDS = ("image_shape", "z_dim", "priors_per_class", "normalization_mean", "normalization_std", "soft_labels")
 
 
-class AggregationError(ValueError):
+class AggregationError(D3HFError, ValueError):
     """Subtask artifacts that cannot form one artifact."""
 
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import D3HFError
 from .decoders import DecoderSpec, family_spec, reference_spec
 
 Z_CHOICES = (4, 8, 16, 32, 64)
 MAX_AUTO_LPC = 256
 
 
-class BudgetError(ValueError):
+class BudgetError(D3HFError, ValueError):
     """The requested representation does not fit the storage budget."""
 
 

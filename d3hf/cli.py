@@ -1,23 +1,22 @@
 """The ``d3hf`` command line: ``distill``, ``evaluate``, ``info``, ``aggregate``, ``push``, ``generate``.
 
-User errors end with one line on stderr and exit code 2; ``--debug`` shows the traceback.
+User errors (``D3HFError``) end with one line on stderr and exit code 2; ``--debug`` shows the
+traceback. Heavy libraries load inside the commands, so ``d3hf --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
 import sys
-import types
-import typing
 from typing import Sequence
 
-import yaml
-
-from .allocator import keep_freed_memory
-from .arguments import DistillArguments
+from . import __version__
+from .arguments import DistillArguments, field_type
+from .errors import ConfigError, D3HFError
 
 
 def _setup_logging(debug: bool = False) -> None:
@@ -29,75 +28,88 @@ def _setup_logging(debug: bool = False) -> None:
     root.propagate = False
 
 
-def parse_distill_args(argv: Sequence[str]) -> DistillArguments:
-    """``[CONFIG.yaml] [--key value ...]``: YAML values, overridden by the command line."""
+RECIPE_HINT = "recipes/digits/quick.yaml"
+
+
+def distill_parser():
+    """``d3hf distill``'s parser: every DistillArguments field as a flag, with its help."""
     from transformers import HfArgumentParser
 
-    argv = list(argv)
-    values: dict = {}
-    if argv and not argv[0].startswith("-"):
-        path = argv.pop(0)
-        if not os.path.exists(path):
-            raise ValueError(f"Config file {path!r} does not exist.")
+    parser = HfArgumentParser(
+        DistillArguments, prog="d3hf distill",
+        description="Distil a dataset into Gaussian latent priors and decoders (D3), evaluate the result and save "
+                    "the artifact. Settings come from CONFIG.yaml; flags override them.",
+        epilog=f"Example: d3hf distill {RECIPE_HINT} --output_dir outputs/quick. Under accelerate: accelerate launch "
+               "[--config_file recipes/accelerate_configs/X.yaml] -m d3hf distill CONFIG.yaml",
+    )
+    parser.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="recipe with the run's settings")
+    return parser
+
+
+def read_recipe(path: str) -> dict:
+    """A recipe's settings; a missing file, bad YAML or unknown key is a ``ConfigError``."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {path!r} does not exist.")
+    try:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of keys to values.")
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values.")
     known = {f for f in DistillArguments.__dataclass_fields__}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"Unknown config key(s) {unknown}. Known keys: {', '.join(sorted(known))}.")
-    parser = HfArgumentParser(DistillArguments)
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, n=1)) else k
+                 for k in unknown]
+        raise ConfigError(f"Unknown config key(s) in {path}: {', '.join(hints)}. "
+                          "`d3hf distill --help` lists every key.")
+    return values
+
+
+def parse_distill_args(argv: Sequence[str]) -> DistillArguments:
+    """``[CONFIG.yaml] [--key value ...]``: YAML values, overridden by the command line.
+    Every setting is checked (``DistillArguments.__post_init__``) before anything runs."""
+    argv = list(argv)
+    values = read_recipe(argv.pop(0)) if argv and not argv[0].startswith("-") else {}
+    parser = distill_parser()
     parser.set_defaults(**{k: _as_field_value(k, v) for k, v in values.items()})
-    try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    except SystemExit as err:
-        if err.code == 0:  # --help: argparse printed it, and that is a success
-            raise
-        raise ValueError("Invalid command-line arguments for distill (see the message above).") from err
-    _check_arguments(args)
-    return args
-
-
-def _field_type(name: str) -> type:
-    """A DistillArguments field's type, ``Optional[X]`` read as ``X`` (annotations are strings
-    under ``from __future__ import annotations``, so they are resolved here)."""
-    hint = typing.get_type_hints(DistillArguments)[name]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
+    # argparse ends a bad flag with its usage and one error line (SystemExit 2, main's return code).
+    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)[0]
 
 
 def _as_field_value(key: str, value):
     """YAML reads `no`/`yes` as booleans and numbers as numbers; string keys get strings back."""
-    if _field_type(key) is not str or value is None or isinstance(value, str):
+    kind = field_type(key)
+    if kind in (int, float) and isinstance(value, str):  # argparse would parse it as a flag's text
+        raise ConfigError(f"Config key {key!r} must be of type {kind.__name__}; got {value!r}.")
+    if kind is not str or value is None or isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
 
 
-def _check_arguments(args: DistillArguments) -> None:
-    for name, f in DistillArguments.__dataclass_fields__.items():
-        value = getattr(args, name)
-        kind = _field_type(name)
-        expected = {int: int, float: (int, float), bool: bool, str: str}.get(kind)
-        if expected is not None and value is not None and not isinstance(value, expected):
-            raise ValueError(f"Config key {name!r} must be of type {kind.__name__}; got {value!r}.")
-        if expected is int and isinstance(value, bool):
-            raise ValueError(f"Config key {name!r} must be an integer; got {value!r}.")
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:  # YAML values bypass argparse's own check
-            raise ValueError(f"Config key {name!r} must be one of {choices}; got {value!r}.")
-    switches = ("auto", "true", "false", "yes", "no", "on", "off", "1", "0")
-    if str(args.checkpoint_steps).lower() not in switches:
-        raise ValueError(f"Config key 'checkpoint_steps' must be auto, true or false; got {args.checkpoint_steps!r}.")
-    if not 0 <= args.min_start_epoch < args.max_start_epoch:
-        raise ValueError(f"Need 0 <= min_start_epoch < max_start_epoch; got {args.min_start_epoch} and "
-                         f"{args.max_start_epoch}.")
+def _recipes_here() -> list[str]:
+    import glob
+
+    return sorted(glob.glob(os.path.join("recipes", "*", "*.yaml")))
 
 
 def cmd_distill(argv: Sequence[str]) -> int:
+    if not argv:  # the defaults are a long run: ask for a recipe rather than start it unasked
+        d = DistillArguments()
+        recipes = _recipes_here()
+        sys.stderr.write(
+            "usage: d3hf distill CONFIG.yaml [--key value ...]   (d3hf distill --help lists every key)\n\n"
+            f"With no recipe, d3hf distill would distil {d.dataset} at ipc_budget {d.ipc_budget:g}: {d.num_experts} "
+            f"experts of {d.expert_epochs_total} epochs, a {d.init_steps}-step warm start, {d.iterations} matching "
+            f"iterations and a {d.eval_epochs}-epoch evaluation, into {d.output_dir}. Name a recipe to run.\n"
+            + (f"Recipes here: {', '.join(recipes)}\n" if recipes else "")
+            + f"A first taste (about a minute on a 2-core CPU): d3hf distill {RECIPE_HINT}\n")
+        return 2
     args = parse_distill_args(argv)
     from .distributed import make_accelerator
     from .pipeline import run_distillation
@@ -124,6 +136,11 @@ def cmd_distill(argv: Sequence[str]) -> int:
     return 0
 
 
+# The settings that say which data a run read: all that evaluate needs of an artifact's record.
+DATA_KEYS = ("dataset", "dataset_config", "dataset_revision", "image_column", "label_column", "train_split",
+             "test_split", "test_size", "validation_size", "seed")
+
+
 def cmd_evaluate(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="d3hf evaluate", description="Train fresh networks on an artifact's samples "
                                 "(or a fixed image set) and test them on the real test split.")
@@ -143,14 +160,13 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
                    "cuda when available")
     a = p.parse_args(list(argv))
     if a.model is None and a.images is None:
-        raise ValueError("Give an artifact (MODEL) or --images FILE.npz to evaluate.")
+        raise ConfigError("Give an artifact (MODEL) or --images FILE.npz to evaluate.")
     if a.model is not None and a.images is not None:
-        raise ValueError("Give either an artifact (MODEL) or --images FILE.npz, not both.")
-    if a.epochs is not None and a.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1; got {a.epochs}.")
+        raise ConfigError("Give either an artifact (MODEL) or --images FILE.npz, not both.")
+    for flag, value in (("--epochs", a.epochs), ("--seeds", a.seeds), ("--num_per_class", a.num_per_class)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1; got {value}.")
     device = _device(a.device)
-    import dataclasses
-
     from .data import DataError
     from .environment import measured_where
     from .evaluation import check_test_split_disjoint, evaluate, fixed_source, model_source, named_protocol
@@ -173,13 +189,12 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         data = load_data(DistillArguments(dataset=a.dataset or record.get("source") or "mnist5k"))
         make_source, method = (lambda s: fixed_source(images.images, images.labels)), f"images {a.images}"
     else:
-        from .modeling_d3 import D3Model
+        from .hub import load_artifact
 
-        model = D3Model.from_pretrained(a.model)
+        model = load_artifact(a.model)
         # Test on the dataset, columns and split recorded in the artifact unless told otherwise.
-        recorded = {k: v for k, v in model.config.distillation.items() if k in DistillArguments.__dataclass_fields__}
-        data = load_data(dataclasses.replace(DistillArguments(**recorded),
-                                             dataset=a.dataset or recorded.get("dataset", "mnist5k")))
+        recorded = {k: v for k, v in model.config.distillation.items() if k in DATA_KEYS}
+        data = load_data(DistillArguments(**{**recorded, "dataset": a.dataset or recorded.get("dataset", "mnist5k")}))
         record = model.config.source
         make_source = lambda s: model_source(model, a.num_per_class, s, with_means=a.with_prior_means)  # noqa: E731
         method = "d3hf artifact" + (" (samples + prior means)" if a.with_prior_means else "")
@@ -243,19 +258,20 @@ def _device(name: str | None):
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1): {err}") from None
+        raise ConfigError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1): {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asks for CUDA, but torch sees no GPU here; use --device cpu.")
+        raise ConfigError(f"--device {name} asks for CUDA, but torch sees no GPU here; use --device cpu.")
     return device
 
 
 def cmd_info(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="d3hf info")
-    p.add_argument("model")
+    p = argparse.ArgumentParser(prog="d3hf info", description="Print an artifact's shape and storage ledger.")
+    p.add_argument("model", help="artifact folder or Hub repo id")
+    p.add_argument("--revision", default=None, help="Hub revision of MODEL")
     a = p.parse_args(list(argv))
-    from .modeling_d3 import D3Model
+    from .hub import load_artifact
 
-    model = D3Model.from_pretrained(a.model)
+    model = load_artifact(a.model, a.revision)
     sys.stdout.write(json.dumps({"classes": model.config.num_classes, "image_shape": model.config.image_shape,
                                  "priors_per_class": model.config.priors_per_class, "z_dim": model.config.z_dim,
                                  "decoders": len(model.decoders)}, indent=2) + "\n")
@@ -265,18 +281,20 @@ def cmd_info(argv: Sequence[str]) -> int:
 
 def cmd_push(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="d3hf push", description="Upload an artifact folder to a Hub model repo, "
-                                "and optionally a synthetic dataset sampled from it to a dataset repo.")
+                                "and optionally a synthetic dataset sampled from it to a dataset repo. Only the "
+                                "artifact's own files are uploaded; the folder is not changed.")
     p.add_argument("model_dir", help="artifact folder (OUTPUT_DIR/artifact of d3hf distill)")
     p.add_argument("--repo_id", "--repo-id", required=True, help="model repo, NAMESPACE/NAME")
     p.add_argument("--private", action="store_true", help="create new repos as private")
     p.add_argument("--revision", default=None, help="model repo branch (created if missing); default main")
     p.add_argument("--dataset_repo", "--dataset-repo", default=None, help="also push samples to this dataset repo")
-    p.add_argument("--num_per_class", "--num-per-class", type=int, default=None, help="samples per class")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_per_class", "--num-per-class", type=int, default=None,
+                   help="samples per class pushed to --dataset_repo")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pushed samples")
     p.add_argument("--config_name", "--config-name", default="default", help="dataset config name")
     a = p.parse_args(list(argv))
     if a.dataset_repo and (a.num_per_class is None or a.num_per_class < 1):
-        raise ValueError("--dataset_repo needs --num_per_class K (K >= 1).")
+        raise ConfigError("--dataset_repo needs --num_per_class K (K >= 1).")
     from .hub import load_artifact, push_artifact, push_synthetic_dataset
 
     pushed = push_artifact(a.model_dir, a.repo_id, private=a.private, revision=a.revision)
@@ -292,18 +310,24 @@ def cmd_push(argv: Sequence[str]) -> int:
 
 
 def cmd_generate(argv: Sequence[str]) -> int:
-    from .hub import GENERATE_FORMATS, generate_dataset
+    from .hub import GENERATE_FORMATS, generate_dataset  # hub loads its heavy libraries only when called
 
-    p = argparse.ArgumentParser(prog="d3hf generate", description="Write samples of an artifact to a folder.")
+    p = argparse.ArgumentParser(prog="d3hf generate", description="Write samples of an artifact to a new folder.")
     p.add_argument("model", help="artifact folder or Hub repo id")
     p.add_argument("--num_per_class", "--num-per-class", type=int, required=True, help="samples per class")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", "--output_dir", "--output-dir", required=True, help="folder to write (replaced)")
-    p.add_argument("--format", choices=GENERATE_FORMATS, default="arrow")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same samples")
+    p.add_argument("--output", "--output_dir", "--output-dir", required=True,
+                   help="new or empty folder to write; an earlier d3hf output only with --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUTPUT when it holds earlier d3hf samples and nothing else")
+    p.add_argument("--format", choices=GENERATE_FORMATS, default="arrow", help="arrow (save_to_disk), parquet or "
+                   "imagefolder")
     p.add_argument("--revision", default=None, help="Hub revision of MODEL")
     a = p.parse_args(list(argv))
+    if a.num_per_class < 1:
+        raise ConfigError(f"--num_per_class must be at least 1; got {a.num_per_class}.")
     dataset = generate_dataset(a.model, a.output, num_per_class=a.num_per_class, seed=a.seed, format=a.format,
-                               revision=a.revision)
+                               revision=a.revision, overwrite=a.overwrite)
     sys.stdout.write(f"wrote {len(dataset)} samples ({a.num_per_class} per class, seed {a.seed}) "
                      f"to {a.output} as {a.format}\n")
     return 0
@@ -313,13 +337,18 @@ def cmd_aggregate(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="d3hf aggregate", description="Merge subtasks distilled separately "
                                 "(d3hf distill --subtask_ids ...) into one artifact.")
     p.add_argument("dirs", nargs="+", help="run output folders, or subtask artifact folders")
-    p.add_argument("--output_dir", "--output-dir", required=True, help="folder for the merged artifact (replaced)")
+    p.add_argument("--output_dir", "--output-dir", required=True,
+                   help="new or empty folder for the merged artifact; an earlier d3hf artifact only with --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUTPUT_DIR when it holds an earlier d3hf artifact and nothing else")
     a = p.parse_args(list(argv))
+    from .outputs import check_output, output_folder
+
+    check_output(a.output_dir, "artifact", overwrite=a.overwrite, inputs=a.dirs)  # before any work
     from .aggregation import aggregate_directories
-    from .io_utils import atomic_directory
 
     model = aggregate_directories(a.dirs)
-    with atomic_directory(a.output_dir) as tmp:
+    with output_folder(a.output_dir, "artifact", overwrite=a.overwrite, inputs=a.dirs) as tmp:
         model.save_pretrained(tmp)
     ledger = model.storage()
     sys.stdout.write(f"artifact: {a.output_dir} ({model.config.num_classes} classes, {len(model.decoders)} subtasks; "
@@ -327,32 +356,65 @@ def cmd_aggregate(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"distill": cmd_distill, "evaluate": cmd_evaluate, "info": cmd_info, "aggregate": cmd_aggregate,
-            "push": cmd_push, "generate": cmd_generate}
+COMMANDS = {
+    "distill": (cmd_distill, "distil a dataset into priors and decoders, evaluate and save the artifact"),
+    "evaluate": (cmd_evaluate, "train fresh networks on an artifact's samples and test them on real data"),
+    "info": (cmd_info, "print an artifact's shape and storage ledger"),
+    "aggregate": (cmd_aggregate, "merge subtasks distilled separately into one artifact"),
+    "push": (cmd_push, "upload an artifact (and optionally samples from it) to the Hugging Face Hub"),
+    "generate": (cmd_generate, "write samples of an artifact to a folder (arrow, parquet or imagefolder)"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: d3hf COMMAND [ARGS ...] [--debug]    (d3hf COMMAND --help for a command's arguments)", "",
+             "Distributional Dataset Distillation (D3) for the Hugging Face ecosystem.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "options:", "  -h, --help     show this message", "  --version      print d3hf's version",
+              "  --debug        show the traceback of an error", "",
+              f"A first run (about a minute on a 2-core CPU): d3hf distill {RECIPE_HINT}"]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        sys.stderr.write(f"usage: d3hf {{{','.join(COMMANDS)}}} ... [--debug]\n")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write(_usage())
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        sys.stdout.write(f"d3hf {__version__}\n")
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1) if argv else []
+        hint = f"d3hf: unknown command {argv[0]!r}" + (f"; did you mean {close[0]!r}?" if close else "") + "\n\n" \
+            if argv else ""
+        sys.stderr.write(hint + _usage())
+        return 2
     _setup_logging(debug)
-    keep_freed_memory()  # this process is ours: no page faults for every large tensor (d3hf.allocator)
-    from .budget import BudgetError
-    from .data import DataError
-    from .engine import NonFiniteError
-    from .pipeline import RunConflictError
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # this process is ours: no page faults for every large tensor (d3hf.allocator)
+    command = argv[0]
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        with logging_redirect_tqdm(loggers=[logging.getLogger("d3hf")]):  # log lines above the bars, not on them
+            return COMMANDS[command][0](argv[1:])
     except SystemExit as err:  # argparse's --help (0) and usage errors (2), as a return code
         return err.code if isinstance(err.code, int) else 2
-    except (DataError, BudgetError, RunConflictError, NonFiniteError, ValueError, OSError) as err:
+    except KeyboardInterrupt:
         if debug:
             raise
-        sys.stderr.write(f"d3hf {argv[0]}: error: {err}\n")
+        again = (" Run the same command again to resume from the last checkpoint." if command == "distill" else "")
+        sys.stderr.write(f"\nd3hf {command}: interrupted.{again}\n")
+        return 130
+    except (D3HFError, OSError) as err:  # anything else is a bug: its traceback shows
+        if debug:
+            raise
+        sys.stderr.write(f"d3hf {command}: error: {err}\n")
         return 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
+from .errors import ArtifactError
 from .decoders import DecoderSpec
 
 
@@ -75,26 +76,26 @@ class D3Config(PreTrainedConfig):
         """Raise ``ValueError`` when the fields contradict each other."""
         k = self.num_classes
         if k < 1 or self.priors_per_class < 1 or self.z_dim < 1:
-            raise ValueError("class_names, priors_per_class and z_dim must all be non-empty / positive")
+            raise ArtifactError("class_names, priors_per_class and z_dim must all be non-empty / positive")
         if len(self.image_shape) != 3 or min(self.image_shape) < 1 or self.image_shape[0] not in (1, 3):
-            raise ValueError(f"image_shape must be (C, H, W) with C in (1, 3); got {self.image_shape}")
+            raise ArtifactError(f"image_shape must be (C, H, W) with C in (1, 3); got {self.image_shape}")
         flat = sorted(c for s in self.subtasks for c in s)
         if flat != list(range(k)):
-            raise ValueError(f"subtasks must cover every class id 0..{k - 1} exactly once; got {self.subtasks}")
+            raise ArtifactError(f"subtasks must cover every class id 0..{k - 1} exactly once; got {self.subtasks}")
         if len(self.decoders) != len(self.subtasks):
-            raise ValueError(f"{len(self.subtasks)} subtasks need as many decoders; got {len(self.decoders)}")
+            raise ArtifactError(f"{len(self.subtasks)} subtasks need as many decoders; got {len(self.decoders)}")
         for spec in self.decoder_specs():
             if spec.z_dim != self.z_dim or list(spec.out_shape) != list(self.image_shape):
-                raise ValueError("every decoder must take z_dim latents and produce image_shape images")
+                raise ArtifactError("every decoder must take z_dim latents and produce image_shape images")
         if len(self.normalization_mean) != self.image_shape[0] or len(self.normalization_std) != self.image_shape[0]:
-            raise ValueError("normalization_mean / normalization_std need one value per channel")
+            raise ArtifactError("normalization_mean / normalization_std need one value per channel")
 
 
 def _ints(name: str, values) -> list[int]:
     """``values`` as ints; a config field of another type is a clear error, not a crash later."""
     try:
         if any(isinstance(v, bool) or float(v) != int(v) for v in values):
-            raise ValueError
+            raise ArtifactError
         return [int(v) for v in values]
     except (TypeError, ValueError):
-        raise ValueError(f"D3Config: {name} must hold integers; got {values!r}") from None
+        raise ArtifactError(f"D3Config: {name} must hold integers; got {values!r}") from None

@@ -6,6 +6,7 @@ caller asks for becomes a float tensor.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import math
@@ -17,12 +18,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .errors import D3HFError
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_DATASETS = ("mnist5k", "digits")
 
 
-class DataError(ValueError):
+class DataError(D3HFError, ValueError):
     """A problem with the user's dataset that the user can fix."""
 
 
@@ -105,8 +108,15 @@ def load_source(
             f"Cannot read dataset file {source!r}: expected a Parquet file, a folder written by "
             "Dataset.save_to_disk, a folder of Parquet files or an imagefolder directory."
         )
-    if source.count("/") > 1 or source.startswith((".", "/", "~")):
+    if source.count("/") > 1 or source.startswith((".", "/", "~")) or source.endswith(os.sep):
         raise DataError(f"Dataset path {source!r} does not exist.")
+    if "/" not in source:  # not a path that exists, not NAMESPACE/NAME: no Hub request can help
+        close = difflib.get_close_matches(source, EMBEDDED_DATASETS, n=1, cutoff=0.6)
+        hint = f"Did you mean {close[0]!r}? " if close else ""
+        raise DataError(
+            f"Unknown dataset {source!r}. {hint}Give an embedded name ({', '.join(EMBEDDED_DATASETS)}), an existing "
+            "path, or a Hub dataset id NAMESPACE/NAME (e.g. ylecun/mnist)."
+        )
     try:
         return datasets.load_dataset(source, config_name, revision=revision), None
     except Exception as err:  # the Hub client raises many types; the user needs one message
@@ -451,6 +461,12 @@ def load_image_classification(
                 f"Dataset {source!r} has no column {column!r}; its columns are {train.column_names}. "
                 "Set image_column / label_column to the right names."
             )
+    image_feature = train.features[image_column]
+    if isinstance(image_feature, datasets.Value):  # a string or a number per row is no image
+        raise DataError(
+            f"Column {image_column!r} of {source!r} holds {image_feature.dtype} values, not images; set image_column "
+            f"to the column of images (columns: {train.column_names})."
+        )
     label_feature = train.features[label_column]
     label_map = None
     if isinstance(label_feature, datasets.ClassLabel):

@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from .errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,7 +39,7 @@ def make_accelerator(cpu: bool = False, mixed_precision: str = "no", num_threads
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched != accelerator.num_processes:
-        raise ValueError(
+        raise ConfigError(
             f"The launcher started {launched} processes, but this one runs as world size {accelerator.num_processes}. "
             "Without GPUs, pass the script's own --cpu flag: accelerate launch --multi_gpu --num_processes "
             f"{launched} -m d3hf distill CONFIG.yaml --cpu"

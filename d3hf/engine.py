@@ -16,6 +16,7 @@ from torch import nn
 
 from .arguments import DistillArguments
 from .data import ImageClassificationData
+from .errors import D3HFError
 from .experts import ExpertBuffer, expert_network
 from .faults import kill_point
 from .io_utils import CorruptFileError, read_checked, write_checked
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "distill_state.pt"
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(D3HFError, RuntimeError):
     """A loss or parameter became NaN/inf; the last good checkpoint is left as it was."""
 
 

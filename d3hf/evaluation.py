@@ -29,6 +29,10 @@ from .seeding import class_seed
 logger = logging.getLogger(__name__)
 
 
+# What a fixed image set (random real images, a coreset, DM images) is said to train on.
+FIXED_SET_TRAINING = "a fixed image set, the same images every epoch"
+
+
 @dataclass
 class Protocol:
     """How a downstream network is trained and tested. The defaults are P-noaug: ConvNet-3
@@ -48,11 +52,11 @@ class Protocol:
     num_per_class: int = 20
     augment: str = "none"
 
-    def describe(self, training_data: str | None = None) -> str:
-        """The protocol in one line. ``training_data`` says what was trained on; by default
-        ``num_per_class`` fresh samples per class per epoch from a distributional artifact."""
-        if training_data is None:
-            training_data = f"{self.num_per_class} fresh samples per class per epoch from a distributional artifact"
+    def describe(self, fixed_set: bool = False) -> str:
+        """The protocol in one line, with what is trained on: ``num_per_class`` fresh samples per
+        class per epoch from a distributional artifact, or (``fixed_set``) one image set's images."""
+        training_data = FIXED_SET_TRAINING if fixed_set else (
+            f"{self.num_per_class} fresh samples per class per epoch from a distributional artifact")
         augment = self.augment
         if augment == "dsa":
             augment = "DSA (one of colour, crop, cutout, scale, rotate per batch, per-image parameters, no flips)"
@@ -276,12 +280,6 @@ class FixedSource:
     def __call__(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images, self.labels
 
-    def training_data(self) -> str:
-        """What ``Protocol.describe`` says was trained on: the set's size, the same every epoch."""
-        counts = torch.unique(torch.as_tensor(self.labels).cpu(), return_counts=True)[1].tolist()
-        per_class = f"{counts[0]}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
-        return f"a fixed set of {sum(counts)} images ({per_class} per class), the same images every epoch"
-
 
 def fixed_source(images: torch.Tensor, labels: torch.Tensor) -> TrainSource:
     """Train on ``images`` (pixel scale) every epoch."""
@@ -295,12 +293,11 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
     ``checkpoint_dir`` (one per training source), each seed's training resumes from there."""
     device = torch.device(device)
     mean, std = data.normalization_tensors(device)
-    accs, runs, training_data = [], [], None
+    accs, runs, fixed_set = [], [], False
     for s in range(seeds):
         checkpoint = os.path.join(checkpoint_dir, f"eval-seed{s}.pt") if checkpoint_dir else None
         source = make_source(s)
-        if isinstance(source, FixedSource) and training_data is None:
-            training_data = source.training_data()
+        fixed_set = isinstance(source, FixedSource)
         runs.append(train_network(source, data, protocol, s, device, show_progress, checkpoint))
         accs.append(test_accuracy(runs[-1].net, data, mean, std, device))
     result = {
@@ -315,7 +312,7 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
         "seconds_before_resume": [run.seconds_before_resume for run in runs],
         "settings": asdict(protocol),
         # Said per source: a fixed image set must not read as fresh samples from an artifact.
-        "notes": protocol.describe(training_data),
+        "notes": protocol.describe(fixed_set),
         "measured_on": measured_on(device),
     }
     # A run resumed from a checkpoint made elsewhere trained partly on another machine.

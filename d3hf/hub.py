@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .io_utils import atomic_directory
+from .errors import ArtifactError, ConfigError, D3HFError
+from .outputs import check_output, output_folder
 
 if TYPE_CHECKING:
     import datasets
@@ -29,12 +30,12 @@ logger = logging.getLogger(__name__)
 GENERATE_FORMATS = ("arrow", "parquet", "imagefolder")
 # What an artifact folder must hold to be pushed: the config and the card save_pretrained wrote.
 REQUIRED_ARTIFACT_FILES = ("config.json", "README.md")
-# Left behind by interrupted atomic writes (io_utils); never part of an artifact.
-IGNORED_ARTIFACT_PATTERNS = [".tmp-*", ".old-*", "**/.tmp-*"]
+# The files of an artifact: only these are uploaded, whatever else the folder holds.
+ARTIFACT_FILES = ["config.json", "model.safetensors", "README.md", "samples.png", "eval.json"]
 CARD_METADATA_KEY = "d3hf"
 
 
-class HubAccessError(ValueError):
+class HubAccessError(D3HFError, ValueError):
     """A Hub request failed for a reason the user can fix: missing repo, no access, offline."""
 
 
@@ -122,14 +123,26 @@ def artifact_folder(repo_id_or_path: str, revision: str | None = None) -> str:
     path = os.path.expanduser(os.fspath(repo_id_or_path))
     if os.path.isdir(path):
         if revision is not None:
-            raise ValueError(f"revision={revision!r} only applies to Hub repos; {path} is a local folder.")
+            raise ConfigError(f"revision={revision!r} only applies to Hub repos; {path} is a local folder.")
+        missing = [f for f in ("config.json", "model.safetensors") if not os.path.isfile(os.path.join(path, f))]
+        if missing:
+            raise ArtifactError(f"{path} has no {' and no '.join(missing)}; it is not a complete d3hf artifact.")
         return path
     if os.path.exists(path):
-        raise ValueError(f"{path} is a file; expected an artifact folder or a Hub repo id.")
+        raise ArtifactError(f"{path} is a file; expected an artifact folder or a Hub repo id.")
+    if not _looks_like_repo_id(str(repo_id_or_path)):  # never send a local path to the Hub client
+        raise ArtifactError(f"There is no folder {path!r}, and it is not a Hub repo id (NAMESPACE/NAME).")
     from huggingface_hub import snapshot_download
 
     with hub_errors(repo_id_or_path, "load", revision):
         return snapshot_download(repo_id_or_path, revision=revision, allow_patterns=["*.json", "*.safetensors"])
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    """NAMESPACE/NAME with the Hub's characters: what a Hub request can resolve."""
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name) is not None and ".." not in name
 
 
 def load_artifact(repo_id_or_path: str, revision: str | None = None) -> D3Model:
@@ -138,7 +151,7 @@ def load_artifact(repo_id_or_path: str, revision: str | None = None) -> D3Model:
 
     folder = artifact_folder(repo_id_or_path, revision)
     if not os.path.exists(os.path.join(folder, "config.json")):
-        raise ValueError(f"{repo_id_or_path} holds no config.json; it is not a d3hf artifact.")
+        raise ArtifactError(f"{repo_id_or_path} holds no config.json; it is not a d3hf artifact.")
     return D3Model.from_pretrained(folder).eval()
 
 
@@ -160,7 +173,7 @@ def load_distilled(
     an epoch between them.
     """
     if num_per_class < 1:
-        raise ValueError(f"num_per_class must be at least 1; got {num_per_class}.")
+        raise ConfigError(f"num_per_class must be at least 1; got {num_per_class}.")
     model = load_artifact(repo_id_or_path, revision)
     if streaming:
         return model.to_iterable_dataset(num_per_class, seed=seed, num_shards=num_shards)
@@ -172,14 +185,14 @@ def load_distilled(
 
 def _check_artifact_folder(model_dir: str) -> None:
     if not os.path.isdir(model_dir):
-        raise ValueError(f"{model_dir} is not a folder; pass the artifact folder written by `d3hf distill`.")
+        raise ArtifactError(f"{model_dir} is not a folder; pass the artifact folder written by `d3hf distill`.")
     missing = [f for f in REQUIRED_ARTIFACT_FILES if not os.path.exists(os.path.join(model_dir, f))]
     if missing:
-        raise ValueError(f"{model_dir} has no {', '.join(missing)}; save the artifact with D3Model.save_pretrained.")
+        raise ArtifactError(f"{model_dir} has no {', '.join(missing)}; save the artifact with D3Model.save_pretrained.")
     with open(os.path.join(model_dir, "config.json")) as f:
         model_type = json.load(f).get("model_type")
     if model_type != "d3":
-        raise ValueError(f"{model_dir} holds a {model_type!r} model, not a d3hf artifact.")
+        raise ArtifactError(f"{model_dir} holds a {model_type!r} model, not a d3hf artifact.")
 
 
 def _ensure_repo(api, repo_id: str, repo_type: str, private: bool, revision: str | None) -> None:
@@ -215,7 +228,7 @@ def push_artifact(
             repo_type="model",
             revision=revision,
             commit_message=commit_message or "Upload d3hf artifact",
-            ignore_patterns=IGNORED_ARTIFACT_PATTERNS,
+            allow_patterns=ARTIFACT_FILES,  # a user's own files beside the artifact stay private
         )
     logger.info("Pushed %s to %s at commit %s", model_dir, repo_id, info.oid)
     return PushResult(repo_id, "model", info.commit_url, info.oid, revision or "main")
@@ -322,7 +335,7 @@ def push_synthetic_dataset(
     from huggingface_hub import DatasetCard, HfApi, hf_hub_download
 
     if num_per_class < 1:
-        raise ValueError(f"num_per_class must be at least 1; got {num_per_class}.")
+        raise ConfigError(f"num_per_class must be at least 1; got {num_per_class}.")
     dataset = model.to_dataset(num_per_class, seed=seed)
     record = _generation_record(model, generator, generator_revision, num_per_class, seed)
     api = HfApi()
@@ -382,21 +395,25 @@ def generate_dataset(
     seed: int = 0,
     format: str = "arrow",
     revision: str | None = None,
+    overwrite: bool = False,
 ) -> datasets.Dataset:
     """Sample ``num_per_class`` images per class and write them to ``output_dir``.
 
     Formats: ``arrow`` (``Dataset.save_to_disk``; ``datasets.load_from_disk``), ``parquet``
     (``data/train-00000-of-00001.parquet``; ``load_dataset("parquet", data_dir=...)``) or
     ``imagefolder`` (``train/<class>/<n>.png``). A README.md dataset card records the
-    generator and seed. The folder is replaced only once everything is written. Returns the
-    generated ``Dataset``.
+    generator and seed. ``output_dir`` must be new or empty, or hold earlier d3hf samples and
+    nothing else with ``overwrite=True`` (``d3hf.outputs``); it appears only once everything is
+    written. Returns the generated ``Dataset``.
     """
     from huggingface_hub import DatasetCard
 
     if format not in GENERATE_FORMATS:
-        raise ValueError(f"format must be one of {', '.join(GENERATE_FORMATS)}; got {format!r}.")
+        raise ConfigError(f"format must be one of {', '.join(GENERATE_FORMATS)}; got {format!r}.")
     if num_per_class < 1:
-        raise ValueError(f"num_per_class must be at least 1; got {num_per_class}.")
+        raise ConfigError(f"num_per_class must be at least 1; got {num_per_class}.")
+    inputs = [repo_id_or_path] if isinstance(repo_id_or_path, str) and os.path.exists(repo_id_or_path) else []
+    check_output(output_dir, "samples", overwrite=overwrite, inputs=inputs)  # before any work
     if isinstance(repo_id_or_path, str):
         model, generator = load_artifact(repo_id_or_path, revision), repo_id_or_path
     else:
@@ -404,7 +421,7 @@ def generate_dataset(
     dataset = model.to_dataset(num_per_class, seed=seed)
     record = _generation_record(model, generator, revision, num_per_class, seed)
     card = _updated_card(DatasetCard("---\n---\n"), model, None, "default", record)
-    with atomic_directory(output_dir) as tmp:
+    with output_folder(output_dir, "samples", overwrite=overwrite, inputs=inputs) as tmp:
         if format == "arrow":
             dataset.save_to_disk(tmp)
         elif format == "parquet":
@@ -413,5 +430,5 @@ def generate_dataset(
         else:
             _write_imagefolder(dataset, tmp, model.config.class_names)
         card.save(os.path.join(tmp, "README.md"))
-    logger.info("Wrote %d samples (%d per class) to %s as %s", len(dataset), num_per_class, output_dir, format)
+    logger.debug("Wrote %d samples (%d per class) to %s as %s", len(dataset), num_per_class, output_dir, format)
     return dataset

@@ -9,12 +9,26 @@ import os
 import shutil
 import tempfile
 
+from .errors import D3HFError
+
 CHECKED_MAGIC = b"d3hf-checked-v1\n"
 TEMPORARY_PREFIXES = (".tmp-", ".old-")
 
 
-class CorruptFileError(ValueError):
+class CorruptFileError(D3HFError, ValueError):
     """A file failed its checksum or is not in the expected format."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def _with_user_mode(path: str, directory: bool = False) -> None:
+    """``tempfile`` makes private files (0600) and folders (0700); what d3hf leaves behind gets
+    the modes any other program would give it under the user's umask."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 @contextlib.contextmanager
@@ -24,6 +38,7 @@ def atomic_path(path: str):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     os.close(fd)
+    _with_user_mode(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -44,6 +59,7 @@ def atomic_directory(path: str):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    _with_user_mode(tmp, directory=True)
     try:
         yield tmp
         old = None

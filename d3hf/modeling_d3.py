@@ -6,7 +6,7 @@ import os
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from .configuration_d3 import D3Config
 from .decoders import build_decoder
@@ -230,3 +230,9 @@ class D3Model(PreTrainedModel):
             from .model_card import write_card_and_samples
 
             write_card_and_samples(self, os.fspath(save_directory))
+
+
+# Auto classes resolve "model_type": "d3" once this module is imported (d3hf imports it when
+# transformers is loaded first, and whenever a d3hf model class is used).
+AutoConfig.register("d3", D3Config, exist_ok=True)
+AutoModel.register(D3Config, D3Model, exist_ok=True)

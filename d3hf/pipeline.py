@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import yaml
 
+from .errors import ConfigError
+from .errors import D3HFError
 from .arguments import DistillArguments
 from .aggregation import aggregate, subtask_config
 from .budget import BudgetError, plan_subtasks, subtask_overruns
@@ -23,6 +25,7 @@ from .faults import kill_point
 from .io_utils import atomic_directory, atomic_write_json, remove_stale_temporaries
 from .modeling_d3 import D3Model
 from .networks import auto_depth
+from .outputs import MARKER, check_output, read_marker, write_marker
 from .storage import estimate_storage
 from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
 from .warm_start import WarmStartSettings, warm_start
@@ -33,9 +36,12 @@ RUN_FILE = "run_config.json"
 ARTIFACT_DIR = "artifact"
 SUBTASKS_DIR = "subtasks"
 FINISHED_FILE = "finished.json"
+SUMMARY_FILE = "summary.json"
+# Everything a run folder may hold; an --overwrite_output_dir restart removes exactly these.
+RUN_ENTRIES = (RUN_FILE, ARTIFACT_DIR, SUBTASKS_DIR, SUMMARY_FILE, MARKER)
 
 
-class RunConflictError(ValueError):
+class RunConflictError(D3HFError, ValueError):
     """``output_dir`` holds a run with different settings."""
 
 
@@ -60,7 +66,7 @@ def resolve_partition(args: DistillArguments, num_classes: int) -> list[list[int
     if args.subtasks:
         groups = yaml.safe_load(args.subtasks) if isinstance(args.subtasks, str) else args.subtasks
         if not isinstance(groups, list):
-            raise ValueError(f"subtasks must be a list of lists of class ids, e.g. [[0, 1], [2, 3]]; got {args.subtasks!r}")
+            raise ConfigError(f"subtasks must be a list of lists of class ids, e.g. [[0, 1], [2, 3]]; got {args.subtasks!r}")
         return check_partition(groups, num_classes)
     return partition_classes(num_classes, args.num_subtasks, args.seed)
 
@@ -110,7 +116,7 @@ def expert_settings(args: DistillArguments, image_shape=None) -> ExpertSettings:
     """Expert settings of a run; ``student_depth`` 0 resolves from ``image_shape``."""
     return ExpertSettings(
         num_experts=args.num_experts,
-        epochs=max(args.expert_epochs_total, args.max_start_epoch + args.expert_epochs),
+        epochs=args.expert_epochs_total,  # covers every matched segment (checked with the settings)
         keep_epochs=args.max_start_epoch + args.expert_epochs,
         lr=args.expert_lr,
         batch_size=args.expert_batch_size,
@@ -121,20 +127,44 @@ def expert_settings(args: DistillArguments, image_shape=None) -> ExpertSettings:
     )
 
 
-def _check_run_dir(args: DistillArguments) -> bool:
-    """True when ``output_dir`` holds a matching run to resume; refuses a different one."""
-    path = os.path.join(args.output_dir, RUN_FILE)
-    if not os.path.exists(path):
-        return False
-    previous = _read_json(path)
-    if previous != args.run_identity():
-        changed = sorted(k for k in set(previous) | set(args.run_identity())
-                         if previous.get(k) != args.run_identity().get(k))
+def _check_run_dir(args: DistillArguments) -> str:
+    """What ``output_dir`` allows, read-only: ``"new"`` (missing or empty), ``"resume"`` (this
+    run, same settings) or ``"restart"`` (a d3hf run with other settings, and
+    ``overwrite_output_dir``). Anything else is refused before any work."""
+    path = args.output_dir
+    run_file = os.path.join(path, RUN_FILE)
+    is_run = os.path.isdir(path) and (os.path.exists(run_file) or (read_marker(path) or {}).get("kind") == "run")
+    if not is_run:
+        check_output(path, "run", flag="--overwrite_output_dir")  # a file, a foreign folder, the current directory
+        return "new"
+    previous = _read_json(run_file) if os.path.exists(run_file) else None
+    if previous == args.run_identity():
+        return "resume"
+    changed = sorted(k for k in set(previous or {}) | set(args.run_identity())
+                     if (previous or {}).get(k) != args.run_identity().get(k))
+    if not args.overwrite_output_dir:
         raise RunConflictError(
-            f"{args.output_dir} holds a run with different settings ({', '.join(changed)}). "
-            "Use another output_dir, or delete it to start over."
+            f"{path} holds a run with different settings ({', '.join(changed) or 'unreadable'}). Use another "
+            "output_dir, or pass --overwrite_output_dir to start over there."
         )
-    return True
+    foreign = sorted(set(os.listdir(path)) - set(RUN_ENTRIES))
+    if foreign:
+        raise RunConflictError(f"{path} holds files d3hf did not write ({', '.join(foreign)}); move them away "
+                               "before starting over with --overwrite_output_dir.")
+    return "restart"
+
+
+def _clear_run_dir(path: str) -> None:
+    """Remove what an earlier run wrote (``RUN_ENTRIES`` only; nothing else is there)."""
+    import shutil
+
+    logger.info("Starting over in %s (--overwrite_output_dir): removing the earlier run", path)
+    for name in RUN_ENTRIES:
+        entry = os.path.join(path, name)
+        if os.path.isdir(entry) and not os.path.islink(entry):
+            shutil.rmtree(entry)
+        elif os.path.lexists(entry):
+            os.remove(entry)
 
 
 def subtask_arguments(args: DistillArguments, index: int, num_subtasks: int) -> DistillArguments:
@@ -198,6 +228,7 @@ def distill_subtask(
         _fit_soft_labels(part, buffer, view)
     with atomic_directory(artifact_dir) as tmp:
         part.save_pretrained(tmp)
+        write_marker(tmp, "artifact")
     atomic_write_json(finished, {"iterations": distiller.iteration})
     return part, timings
 
@@ -247,15 +278,21 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         args = dataclasses.replace(args, output_dir=args.output_dir.format(process_index=rank))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    # Every check before anything is written: a refused run leaves no files and removes none.
+    run_dir_state = _check_run_dir(args)
     data = load_data(args)
     partition = resolve_partition(args, data.num_classes)
     wanted = _subtask_ids(args, len(partition))
-    if is_main or "{process_index}" in original_output_dir:
-        remove_stale_temporaries(args.output_dir)  # before the gather below, so no process is writing yet
     _normalise_from_own_rows(data, partition, rank, world, accelerator)
     config = build_config(args, data, partition)
-    _check_run_dir(args)
+    if is_main or "{process_index}" in original_output_dir:
+        if run_dir_state == "restart":
+            _clear_run_dir(args.output_dir)
+        remove_stale_temporaries(args.output_dir)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()  # no process writes before the folder is clean
     os.makedirs(args.output_dir, exist_ok=True)
+    write_marker(args.output_dir, "run", RUN_ENTRIES)
     atomic_write_json(os.path.join(args.output_dir, RUN_FILE), args.run_identity())
     if is_main:
         logger.info("%d subtask(s) %s on %d process(es); representation for ipc_budget %s:\n%s", len(partition),
@@ -291,9 +328,10 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         if evaluation is not None:
             atomic_write_json(os.path.join(tmp, "eval.json"), evaluation)
         model.save_pretrained(tmp)
+        write_marker(tmp, "artifact")
         kill_point("artifact-write")
     timings["total_s"] = time.perf_counter() - t0
-    atomic_write_json(os.path.join(args.output_dir, "summary.json"), summary)
+    atomic_write_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
     return model, summary
 
 
@@ -303,9 +341,9 @@ def _subtask_ids(args: DistillArguments, num_subtasks: int) -> list[int]:
     try:
         ids = sorted({int(v) for v in str(args.subtask_ids).split(",") if v.strip()})
     except ValueError:
-        raise ValueError(f"subtask_ids must be comma-separated subtask indices; got {args.subtask_ids!r}") from None
+        raise ConfigError(f"subtask_ids must be comma-separated subtask indices; got {args.subtask_ids!r}") from None
     if not ids or ids[0] < 0 or ids[-1] >= num_subtasks:
-        raise ValueError(f"subtask_ids {args.subtask_ids!r} must lie in 0..{num_subtasks - 1}")
+        raise ConfigError(f"subtask_ids {args.subtask_ids!r} must lie in 0..{num_subtasks - 1}")
     return ids
 
 

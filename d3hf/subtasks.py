@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ConfigError
 from .seeding import class_seed
 
 SUBTASK_SEED_KEY = 31337
@@ -21,9 +22,9 @@ def partition_classes(num_classes: int, num_subtasks: int, seed: int = 0) -> lis
     dealt into groups whose sizes differ by at most one; each group is sorted.
     """
     if num_subtasks < 1:
-        raise ValueError(f"num_subtasks must be at least 1; got {num_subtasks}")
+        raise ConfigError(f"num_subtasks must be at least 1; got {num_subtasks}")
     if num_subtasks > num_classes:
-        raise ValueError(f"num_subtasks ({num_subtasks}) is larger than the number of classes ({num_classes}); "
+        raise ConfigError(f"num_subtasks ({num_subtasks}) is larger than the number of classes ({num_classes}); "
                          "every subtask needs at least one class.")
     if num_subtasks == 1:
         return [list(range(num_classes))]
@@ -36,9 +37,9 @@ def check_partition(subtasks: list[list[int]], num_classes: int) -> list[list[in
     try:
         groups = [[int(c) for c in group] for group in subtasks]
     except (TypeError, ValueError):
-        raise ValueError(f"subtasks must be a list of lists of class ids; got {subtasks!r}") from None
+        raise ConfigError(f"subtasks must be a list of lists of class ids; got {subtasks!r}") from None
     if any(not group for group in groups):
-        raise ValueError(f"every subtask needs at least one class; got {groups}")
+        raise ConfigError(f"every subtask needs at least one class; got {groups}")
     flat = [c for group in groups for c in group]
     missing = sorted(set(range(num_classes)) - set(flat))
     repeated = sorted({c for c in flat if flat.count(c) > 1})
@@ -46,7 +47,7 @@ def check_partition(subtasks: list[list[int]], num_classes: int) -> list[list[in
     if missing or repeated or unknown:
         parts = [f"missing {missing}" if missing else "", f"repeated {repeated}" if repeated else "",
                  f"not a class id {unknown}" if unknown else ""]
-        raise ValueError(f"subtasks must cover class ids 0..{num_classes - 1} exactly once: "
+        raise ConfigError(f"subtasks must cover class ids 0..{num_classes - 1} exactly once: "
                          f"{'; '.join(p for p in parts if p)}.")
     return groups
 

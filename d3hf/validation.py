@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ArtifactError
 from .configuration_d3 import D3Config
 from .decoders import UPSAMPLE_KINDS, DecoderSpec
 
 MAX_IMAGE_SIDE = 4096
 MAX_STORED_SCALARS = 2**31  # far above any sensible artifact; refuses memory bombs up front
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
-
-
-class ArtifactError(ValueError):
-    """The artifact is inconsistent, tampered with or truncated."""
 
 
 def check_config(config: D3Config) -> None:

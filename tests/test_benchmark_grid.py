@@ -189,6 +189,10 @@ def test_a_variant_is_skipped_exactly_when_it_resolves_to_the_recipe(grid, digit
     recipe_with(mmd_weight=0.0)
     with pytest.raises(grid.NotApplicable):
         grid.d3_arguments(digits, "digits", 10, "d3-mtt-only", 0, grid.QUICK)
+    # ... and its MMD-only row would keep no term at all: a setting d3hf refuses.
+    with pytest.raises(grid.NotApplicable, match="both 0"):
+        grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK)
+    recipe_with(mmd_weight=1.0)
     assert grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK).mtt_weight == 0
 
 

@@ -9,6 +9,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -174,6 +175,21 @@ def test_pushed_artifact_loads_like_the_local_folder(hub_env, artifact, model):
     hub_env.fresh_cache()
     assert_same_rows(load_distilled("ns/name", num_per_class=3, seed=1),
                      load_distilled(str(artifact), num_per_class=3, seed=1))
+
+
+def test_push_uploads_only_the_artifact_and_leaves_the_folder_as_it_was(hub_env, artifact, tmp_path):
+    folder = tmp_path / "artifact"
+    shutil.copytree(artifact, folder)
+    (folder / "notes.txt").write_text("private notes")
+    (folder / "drafts").mkdir()
+    (folder / "drafts" / "a.py").write_text("x = 1\n")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    assert main(["push", str(folder), "--repo_id", "ns/only-artifact"]) == 0
+    files = HfApi().list_repo_files("ns/only-artifact")
+    assert "notes.txt" not in files and not any(f.startswith("drafts") for f in files)
+    assert {"config.json", "model.safetensors", "README.md"} <= set(files)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
 def test_second_push_is_picked_up(hub_env, tmp_path):
