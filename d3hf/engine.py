@@ -8,7 +8,10 @@ import io
 import logging
 import math
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +30,27 @@ from .objectives import median_sq_distance, mmd2_unbiased, trajectory_matching_l
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "distill_state.pt"
+
+
+@contextlib.contextmanager
+def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
+    """Hold a first Ctrl-C (SIGINT) until the running step is done, so the state saved is a
+    whole step's; a second Ctrl-C stops at once. Only the main thread can take signals: other
+    threads run unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    received = []
+
+    def hold(signum, frame):
+        received.append(signum)
+        signal.signal(signal.SIGINT, previous)  # the next Ctrl-C interrupts immediately
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class NonFiniteError(D3HFError, RuntimeError):
@@ -272,11 +296,27 @@ class Distiller:
 
     def run(self, iterations: int, checkpoint_dir: str | None = None, show_progress: bool = True) -> list[dict]:
         """Iterate up to ``iterations`` (resuming from ``self.iteration``), checkpointing periodically."""
-        from tqdm.auto import tqdm
+        from .progress import bar as progress_bar
 
         a = self.args
-        bar = tqdm(total=iterations, initial=self.iteration, desc="distill", disable=not show_progress)
+        bar = progress_bar("distill", total=iterations, initial=self.iteration, disable=not show_progress)
+        with _interrupt_between_steps() as interrupted:
+            self._run(iterations, checkpoint_dir, bar, interrupted)
+            bar.close()
+            if checkpoint_dir:
+                self.save_checkpoint(checkpoint_dir)
+            if interrupted():  # during the last step: the run is complete and saved, but the user asked to stop
+                raise KeyboardInterrupt
+        return self.history
+
+    def _run(self, iterations: int, checkpoint_dir: str | None, bar, interrupted: Callable[[], bool]) -> None:
+        a = self.args
         while self.iteration < iterations:
+            if interrupted():  # Ctrl-C during the last step: it finished, so the state is whole
+                if checkpoint_dir:
+                    self.save_checkpoint(checkpoint_dir)
+                    logger.info("Interrupted: checkpoint of iteration %d saved in %s", self.iteration, checkpoint_dir)
+                raise KeyboardInterrupt
             record = self.step()
             kill_point(f"iteration-{self.iteration}")
             bar.update(1)
@@ -286,7 +326,3 @@ class Distiller:
                             ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"))
             if checkpoint_dir and a.checkpoint_every and self.iteration % a.checkpoint_every == 0:
                 self.save_checkpoint(checkpoint_dir)
-        bar.close()
-        if checkpoint_dir:
-            self.save_checkpoint(checkpoint_dir)
-        return self.history

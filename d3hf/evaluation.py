@@ -136,7 +136,7 @@ def train_network(
     finishes: a resumed run gives the same network as an uninterrupted one (same device and
     thread count).
     """
-    from tqdm.auto import tqdm
+    from .progress import bar as progress_bar
 
     if protocol.augment not in AUGMENTATIONS:
         raise ValueError(f"augmentation {protocol.augment!r} is not available; use one of {', '.join(AUGMENTATIONS)}")
@@ -158,8 +158,8 @@ def train_network(
         checkpoint_seconds = CHECKPOINT_SECONDS
     last_save = time.monotonic()
     mean, std = data.normalization_tensors(device)
-    epochs = tqdm(range(first_epoch, protocol.epochs), desc=f"eval seed {seed}", disable=not show_progress,
-                  leave=False, initial=first_epoch, total=protocol.epochs)
+    epochs = progress_bar("evaluate", range(first_epoch, protocol.epochs), disable=not show_progress, leave=False,
+                          initial=first_epoch, total=protocol.epochs, postfix=f"seed {seed}")
     for epoch in epochs:
         images, labels = train_source(epoch)
         order = rng.permutation(len(labels))

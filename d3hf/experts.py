@@ -145,7 +145,7 @@ def build_expert_buffer(
     stale files are replaced. ``experts`` limits the work to some indices (for splitting it
     across processes); the buffer is returned once every index has been built, else None.
     """
-    from tqdm.auto import tqdm
+    from .progress import bar as progress_bar
 
     fingerprint = data.fingerprint()
     os.makedirs(path, exist_ok=True)
@@ -163,7 +163,7 @@ def build_expert_buffer(
     done["finished"] = _intact(path, done["finished"], done["sha256"])
     todo = [i for i in (experts if experts is not None else range(settings.num_experts)) if i not in done["finished"]]
     device = torch.device(device)
-    bar = tqdm(total=len(todo) * settings.epochs, desc="experts", disable=not show_progress or not todo)
+    bar = progress_bar("experts", total=len(todo) * settings.epochs, disable=not show_progress or not todo)
     for i in todo:
         kept = train_one_expert(data, settings, i, device, progress=bar)
         with atomic_path(os.path.join(path, f"expert_{i}.safetensors")) as tmp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,6 +27,7 @@ from .io_utils import atomic_directory, atomic_write_json, remove_stale_temporar
 from .modeling_d3 import D3Model
 from .networks import auto_depth
 from .outputs import MARKER, check_output, read_marker, write_marker
+from .progress import run_progress
 from .storage import estimate_storage
 from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
 from .warm_start import WarmStartSettings, warm_start
@@ -298,41 +300,53 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         logger.info("%d subtask(s) %s on %d process(es); representation for ipc_budget %s:\n%s", len(partition),
                     partition, world, args.ipc_budget, estimate_storage(config))
 
-    local = []
-    for k in [wanted[i] for i in assigned_subtasks(len(wanted), rank, world)]:
-        part, sub_timings = distill_subtask(args, data, config, k, device, autocast, show_progress)
-        state = {name: tensor.detach().cpu() for name, tensor in part.state_dict().items()}
-        local.append({"index": k, "classes": partition[k], "process": rank, "state": state, "timings": sub_timings})
-    results = sorted(_gather(accelerator, local), key=lambda r: r["index"])
-    timings["subtasks_s"] = time.perf_counter() - t0
-    summary: dict = {"subtasks": [{k: v for k, v in r.items() if k != "state"} for r in results],
-                     "timings": timings, "num_processes": world, "output_dir": args.output_dir,
-                     "artifact_dir": os.path.join(args.output_dir, ARTIFACT_DIR)}
-    if not is_main or len(results) < len(partition):
-        if is_main:
-            logger.info("Distilled subtasks %s; merge all subtasks with `d3hf aggregate`.", wanted)
-        return None, summary
+    mine = [wanted[i] for i in assigned_subtasks(len(wanted), rank, world)]
+    evaluates = is_main and len(wanted) == len(partition) and data.test is not None
+    with run_progress(_planned_phases(args, len(mine), evaluates)) if show_progress else contextlib.nullcontext():
+        local = []
+        for k in mine:
+            part, sub_timings = distill_subtask(args, data, config, k, device, autocast, show_progress)
+            state = {name: tensor.detach().cpu() for name, tensor in part.state_dict().items()}
+            local.append({"index": k, "classes": partition[k], "process": rank, "state": state, "timings": sub_timings})
+        results = sorted(_gather(accelerator, local), key=lambda r: r["index"])
+        timings["subtasks_s"] = time.perf_counter() - t0
+        summary: dict = {"subtasks": [{k: v for k, v in r.items() if k != "state"} for r in results],
+                         "timings": timings, "num_processes": world, "output_dir": args.output_dir,
+                         "artifact_dir": os.path.join(args.output_dir, ARTIFACT_DIR)}
+        if not is_main or len(results) < len(partition):
+            if is_main:
+                logger.info("Distilled subtasks %s; merge all subtasks with `d3hf aggregate`.", wanted)
+            return None, summary
 
-    parts = []
-    for r in results:
-        part = D3Model(subtask_config(config, r["index"]))
-        part.load_state_dict(r["state"])
-        parts.append(part)
-    model = aggregate(parts)
-    summary["ledger"] = model.storage().to_dict()
-    summary["expert_buffer_bytes"] = sum(r["timings"].get("expert_buffer_bytes", 0) for r in results)
-    evaluation = _evaluate_after_distilling(model, data, args, timings, show_progress, device)
-    if evaluation is not None:
-        summary["evaluation"] = evaluation
-    with atomic_directory(os.path.join(args.output_dir, ARTIFACT_DIR)) as tmp:
+        parts = []
+        for r in results:
+            part = D3Model(subtask_config(config, r["index"]))
+            part.load_state_dict(r["state"])
+            parts.append(part)
+        model = aggregate(parts)
+        summary["ledger"] = model.storage().to_dict()
+        summary["expert_buffer_bytes"] = sum(r["timings"].get("expert_buffer_bytes", 0) for r in results)
+        evaluation = _evaluate_after_distilling(model, data, args, timings, show_progress, device)
         if evaluation is not None:
-            atomic_write_json(os.path.join(tmp, "eval.json"), evaluation)
-        model.save_pretrained(tmp)
-        write_marker(tmp, "artifact")
-        kill_point("artifact-write")
-    timings["total_s"] = time.perf_counter() - t0
-    atomic_write_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
-    return model, summary
+            summary["evaluation"] = evaluation
+        with atomic_directory(os.path.join(args.output_dir, ARTIFACT_DIR)) as tmp:
+            if evaluation is not None:
+                atomic_write_json(os.path.join(tmp, "eval.json"), evaluation)
+            model.save_pretrained(tmp)
+            write_marker(tmp, "artifact")
+            kill_point("artifact-write")
+        timings["total_s"] = time.perf_counter() - t0
+        atomic_write_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
+        return model, summary
+
+
+def _planned_phases(args: DistillArguments, num_subtasks: int, evaluates: bool) -> list[tuple[str, int]]:
+    """The phases this process will show, with their units (a resumed run corrects them as it goes)."""
+    per_subtask = [("experts", args.num_experts * args.expert_epochs_total),
+                   ("warm start", args.init_steps if args.init == "vae" else 0), ("distill", args.iterations)]
+    # The final evaluation trains one network per seed on the artifact, then as many on random real images.
+    evaluation = [("evaluate", args.eval_epochs)] * (2 * args.eval_seeds) if evaluates else []
+    return per_subtask * num_subtasks + evaluation
 
 
 def _subtask_ids(args: DistillArguments, num_subtasks: int) -> list[int]:

@@ -75,7 +75,7 @@ def warm_start(model: D3Model, data: ImageClassificationData, settings: WarmStar
     """
     if len(model.decoders) != 1:
         raise ValueError("warm_start fits one task (one decoder); call it per subtask")
-    from tqdm.auto import tqdm
+    from .progress import bar as progress_bar
 
     t0 = time.perf_counter()
     device = model.prior_means.device
@@ -92,7 +92,7 @@ def warm_start(model: D3Model, data: ImageClassificationData, settings: WarmStar
     kl_weight = settings.kl_weight if settings.kl_weight is not None else kl_weight_for(data.image_shape)
     batch_size = min(settings.batch_size, len(images))
     steps_per_epoch = len(images) // batch_size
-    bar = tqdm(total=settings.steps, desc="warm start", disable=not show_progress)
+    bar = progress_bar("warm start", total=settings.steps, disable=not show_progress)
     recon = kl = torch.zeros(())
     for step in range(settings.steps):
         if step % steps_per_epoch == 0:

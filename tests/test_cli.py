@@ -286,7 +286,7 @@ def test_evaluate_keeps_old_rows_apart_and_refuses_a_broken_eval_json_before_tra
     capsys.readouterr()
     assert main(again) == 2
     err = capsys.readouterr().err
-    assert "eval.json cannot be read" in err and "eval seed" not in err
+    assert "eval.json cannot be read" in err and "seed 0" not in err
 
 
 def test_evaluate_under_p_dsa_with_the_mlp(first_run, tmp_path, capsys):
