@@ -33,7 +33,30 @@ _LAZY = {
     "estimate_storage": "storage",
 }
 
-__all__ = sorted([*_LAZY, "ArtifactError", "ConfigError", "D3HFError", "OutputError", "__version__"])
+__all__ = [
+    "ArtifactError",
+    "ConfigError",
+    "D3Config",
+    "D3HFError",
+    "D3Model",
+    "DataError",
+    "DecoderSpec",
+    "HubAccessError",
+    "ImageClassificationData",
+    "OutputError",
+    "SplitOverlapError",
+    "StorageLedger",
+    "estimate_storage",
+    "family_spec",
+    "generate_dataset",
+    "load_artifact",
+    "load_distilled",
+    "load_image_classification",
+    "named_protocol",
+    "push_artifact",
+    "push_synthetic_dataset",
+    "reference_spec",
+]
 
 
 def __getattr__(name: str):

@@ -11,8 +11,8 @@ import os
 
 import torch
 
-from .errors import D3HFError
 from .configuration_d3 import D3Config
+from .errors import D3HFError
 from .modeling_d3 import D3Model
 
 SUBTASK_KEY = "subtask"

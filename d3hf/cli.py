@@ -147,10 +147,11 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     p.add_argument("model", nargs="?", help="artifact folder or Hub id")
     p.add_argument("--images", help="evaluate a fixed image set instead: .npz with images (N,C,H,W) and labels")
     p.add_argument("--dataset", default=None, help="defaults to the dataset recorded in the artifact")
-    p.add_argument("--arch", default="convnet", choices=["convnet", "resnet", "mlp"])
+    p.add_argument("--arch", default="convnet", choices=["convnet", "resnet", "mlp"],
+                   help="network trained: ConvNet-3, ResNet-18 (both instance norm) or an MLP")
     p.add_argument("--augment", default="none", choices=["none", "dsa"], help="none: P-noaug; dsa: P-dsa")
     p.add_argument("--epochs", type=int, default=None, help="default: the protocol's (300, or 1000 with dsa)")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="networks trained, one per seed (mean and std reported)")
     p.add_argument("--num_per_class", "--num-per-class", type=int, default=20, help="fresh samples per class per epoch")
     p.add_argument("--with_prior_means", "--with-prior-means", action="store_true",
                    help="also train on every prior's mean image each epoch")
@@ -169,7 +170,13 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     device = _device(a.device)
     from .data import DataError
     from .environment import measured_where
-    from .evaluation import check_test_split_disjoint, evaluate, fixed_source, model_source, named_protocol
+    from .evaluation import (
+        check_test_split_disjoint,
+        evaluate,
+        fixed_source,
+        model_source,
+        named_protocol,
+    )
     from .pipeline import load_data
 
     overrides = {"arch": a.arch, "num_per_class": a.num_per_class, **({"epochs": a.epochs} if a.epochs is not None else {})}
@@ -310,7 +317,10 @@ def cmd_push(argv: Sequence[str]) -> int:
 
 
 def cmd_generate(argv: Sequence[str]) -> int:
-    from .hub import GENERATE_FORMATS, generate_dataset  # hub loads its heavy libraries only when called
+    from .hub import (  # hub loads its heavy libraries only when called
+        GENERATE_FORMATS,
+        generate_dataset,
+    )
 
     p = argparse.ArgumentParser(prog="d3hf generate", description="Write samples of an artifact to a new folder.")
     p.add_argument("model", help="artifact folder or Hub repo id")
@@ -368,7 +378,7 @@ COMMANDS = {
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"usage: d3hf COMMAND [ARGS ...] [--debug]    (d3hf COMMAND --help for a command's arguments)", "",
+    lines = ["usage: d3hf COMMAND [ARGS ...] [--debug]    (d3hf COMMAND --help for a command's arguments)", "",
              "Distributional Dataset Distillation (D3) for the Hugging Face ecosystem.", "", "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "options:", "  -h, --help     show this message", "  --version      print d3hf's version",

@@ -298,7 +298,6 @@ class Distiller:
         """Iterate up to ``iterations`` (resuming from ``self.iteration``), checkpointing periodically."""
         from .progress import bar as progress_bar
 
-        a = self.args
         bar = progress_bar("distill", total=iterations, initial=self.iteration, disable=not show_progress)
         with _interrupt_between_steps() as interrupted:
             self._run(iterations, checkpoint_dir, bar, interrupted)

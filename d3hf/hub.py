@@ -103,7 +103,12 @@ def _first_line(err: Exception) -> str:
 def hub_errors(repo_id: str, action: str, revision: str | None = None) -> Iterator[None]:
     """Turn the Hub client's exceptions into one ``HubAccessError`` (a ``ValueError``)."""
     import httpx2
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        HFValidationError,
+        OfflineModeIsEnabled,
+    )
 
     try:
         yield

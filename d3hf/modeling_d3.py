@@ -202,7 +202,13 @@ class D3Model(PreTrainedModel):
         or the values are inconsistent, before anything is built from them."""
         from transformers.utils import cached_file
 
-        from .validation import ArtifactError, check_config, check_soft_labels, check_values, check_weights_file
+        from .validation import (
+            ArtifactError,
+            check_config,
+            check_soft_labels,
+            check_values,
+            check_weights_file,
+        )
 
         path = pretrained_model_name_or_path
         kwargs.pop("trust_remote_code", None)

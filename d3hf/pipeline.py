@@ -13,14 +13,13 @@ import numpy as np
 import torch
 import yaml
 
-from .errors import ConfigError
-from .errors import D3HFError
-from .arguments import DistillArguments
 from .aggregation import aggregate, subtask_config
+from .arguments import DistillArguments
 from .budget import BudgetError, plan_subtasks, subtask_overruns
 from .configuration_d3 import D3Config
 from .data import ImageClassificationData, PixelMoments, load_image_classification
 from .engine import Distiller
+from .errors import ConfigError, D3HFError
 from .experts import ExpertSettings, build_expert_buffer
 from .faults import kill_point
 from .io_utils import atomic_directory, atomic_write_json, remove_stale_temporaries
@@ -302,6 +301,10 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
 
     mine = [wanted[i] for i in assigned_subtasks(len(wanted), rank, world)]
     evaluates = is_main and len(wanted) == len(partition) and data.test is not None
+    if show_progress:  # this run's line is the only progress display: no "Writing model shards" bars
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     with run_progress(_planned_phases(args, len(mine), evaluates)) if show_progress else contextlib.nullcontext():
         local = []
         for k in mine:

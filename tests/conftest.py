@@ -28,6 +28,17 @@ from d3hf.experts import build_expert_buffer  # noqa: E402
 from d3hf.pipeline import expert_settings  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def restore_d3hf_logging():
+    """``main()`` binds a handler to the current (captured) stderr; later tests must not log to it."""
+    import logging
+
+    logger = logging.getLogger("d3hf")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: loads a larger embedded dataset (a few seconds)")
 

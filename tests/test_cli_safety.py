@@ -19,15 +19,6 @@ from d3hf.cli import main
 from d3hf.outputs import MARKER
 
 
-@pytest.fixture(autouse=True)
-def restore_d3hf_logging():
-    """``main()`` binds a handler to the current (captured) stderr; later tests must not log to it."""
-    logger = logging.getLogger("d3hf")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     """A small saved artifact (digits-shaped, one subtask)."""
@@ -335,6 +326,13 @@ def test_top_level_help_lists_the_commands_without_loading_torch():
     assert elapsed < 1.0, elapsed
 
 
+def test_every_public_name_resolves_and_import_is_light():
+    code = ("import sys, d3hf; light = 'torch' not in sys.modules; "
+            "missing = [n for n in d3hf.__all__ if getattr(d3hf, n, None) is None]; print(light, missing)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "True []"
+
+
 def test_version(capsys):
     import d3hf
 
@@ -351,6 +349,25 @@ def test_distill_help_names_the_command_its_config_and_every_flag(capsys):
     for f in fields(DistillArguments):
         assert f.metadata.get("help"), f"{f.name} has no help text"
         assert f"--{f.name}" in out
+
+
+@pytest.mark.parametrize("command", ["evaluate", "info", "aggregate", "push", "generate"])
+def test_every_flag_of_every_command_has_help(command, monkeypatch):
+    import argparse
+
+    class Parsed(Exception):
+        pass
+
+    def capture(parser, *args, **kwargs):
+        raise Parsed(parser)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(Parsed) as parsed:
+        main([command, "--help"])
+    parser = parsed.value.args[0]
+    assert parser.prog == f"d3hf {command}" and parser.description
+    for action in parser._actions:
+        assert action.help, f"d3hf {command} {action.option_strings or action.dest} has no help text"
 
 
 def test_log_lines_go_above_progress_bars(tmp_path, monkeypatch):

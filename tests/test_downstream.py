@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 import os
 import sys
 
@@ -55,3 +56,14 @@ def test_real_baseline_repeats_its_images(recipe, artifact, tmp_path):
     assert result["real_ipc"] == 2  # the artifact's ipc_budget
     assert result["steps"] == 6
     assert result["max_repeated_fraction"] == 1.0  # the same 20 real images every epoch
+
+
+def test_downstream_recipe_honours_a_given_max_steps(recipe, artifact, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="train_downstream"):
+        result = recipe.main(tiny_argv(artifact, tmp_path, "--max_steps", "2"))
+    assert result["steps"] == 2  # one epoch of 40 rows in batches of 16 would be 3
+    assert "2 steps of batch 16 (from --max_steps)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="train_downstream"):
+        assert recipe.main(tiny_argv(artifact, tmp_path / "epochs"))["steps"] == 3
+    assert "3 steps of batch 16 (from --num_train_epochs 1)" in caplog.text

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from d3hf import evaluation
 from d3hf.augment import DSA, DSAConfig, crop, rotate, scale
 from d3hf.baselines import (
     DistributionMatching,
@@ -24,7 +25,6 @@ from d3hf.baselines import (
     random_real_images,
     train_feature_network,
 )
-from d3hf import evaluation
 from d3hf.environment import measured_on, measured_where
 from d3hf.evaluation import (
     Protocol,

@@ -7,7 +7,6 @@ Nothing in those libraries is patched.
 
 import importlib
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -73,15 +72,6 @@ class HubEnv:
         ns, name = repo_id.split("/")
         return [body for method, path, body in self.server.requests
                 if path == "/api/repos/create" and body["organization"] == ns and body["name"] == name]
-
-
-@pytest.fixture(autouse=True)
-def restore_d3hf_logging():
-    """``main()`` binds a handler to the current (captured) stderr; later tests must not log to it."""
-    logger = logging.getLogger("d3hf")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="module")

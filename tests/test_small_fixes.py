@@ -2,8 +2,6 @@
 metadata, and the notes of a fixed image set's evaluation."""
 
 import hashlib
-import importlib.util
-import logging
 import os
 import shutil
 import subprocess
@@ -17,7 +15,6 @@ import d3hf
 from d3hf import D3Config, D3Model, family_spec
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-RECIPE = os.path.join(ROOT, "recipes", "train_downstream.py")
 
 
 def tiny_model(**source) -> D3Model:
@@ -124,43 +121,6 @@ def test_setup_fails_and_shows_the_error_when_pip_fails(tmp_path):
     assert done.returncode == 3
     assert "ERROR: No matching distribution" in done.stderr
     assert "d3hf 0.1.0 torch fake" not in done.stdout  # stopped before the final check
-
-
-# ----------------------------------------------------------------------------- recipes/train_downstream.py
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location("train_downstream", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the recipe loads
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    path = tmp_path_factory.mktemp("small-fixes-artifact")
-    tiny_model().save_pretrained(str(path))
-    return str(path)
-
-
-def tiny_argv(artifact, output_dir, *extra):
-    return ["--artifact", artifact, "--output_dir", str(output_dir), "--num_per_class", "4", "--embedding_size", "4",
-            "--hidden_sizes", "4,8", "--depths", "1,1", "--per_device_train_batch_size", "16",
-            "--num_train_epochs", "1", "--disable_tqdm", "true", "--use_cpu", "true", *extra]
-
-
-def test_downstream_recipe_honours_a_given_max_steps(recipe, artifact, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="train_downstream"):
-        result = recipe.main(tiny_argv(artifact, tmp_path, "--max_steps", "2"))
-    assert result["steps"] == 2  # one epoch of 40 rows in batches of 16 would be 3
-    assert "2 steps of batch 16 (from --max_steps)" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="train_downstream"):
-        assert recipe.main(tiny_argv(artifact, tmp_path / "epochs"))["steps"] == 3
-    assert "3 steps of batch 16 (from --num_train_epochs 1)" in caplog.text
 
 
 # ----------------------------------------------------------------------------- model card

@@ -1,6 +1,6 @@
 import torch
-
 from conftest import tiny_args
+
 from d3hf.aggregation import subtask_config
 from d3hf.modeling_d3 import D3Model
 from d3hf.pipeline import build_config
