@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from d3hf.environment import cpu_model
+from d3hf.utils.environment import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "cache", "baseline_check")
@@ -48,7 +48,7 @@ def dm_images(data, ipc: int, seed: int, iterations: int):
     import numpy as np
     import torch
 
-    from d3hf.baselines import DMSettings, ImageSet, distribution_matching_images
+    from d3hf.evaluation.image_sets import DMSettings, ImageSet, distribution_matching_images
 
     path = os.path.join(CACHE, f"dm_ipc{ipc}_seed{seed}_it{iterations}.npz")
     if os.path.exists(path):
@@ -64,7 +64,7 @@ def dm_images(data, ipc: int, seed: int, iterations: int):
 
 def image_set(data, method: str, ipc: int, seed: int, iterations: int):
     """The fixed image set of a cell and the seconds it took to build (0 when cached/loaded)."""
-    from d3hf.baselines import load_image_set, random_real_images
+    from d3hf.evaluation.image_sets import load_image_set, random_real_images
 
     if method == "random":
         return random_real_images(data, ipc, seed), 0.0
@@ -76,8 +76,8 @@ def image_set(data, method: str, ipc: int, seed: int, iterations: int):
 
 
 def run_cell(data, method: str, ipc: int, seed: int, protocol_name: str, iterations: int) -> dict:
-    from d3hf.baselines import peer_mnist5k_source
-    from d3hf.evaluation import check_test_split_disjoint, fixed_source, named_protocol, train_and_test
+    from d3hf.evaluation.image_sets import peer_mnist5k_source
+    from d3hf.evaluation.training import check_test_split_disjoint, fixed_source, named_protocol, train_and_test
 
     protocol = named_protocol(protocol_name)
     images, build_seconds = image_set(data, method, ipc, seed, iterations)

@@ -1,5 +1,5 @@
 """Training and distillation speed with glibc's default malloc against
-``d3hf.allocator.keep_freed_memory``.
+``d3hf.utils.allocator.keep_freed_memory``.
 
 Each training cell trains the grid's evaluation network (MNIST-5k, 200 random real images: one
 batch per epoch, as a D3 artifact's 20 samples per class) for a few epochs in a fresh process with
@@ -40,9 +40,9 @@ def measure(arch: str, protocol: str, keep: bool) -> dict:
     import torch
 
     from d3hf import load_image_classification
-    from d3hf.allocator import keep_freed_memory
-    from d3hf.baselines import random_real_images
-    from d3hf.evaluation import fixed_source, named_protocol, train_network
+    from d3hf.evaluation.image_sets import random_real_images
+    from d3hf.evaluation.training import fixed_source, named_protocol, train_network
+    from d3hf.utils.allocator import keep_freed_memory
 
     applied = keep_freed_memory()
     torch.set_num_threads(1)
@@ -63,7 +63,7 @@ def measure(arch: str, protocol: str, keep: bool) -> dict:
 def run_distill(ipc: str, keep: bool, iterations: int) -> dict:
     """``d3hf distill`` of recipes/mnist5k/ipc{ipc}.yaml as the module docstring says; its timings."""
     os.environ["D3HF_KEEP_FREED_MEMORY"] = "1" if keep else "0"
-    from d3hf.cli import main as d3hf
+    from d3hf.commands.cli import main as d3hf
 
     out = os.path.join(CACHE, f"distill_ipc{ipc}_{'keep' if keep else 'default'}")
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, never resumed from a checkpoint
@@ -100,7 +100,7 @@ def in_fresh_process(kind: str, what: str, keep: bool) -> str:
 def cached(arch: str, protocol: str, keep: bool) -> dict:
     path = os.path.join(CACHE, f"{arch}_{protocol}_{'keep' if keep else 'default'}.json")
     if not os.path.exists(path):
-        from d3hf.io_utils import atomic_write_json
+        from d3hf.utils.io import atomic_write_json
 
         out = in_fresh_process(arch, protocol, keep)
         record = {**json.loads(out.strip().splitlines()[-1]), "cpu": grid.machine()["cpu"], "cores": os.cpu_count()}
@@ -143,7 +143,7 @@ def main() -> None:
         "# Training and distillation with glibc's default malloc and with `keep_freed_memory`", "",
         f"Command: `python benchmarks/cpu_allocator.py`. Machine: {default['cpu']}, {default['cores']} cores, one "
         "torch thread per process, nothing else running, a fresh process per cell.", "",
-        "`d3hf.allocator.keep_freed_memory()` (called by `d3hf`'s command line and by the benchmark grid) sets "
+        "`d3hf.utils.allocator.keep_freed_memory()` (called by `d3hf`'s command line and by the benchmark grid) sets "
         "glibc's mmap threshold to 1 GB and turns off heap trimming, so the tens-of-MB activations of every step "
         "reuse freed heap memory instead of new zero-filled pages from the kernel. Results do not change: only "
         "where the memory comes from.", "",

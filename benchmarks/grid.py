@@ -116,7 +116,7 @@ class Mode:
 
     def protocol(self, name: str, arch: str):
         """The downstream protocol its cells under ``name`` and ``arch`` train with."""
-        from d3hf.evaluation import named_protocol
+        from d3hf.evaluation.training import named_protocol
 
         overrides = {"arch": arch} if self.eval_epochs is None else {"arch": arch, "epochs": self.eval_epochs}
         return named_protocol(name, **overrides)
@@ -146,7 +146,7 @@ BASE_MODES = {"full": Mode(name="full"), "quick": QUICK, "smoke": SMOKE}
 @functools.lru_cache(maxsize=None)
 def load_data(dataset: str):
     """The dataset, loaded once per process (the grid, its digests and the report share it)."""
-    from d3hf.data import load_image_classification
+    from d3hf.data.image_data import load_image_classification
 
     return load_image_classification(dataset)
 
@@ -154,9 +154,9 @@ def load_data(dataset: str):
 def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode):
     """The recipe's settings (read as ``d3hf distill`` reads them) with the mode's and the
     variant's overrides (output_dir unset)."""
-    from d3hf.cli import parse_distill_args
+    from d3hf.commands.cli import parse_distill_args
+    from d3hf.distill.runner import build_config
     from d3hf.errors import ConfigError
-    from d3hf.pipeline import build_config
 
     recipe = parse_distill_args([os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")])
     variant = dict(D3_VARIANTS[method])
@@ -180,7 +180,7 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
 def resolved_settings(args, data) -> dict:
     """What a distillation computes, with `auto` sizes resolved to what it builds: two runs with
     equal ones compute the same."""
-    from d3hf.pipeline import build_config
+    from d3hf.distill.runner import build_config
 
     config = build_config(args, data)
     return {**_computed_settings(args), "lpc": config.priors_per_class, "decoder": config.decoders,
@@ -203,8 +203,8 @@ def distill_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode
 def baseline_settings(data, method: str, seed: int, mode: Mode) -> dict | None:
     """What decides a selected or learned baseline set besides its dataset, budget and seed; None
     for the sets nothing else decides (random real, all real, the external images)."""
-    from d3hf import baselines
-    from d3hf.networks import auto_depth
+    from d3hf.evaluation import image_sets as baselines
+    from d3hf.nn.networks import auto_depth
 
     depth = auto_depth(data.image_shape)
     if method in ("herding", "kcenter"):
@@ -292,7 +292,7 @@ KEPT_ARTIFACT_FILES = ("config.json", "model.safetensors")
 
 def keep_build(out: str, kept: str) -> None:
     """Copy a finished D3 build's artifact and summary from the cache into the tracked results."""
-    from d3hf.pipeline import ARTIFACT_DIR
+    from d3hf.distill.runner import ARTIFACT_DIR
 
     if os.path.exists(os.path.join(kept, "summary.json")):
         return
@@ -308,7 +308,7 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
     """Distil with the dataset's recipe and the variant's settings (evaluation off), unless the
     build is in the cache or kept in the results; returns the artifact folder and facts. Builds are
     named by the settings' digest."""
-    from d3hf.pipeline import ARTIFACT_DIR, run_distillation
+    from d3hf.distill.runner import ARTIFACT_DIR, run_distillation
 
     args = d3_arguments(data, dataset, ipc, method, seed, mode)
     name = build_name(dataset, ipc, method, seed, settings_digest(args))
@@ -336,7 +336,7 @@ def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     import numpy as np
     import torch
 
-    from d3hf import baselines
+    from d3hf.evaluation import image_sets as baselines
 
     folder = mode.cache if method in ("random", "full") else mode.cells_dir
     name = build_name(dataset, ipc, method, seed, build_digest(data, dataset, ipc, method, seed, mode))
@@ -359,7 +359,7 @@ def _make_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     import numpy as np
     import torch
 
-    from d3hf import baselines
+    from d3hf.evaluation import image_sets as baselines
 
     settings = baseline_settings(data, method, seed, mode)
     if method == "random":
@@ -371,8 +371,8 @@ def _make_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     if method == "dm":
         return baselines.distribution_matching_images(data, ipc, baselines.DMSettings(**settings), show_progress=True)
     if method == "d3-prototypes":
-        from d3hf.experts import build_expert_buffer
-        from d3hf.pipeline import expert_settings
+        from d3hf.distill.experts import build_expert_buffer
+        from d3hf.distill.runner import expert_settings
 
         args = distill_arguments(data, dataset, ipc, method, seed, mode)
         buffer = build_expert_buffer(data, expert_settings(args, data.image_shape), args.buffer_dir)
@@ -393,9 +393,9 @@ def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name
              checkpoint_dir: str | None = None) -> dict:
     """Build (or find) the cell's training set and score it; the downstream training resumes from
     ``checkpoint_dir`` (one per cell and settings digest) when a killed run left it there."""
-    from d3hf import baselines
-    from d3hf.evaluation import evaluate, fixed_source, model_source
-    from d3hf.modeling_d3 import D3Model
+    from d3hf.evaluation import image_sets as baselines
+    from d3hf.evaluation.training import evaluate, fixed_source, model_source
+    from d3hf.modeling.modeling_d3 import D3Model
 
     protocol = mode.protocol(protocol_name, arch)
     if method in D3_VARIANTS:
@@ -604,8 +604,8 @@ def summarise(results: list[dict]) -> dict:
 
 def write_report(mode: Mode, command: str) -> str:
     """RESULTS.md from every cached cell of this mode (also cells of earlier, wider runs)."""
-    from d3hf.environment import describe
-    from d3hf.evaluation import FIXED_SET_TRAINING
+    from d3hf.evaluation.training import FIXED_SET_TRAINING
+    from d3hf.utils.environment import describe
 
     results, stale = split_stale(mode, load_results(mode))
     summary = summarise(results)
@@ -913,7 +913,7 @@ def machine() -> dict:
     thread count (the same cell on another CPU trains to a different, equally valid, number)."""
     import torch
 
-    from d3hf.environment import cpu_model
+    from d3hf.utils.environment import cpu_model
 
     return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "cores": os.cpu_count()}
@@ -967,7 +967,7 @@ def main(argv=None) -> None:
         print("\n".join(coverage(mode)))
         return
     if not a.report_only:
-        from d3hf.allocator import keep_freed_memory
+        from d3hf.utils.allocator import keep_freed_memory
 
         keep_freed_memory()
         run_grid(mode, a.max_minutes)

@@ -38,7 +38,7 @@ def recipe(ipc: str) -> str:
 def run(ipc: str, terms: str) -> dict:
     """``d3hf distill`` of the recipe as the module docstring says; the timings it reports.
     ``terms`` "experts" builds the recipe's experts (no iteration) into the shared buffer."""
-    from d3hf.cli import main as d3hf
+    from d3hf.commands.cli import main as d3hf
 
     load = os.getloadavg()[0]  # what else was running: timings are wall time
     out = os.path.join(CACHE, f"run_ipc{ipc}_{terms}")
@@ -60,7 +60,7 @@ def cached(ipc: str, terms: str) -> dict:
     """The cell, measured in a fresh one-thread process the first time and read back after."""
     path = os.path.join(CACHE, f"ipc{ipc}_{terms}.json")
     if not os.path.exists(path):
-        from d3hf.io_utils import atomic_write_json
+        from d3hf.utils.io import atomic_write_json
 
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         out = subprocess.run([sys.executable, __file__, "--cell", ipc, terms], env=env, stdout=subprocess.PIPE,

@@ -25,7 +25,7 @@ import shlex
 import sys
 import time
 
-from d3hf.environment import cpu_model
+from d3hf.utils.environment import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -38,8 +38,8 @@ SMOKE = {"num_experts": 1, "expert_epochs_total": 3, "max_start_epoch": 1, "min_
 def parse_setting(text: str) -> dict:
     """``"lr_decoder=0.001,lr_priors=1"`` -> those keys, typed and checked as ``d3hf distill``
     reads them from its command line; a key it does not have is refused."""
-    from d3hf.arguments import DistillArguments
-    from d3hf.cli import parse_distill_args
+    from d3hf.commands.cli import parse_distill_args
+    from d3hf.distill.config import DistillArguments
 
     pairs = [item.partition("=") for item in filter(None, (part.strip() for part in text.split(",")))]
     for key, sep, value in pairs:
@@ -60,8 +60,8 @@ def setting_name(setting: dict) -> str:
 
 
 def score(artifact_dir: str, data, epochs: int, seeds: int) -> dict:
-    from d3hf.evaluation import evaluate, model_source, named_protocol
-    from d3hf.modeling_d3 import D3Model
+    from d3hf.evaluation.training import evaluate, model_source, named_protocol
+    from d3hf.modeling.modeling_d3 import D3Model
 
     model = D3Model.from_pretrained(artifact_dir)
     protocol = named_protocol("P-noaug", epochs=epochs)
@@ -71,7 +71,7 @@ def score(artifact_dir: str, data, epochs: int, seeds: int) -> dict:
 
 def run_cell(recipe, setting: dict, iterations: int, root: str, eval_epochs: int, eval_seeds: int) -> dict:
     """Distil ``setting`` up to ``iterations`` (resuming its run) and score it on validation."""
-    from d3hf.pipeline import load_data, run_distillation
+    from d3hf.distill.runner import load_data, run_distillation
 
     args = dataclasses.replace(recipe, **setting, iterations=iterations, validation_size=VALIDATION_SIZE,
                                eval_epochs=0, output_dir=os.path.join(root, "runs", setting_name(setting)),
@@ -125,9 +125,9 @@ def main(argv=None) -> None:
 
     import torch
 
-    from d3hf.allocator import keep_freed_memory
-    from d3hf.cli import parse_distill_args
-    from d3hf.io_utils import atomic_write_json
+    from d3hf.commands.cli import parse_distill_args
+    from d3hf.utils.allocator import keep_freed_memory
+    from d3hf.utils.io import atomic_write_json
 
     keep_freed_memory()
     torch.set_num_threads(a.threads)

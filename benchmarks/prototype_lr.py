@@ -34,14 +34,14 @@ def main(argv=None) -> None:
     import torch
     import yaml
 
-    from d3hf.allocator import keep_freed_memory
-    from d3hf.arguments import DistillArguments
-    from d3hf.baselines import d3_objective_images
-    from d3hf.data import load_image_classification
-    from d3hf.evaluation import evaluate, fixed_source, named_protocol
-    from d3hf.experts import build_expert_buffer
-    from d3hf.io_utils import atomic_write_json
-    from d3hf.pipeline import expert_settings
+    from d3hf.data.image_data import load_image_classification
+    from d3hf.distill.config import DistillArguments
+    from d3hf.distill.experts import build_expert_buffer
+    from d3hf.distill.runner import expert_settings
+    from d3hf.evaluation.image_sets import d3_objective_images
+    from d3hf.evaluation.training import evaluate, fixed_source, named_protocol
+    from d3hf.utils.allocator import keep_freed_memory
+    from d3hf.utils.io import atomic_write_json
 
     keep_freed_memory()
     torch.set_num_threads(a.threads)

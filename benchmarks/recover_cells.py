@@ -36,7 +36,7 @@ CELL = re.compile(r"^\| (\w+?)_ipc(\d+)_([\w-]+)_seed(\d+)_(P-[^_ ]+)_(\w+)(?: \
 
 def _cell_notes(panel_notes: str, method: str) -> str:
     """A cell's notes from its panel's protocol line, which describes the artifacts' training data."""
-    from d3hf.evaluation import FIXED_SET_TRAINING
+    from d3hf.evaluation.training import FIXED_SET_TRAINING
 
     if method in grid.D3_VARIANTS:
         return panel_notes
@@ -86,8 +86,8 @@ def main(argv=None) -> None:
     report = os.path.relpath(mode.report, grid.REPO)
     text = subprocess.run(["git", "show", f"{a.commit}:{report}"], cwd=grid.REPO, check=True,
                           capture_output=True, text=True).stdout
-    from d3hf.pipeline import build_config
-    from d3hf.storage import estimate_storage
+    from d3hf.distill.runner import build_config
+    from d3hf.modeling.storage import estimate_storage
 
     os.makedirs(mode.cells_dir, exist_ok=True)
     cells = parse_report(text)

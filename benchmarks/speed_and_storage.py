@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from d3hf.environment import cpu_model
+from d3hf.utils.environment import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -32,7 +32,7 @@ REPEATS = 3
 def _recipe_args():
     import yaml
 
-    from d3hf.arguments import DistillArguments
+    from d3hf.distill.config import DistillArguments
 
     with open(RECIPE) as f:
         return DistillArguments(**yaml.safe_load(f))
@@ -48,9 +48,9 @@ def _median_seconds(fn) -> float:
 
 
 def to_dataset_rows(data, args) -> list[dict]:
-    from d3hf.modeling_d3 import D3Model
-    from d3hf.pipeline import build_config
-    from d3hf.synthetic_data import samples_to_dataset
+    from d3hf.distill.runner import build_config
+    from d3hf.hub.datasets import samples_to_dataset
+    from d3hf.modeling.modeling_d3 import D3Model
 
     torch.manual_seed(0)
     model = D3Model(build_config(args, data)).eval()
@@ -78,8 +78,8 @@ def to_dataset_rows(data, args) -> list[dict]:
 def expert_buffer_rows(data, args) -> list[dict]:
     import dataclasses
 
-    from d3hf.experts import build_expert_buffer
-    from d3hf.pipeline import expert_settings
+    from d3hf.distill.experts import build_expert_buffer
+    from d3hf.distill.runner import expert_settings
 
     rows = []
     for dtype in ("float32", "float16"):
@@ -114,7 +114,7 @@ def report(dataset_rows: list[dict], buffer_rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from d3hf.data import load_image_classification
+    from d3hf.data.image_data import load_image_classification
 
     os.makedirs(CACHE, exist_ok=True)
     args = _recipe_args()

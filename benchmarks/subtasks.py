@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from d3hf.environment import cpu_model
+from d3hf.utils.environment import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from d3hf.environment import cpu_model
+from d3hf.utils.environment import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "cache", "unroll_memory")
@@ -32,11 +32,11 @@ def measure(syn_steps: int, checkpoint_steps: bool) -> dict:
     import psutil
     import torch
 
-    from d3hf.configuration_d3 import D3Config
-    from d3hf.decoders import family_spec
-    from d3hf.modeling_d3 import D3Model
-    from d3hf.networks import ConvNet, flat_parameters
-    from d3hf.objectives import trajectory_matching_loss, unroll_student
+    from d3hf.distill.objectives import trajectory_matching_loss, unroll_student
+    from d3hf.modeling.configuration_d3 import D3Config
+    from d3hf.modeling.decoders import family_spec
+    from d3hf.modeling.modeling_d3 import D3Model
+    from d3hf.nn.networks import ConvNet, flat_parameters
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

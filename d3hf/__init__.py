@@ -13,24 +13,24 @@ from .errors import ArtifactError, ConfigError, D3HFError, OutputError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "D3Config": "configuration_d3",
-    "D3Model": "modeling_d3",
-    "DataError": "data",
-    "ImageClassificationData": "data",
-    "load_image_classification": "data",
-    "DecoderSpec": "decoders",
-    "family_spec": "decoders",
-    "reference_spec": "decoders",
-    "SplitOverlapError": "evaluation",
-    "named_protocol": "evaluation",
-    "HubAccessError": "hub",
-    "generate_dataset": "hub",
-    "load_artifact": "hub",
-    "load_distilled": "hub",
-    "push_artifact": "hub",
-    "push_synthetic_dataset": "hub",
-    "StorageLedger": "storage",
-    "estimate_storage": "storage",
+    "D3Config": "modeling.configuration_d3",
+    "D3Model": "modeling.modeling_d3",
+    "DataError": "data.image_data",
+    "ImageClassificationData": "data.image_data",
+    "load_image_classification": "data.image_data",
+    "DecoderSpec": "modeling.decoders",
+    "family_spec": "modeling.decoders",
+    "reference_spec": "modeling.decoders",
+    "SplitOverlapError": "evaluation.training",
+    "named_protocol": "evaluation.training",
+    "HubAccessError": "hub.hub_io",
+    "generate_dataset": "hub.hub_io",
+    "load_artifact": "hub.hub_io",
+    "load_distilled": "hub.hub_io",
+    "push_artifact": "hub.hub_io",
+    "push_synthetic_dataset": "hub.hub_io",
+    "StorageLedger": "modeling.storage",
+    "estimate_storage": "modeling.storage",
 }
 
 __all__ = [
@@ -72,4 +72,4 @@ def __dir__() -> list[str]:
 
 
 if "transformers" in sys.modules:  # the user works with transformers: register the Auto classes now
-    importlib.import_module(".modeling_d3", __name__)
+    importlib.import_module(".modeling.modeling_d3", __name__)

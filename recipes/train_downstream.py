@@ -65,8 +65,8 @@ class DownstreamArguments:
 
 def recorded_data(artifact: D3Model) -> ImageClassificationData:
     """The real dataset, columns and train/test split the artifact was distilled from."""
-    from d3hf.arguments import DistillArguments
-    from d3hf.pipeline import load_data
+    from d3hf.distill.config import DistillArguments
+    from d3hf.distill.runner import load_data
 
     recorded = {k: v for k, v in artifact.config.distillation.items() if k in DistillArguments.__dataclass_fields__}
     recorded.setdefault("dataset", artifact.config.source.get("source"))
@@ -75,8 +75,8 @@ def recorded_data(artifact: D3Model) -> ImageClassificationData:
 
 def real_training_set(data: ImageClassificationData, ipc: int, rows_per_class: int, seed: int):
     """``ipc`` random real train images per class, repeated to ``rows_per_class`` rows each."""
-    from d3hf.baselines import random_real_images
-    from d3hf.synthetic_data import samples_to_dataset
+    from d3hf.evaluation.image_sets import random_real_images
+    from d3hf.hub.datasets import samples_to_dataset
 
     images, labels = random_real_images(data, ipc, seed)
     real = samples_to_dataset(images, labels, class_names=data.class_names)
@@ -153,7 +153,7 @@ def build_classifier(artifact: D3Model, args: DownstreamArguments) -> ResNetForI
 
 
 class LogitsOnly(torch.nn.Module):
-    """``d3hf.evaluation.test_accuracy`` wants ``net(images) -> logits``."""
+    """``d3hf.evaluation.training.test_accuracy`` wants ``net(images) -> logits``."""
 
     def __init__(self, model: ResNetForImageClassification):
         super().__init__()
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                image_log=image_log)
     train_output = trainer.train()
 
-    from d3hf.evaluation import test_accuracy
+    from d3hf.evaluation.training import test_accuracy
 
     device = next(classifier.parameters()).device
     mean, std = data.normalization_tensors(device)
@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.train_on == "distilled" and repeated and max(repeated) > 0:
         logger.warning("Some epochs repeated images of the previous epoch (%s): samples are not fresh.", repeated)
 
-    from d3hf.io_utils import atomic_write_json
+    from d3hf.utils.io import atomic_write_json
 
     atomic_write_json(os.path.join(train_args.output_dir, "downstream.json"), result)
     return result

@@ -17,15 +17,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from d3hf.allocator import keep_freed_memory  # noqa: E402
+from d3hf.utils.allocator import keep_freed_memory  # noqa: E402
 
 torch.set_num_threads(1)
 keep_freed_memory()  # as d3hf's command line does: no page faults for every large tensor
 
 import d3hf  # noqa: E402
-from d3hf.arguments import DistillArguments  # noqa: E402
-from d3hf.experts import build_expert_buffer  # noqa: E402
-from d3hf.pipeline import expert_settings  # noqa: E402
+from d3hf.distill.config import DistillArguments  # noqa: E402
+from d3hf.distill.experts import build_expert_buffer  # noqa: E402
+from d3hf.distill.runner import expert_settings  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -26,9 +26,9 @@ print(applied, first, faults())
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_keeping_freed_memory_stops_the_page_faults_of_large_blocks():
-    import d3hf.allocator
+    import d3hf.utils.allocator
 
-    code = ALLOC_FREE_LOOP.format(path=d3hf.allocator.__file__)
+    code = ALLOC_FREE_LOOP.format(path=d3hf.utils.allocator.__file__)
     run = lambda env: subprocess.run([sys.executable, "-c", code], env=env,  # noqa: E731
                                      capture_output=True, text=True, check=True).stdout.split()
     # 64 MB blocks are above glibc's largest mmap threshold: by default each one costs its 16,384 pages.

@@ -13,7 +13,7 @@ import yaml
 from conftest import TINY
 from PIL import Image
 
-from d3hf.cli import main
+from d3hf.commands.cli import main
 
 
 def image_bytes(rng, size=8, mode="L") -> dict:

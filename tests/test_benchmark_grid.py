@@ -107,7 +107,8 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
     assert "| D3, MMD term only |" in ablations and "| prototype images, D3's MTT + MMD objective |" in ablations
 
     # The report can be read back into the records it was written from, with or without the CPU
-    # column (reports before it had none).
+    # column (reports before it had none). Written anew: the d3 cell was re-scored since.
+    report = grid.write_report(dataclasses.replace(grid.SMOKE, out=str(tmp_path)), "cmd")
     recover_cells = _load("recover_cells")
     try:
         recovered = recover_cells.parse_report(report)
@@ -151,7 +152,7 @@ def test_variants_change_only_their_settings(grid, digits):
     # Where files go and how often to log do not change what is computed.
     assert grid.settings_digest(dataclasses.replace(base, log_every=1, num_threads=2)) == grid.settings_digest(base)
     half = grid.d3_arguments(digits, "digits", 10, "d3-half-decoder", 0, grid.QUICK)
-    from d3hf.pipeline import build_config
+    from d3hf.distill.runner import build_config
 
     width = build_config(base, digits).decoder_specs()[0].channels[-1]
     assert half.decoder == str(width // 2) and build_config(half, digits).priors_per_class > \
@@ -169,12 +170,12 @@ def test_variants_change_only_their_settings(grid, digits):
 
 
 def test_a_variant_is_skipped_exactly_when_it_resolves_to_the_recipe(grid, digits, monkeypatch):
-    import d3hf.cli
+    import d3hf.commands.cli
 
-    parse = d3hf.cli.parse_distill_args
+    parse = d3hf.commands.cli.parse_distill_args
 
     def recipe_with(**settings):
-        monkeypatch.setattr(d3hf.cli, "parse_distill_args",
+        monkeypatch.setattr(d3hf.commands.cli, "parse_distill_args",
                             lambda argv: dataclasses.replace(parse(argv), **settings))
 
     # One prior per class with a fixed narrow decoder: the lpc-1 row widens the decoder, so it exists.
@@ -258,11 +259,11 @@ def test_a_build_is_made_by_one_stream_at_a_time(grid, tmp_path):
 
 
 def test_a_cell_killed_mid_training_resumes_where_it_stopped(grid, tmp_path, monkeypatch):
-    import d3hf.evaluation
+    import d3hf.evaluation.training
 
     mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path / "a"), methods=("random",), eval_epochs=3)
     grid.run_grid(dataclasses.replace(mode, out=str(tmp_path / "b")), max_minutes=None)  # uninterrupted
-    real_source = d3hf.evaluation.fixed_source
+    real_source = d3hf.evaluation.training.fixed_source
     epochs_run = []
 
     class Killed(Exception):
@@ -276,11 +277,11 @@ def test_a_cell_killed_mid_training_resumes_where_it_stopped(grid, tmp_path, mon
             return real_source(images, labels)(epoch)
         return source
 
-    monkeypatch.setattr(d3hf.evaluation, "CHECKPOINT_SECONDS", 0.0)
-    monkeypatch.setattr(d3hf.evaluation, "fixed_source", source_killed_at_epoch_2)
-    other = {**d3hf.evaluation.measured_on("cpu"), "device_name": "Another CPU"}
+    monkeypatch.setattr(d3hf.evaluation.training, "CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(d3hf.evaluation.training, "fixed_source", source_killed_at_epoch_2)
+    other = {**d3hf.evaluation.training.measured_on("cpu"), "device_name": "Another CPU"}
     with monkeypatch.context() as patch, pytest.raises(Killed):  # killed on another machine
-        patch.setattr(d3hf.evaluation, "measured_on", lambda device: other)
+        patch.setattr(d3hf.evaluation.training, "measured_on", lambda device: other)
         grid.run_grid(mode, max_minutes=None)
     assert record_names(mode) == [] and os.listdir(mode.scoring_dir)  # no record, a checkpoint
     grid.run_grid(mode, max_minutes=None)
@@ -334,14 +335,14 @@ def test_a_stream_that_locks_a_build_another_just_finished_uses_it_instead_of_ma
 
 def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_of_distilling(grid, tmp_path,
                                                                                               monkeypatch):
-    import d3hf.pipeline
+    import d3hf.distill.runner
 
     mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path))
     data = grid.load_data("digits")
     args = grid.d3_arguments(data, "digits", 10, "d3", 0, mode)
     name = grid.build_name("digits", 10, "d3", 0, grid.settings_digest(args))
     out = os.path.join(mode.cache, "builds", name)
-    artifact_dir = os.path.join(out, d3hf.pipeline.ARTIFACT_DIR)
+    artifact_dir = os.path.join(out, d3hf.distill.runner.ARTIFACT_DIR)
     real_lock = grid.exclusive
 
     @contextlib.contextmanager
@@ -360,7 +361,7 @@ def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_o
         raise AssertionError("the build was distilled a second time")
 
     monkeypatch.setattr(grid, "exclusive", lock_after_the_other_stream_finished)
-    monkeypatch.setattr(d3hf.pipeline, "run_distillation", never)
+    monkeypatch.setattr(d3hf.distill.runner, "run_distillation", never)
     artifact, facts = grid.build_d3(data, "digits", 10, "d3", 0, mode)
     assert artifact == artifact_dir
     assert facts["storage_scalars"] == 123 and facts["build_seconds"] == 4.5

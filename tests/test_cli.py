@@ -13,10 +13,10 @@ import yaml
 from conftest import TINY
 from safetensors.torch import load_file
 
-from d3hf.cli import main, parse_distill_args
-from d3hf.engine import read_checkpoint
-from d3hf.environment import measured_where
-from d3hf.modeling_d3 import D3Model
+from d3hf.commands.cli import main, parse_distill_args
+from d3hf.distill.distiller import read_checkpoint
+from d3hf.modeling.modeling_d3 import D3Model
+from d3hf.utils.environment import measured_where
 
 # conftest's TINY, with the iteration count left to each command line and a CPU run that
 # evaluates briefly and checkpoints every iteration.
@@ -119,10 +119,10 @@ def test_checkpoint_steps_switch_is_checked(tmp_path, value, accepted):
 
 
 def test_a_launcher_precision_the_recipe_overrides_is_reported(monkeypatch, caplog, fresh_accelerate_state):
-    from d3hf.distributed import make_accelerator
+    from d3hf.distill.distributed import make_accelerator
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    with caplog.at_level("WARNING", logger="d3hf.distributed"):
+    with caplog.at_level("WARNING", logger="d3hf.distill.distributed"):
         accelerator = make_accelerator(cpu=True, mixed_precision="no", num_threads=1)
     assert accelerator.mixed_precision == "no"
     assert "launcher config asks for mixed_precision bf16" in caplog.text
@@ -356,7 +356,7 @@ def test_evaluate_a_fixed_image_set_under_the_same_protocol(capsys):
 
 def test_an_image_file_is_verified_by_the_rows_it_records(tmp_path, capsys):
     from d3hf import load_image_classification
-    from d3hf.baselines import random_real_images, save_image_set
+    from d3hf.evaluation.image_sets import random_real_images, save_image_set
 
     digits = load_image_classification("digits")
     images = random_real_images(digits, 1, seed=0)

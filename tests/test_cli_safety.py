@@ -14,9 +14,9 @@ import pytest
 from test_cli import write_config
 from test_model import make_model
 
-from d3hf.arguments import DistillArguments
-from d3hf.cli import main
-from d3hf.outputs import MARKER
+from d3hf.commands.cli import main
+from d3hf.distill.config import DistillArguments
+from d3hf.utils.outputs import MARKER
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def artifact(tmp_path_factory):
 @pytest.fixture(scope="module")
 def subtask_artifact(tmp_path_factory):
     """The one subtask of a one-subtask run, as ``d3hf distill --subtask_ids`` saves it."""
-    from d3hf.aggregation import subtask_config
-    from d3hf.modeling_d3 import D3Model
+    from d3hf.distill.aggregation import subtask_config
+    from d3hf.modeling.modeling_d3 import D3Model
 
     path = tmp_path_factory.mktemp("subtask") / "artifact"
     whole = make_model(distillation={"dataset": "digits", "seed": 0})
@@ -215,7 +215,7 @@ def test_bad_settings_are_refused_before_any_file_is_written(tmp_path, capsys, f
 
 
 def test_every_recipe_passes_the_checks():
-    from d3hf.cli import parse_distill_args
+    from d3hf.commands.cli import parse_distill_args
 
     recipes = sorted(p for p in (os.path.join("recipes", d, f) for d in os.listdir("recipes")
                                  if os.path.isdir(os.path.join("recipes", d)) and d != "accelerate_configs"
@@ -266,24 +266,24 @@ def test_distill_without_a_recipe_says_what_it_would_run_and_starts_nothing(tmp_
 
 
 def test_ctrl_c_stops_with_one_line(tmp_path, capsys, monkeypatch):
-    import d3hf.pipeline
+    import d3hf.distill.runner
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(d3hf.pipeline, "run_distillation", interrupted)
+    monkeypatch.setattr(d3hf.distill.runner, "run_distillation", interrupted)
     assert main(["distill", write_config(tmp_path / "cfg.yaml", tmp_path / "out")]) == 130
     err = capsys.readouterr().err.strip()
     assert err == "d3hf distill: interrupted. Run the same command again to resume from the last checkpoint."
 
 
 def test_a_bug_is_not_dressed_as_a_user_error(tmp_path, monkeypatch):
-    import d3hf.pipeline
+    import d3hf.distill.runner
 
     def bug(*args, **kwargs):
         raise ValueError("an internal inconsistency")
 
-    monkeypatch.setattr(d3hf.pipeline, "run_distillation", bug)
+    monkeypatch.setattr(d3hf.distill.runner, "run_distillation", bug)
     with pytest.raises(ValueError, match="internal inconsistency"):
         main(["distill", write_config(tmp_path / "cfg.yaml", tmp_path / "out")])
 
@@ -314,7 +314,7 @@ def test_evaluate_refuses_zero_before_training(artifact, capsys, flag):
 
 
 def test_top_level_help_lists_the_commands_without_loading_torch():
-    code = ("import sys, time; t = time.perf_counter(); from d3hf.cli import main; rc = main(['--help']); "
+    code = ("import sys, time; t = time.perf_counter(); from d3hf.commands.cli import main; rc = main(['--help']); "
             "print('ELAPSED', time.perf_counter() - t); "
             "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules)); "
             "sys.exit(rc)")
@@ -371,7 +371,7 @@ def test_every_flag_of_every_command_has_help(command, monkeypatch):
 
 
 def test_log_lines_go_above_progress_bars(tmp_path, monkeypatch):
-    import d3hf.pipeline
+    import d3hf.distill.runner
 
     seen = []
 
@@ -379,7 +379,7 @@ def test_log_lines_go_above_progress_bars(tmp_path, monkeypatch):
         seen.extend(type(h).__name__ for h in logging.getLogger("d3hf").handlers)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(d3hf.pipeline, "run_distillation", record)
+    monkeypatch.setattr(d3hf.distill.runner, "run_distillation", record)
     main(["distill", write_config(tmp_path / "cfg.yaml", tmp_path / "out")])
     assert seen == ["_TqdmLoggingHandler"]
 

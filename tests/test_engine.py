@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import tiny_args
 
-from d3hf.budget import BudgetError
-from d3hf.engine import CHECKPOINT_NAME, Distiller, NonFiniteError
-from d3hf.experts import ExpertBuffer, build_expert_buffer
-from d3hf.modeling_d3 import D3Model
-from d3hf.pipeline import build_config, expert_settings, run_distillation
+from d3hf.distill.budget import BudgetError
+from d3hf.distill.distiller import CHECKPOINT_NAME, Distiller, NonFiniteError
+from d3hf.distill.experts import ExpertBuffer, build_expert_buffer
+from d3hf.distill.runner import build_config, expert_settings, run_distillation
+from d3hf.modeling.modeling_d3 import D3Model
 
 
 def make_distiller(data, buffer, args, **kwargs) -> Distiller:
@@ -149,7 +149,7 @@ def test_explicit_decoder_over_budget_is_refused_with_the_ledger(digits, tmp_pat
 
 def test_auto_representation_fits_the_budget(digits):
     config = build_config(tiny_args(ipc_budget=1.0, decoder="auto"), digits)
-    from d3hf.storage import estimate_storage
+    from d3hf.modeling.storage import estimate_storage
 
     ledger = estimate_storage(config)
     assert 0.8 <= ledger.ipc_equivalent <= 1.0
@@ -195,7 +195,7 @@ def test_non_finite_loss_stops_before_the_update(digits, digits_buffer, tmp_path
 
 
 def test_auto_step_checkpointing_turns_on_when_the_plain_unroll_would_not_fit(monkeypatch):
-    from d3hf import engine
+    from d3hf.distill import distiller as engine
 
     monkeypatch.setattr(engine, "available_memory", lambda device: 8 * 2**30)
     cpu = torch.device("cpu")
@@ -208,7 +208,7 @@ def test_auto_step_checkpointing_turns_on_when_the_plain_unroll_would_not_fit(mo
 
 
 def test_auto_student_depth_keeps_every_block_on_maps_of_at_least_4x4():
-    from d3hf.networks import auto_depth
+    from d3hf.nn.networks import auto_depth
 
     assert [auto_depth((1, s, s)) for s in (4, 8, 16, 28, 32, 64)] == [1, 2, 3, 3, 3, 3]
     assert expert_settings(tiny_args(student_depth=0), (1, 8, 8)).depth == 2

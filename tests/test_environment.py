@@ -4,7 +4,7 @@ import platform
 
 import torch
 
-from d3hf import environment
+from d3hf.utils import environment
 
 
 def test_measured_on_names_the_device_the_torch_build_and_threads():

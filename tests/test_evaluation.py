@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from d3hf import evaluation
-from d3hf.augment import DSA, DSAConfig, crop, rotate, scale
-from d3hf.baselines import (
+from d3hf.evaluation import training as evaluation
+from d3hf.evaluation.image_sets import (
     DistributionMatching,
     DMSettings,
     ImageSet,
@@ -25,8 +24,7 @@ from d3hf.baselines import (
     random_real_images,
     train_feature_network,
 )
-from d3hf.environment import measured_on, measured_where
-from d3hf.evaluation import (
+from d3hf.evaluation.training import (
     Protocol,
     SplitOverlapError,
     check_test_split_disjoint,
@@ -38,7 +36,9 @@ from d3hf.evaluation import (
     train_network,
     train_rows_record,
 )
-from d3hf.networks import build_classifier
+from d3hf.nn.augment import DSA, DSAConfig, crop, rotate, scale
+from d3hf.nn.networks import build_classifier
+from d3hf.utils.environment import measured_on, measured_where
 
 PEER_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "peer-baselines")
 FAMILIES = ("color", "crop", "cutout", "scale", "rotate", "flip")
@@ -383,8 +383,8 @@ def test_dm_starts_from_real_images_and_reduces_its_loss(digits):
 def test_prototypes_learn_with_the_d3_objective_at_image_storage(digits, digits_buffer):
     from conftest import tiny_args
 
-    from d3hf.baselines import d3_objective_images
-    from d3hf.engine import Distiller
+    from d3hf.distill.distiller import Distiller
+    from d3hf.evaluation.image_sets import d3_objective_images
 
     args = tiny_args(lr_decoder=0.01, seed=1)
     start = random_real_images(digits, 2, 0)
@@ -482,7 +482,7 @@ def test_unidentifiable_distillation_rows_are_refused_unless_allowed(digits):
 def test_artifact_source_without_row_digest_uses_the_fingerprint(digits):
     from conftest import tiny_args
 
-    from d3hf.pipeline import build_config
+    from d3hf.distill.runner import build_config
 
     source = build_config(tiny_args(), digits).source
     assert source["train_rows_key"] == "source_row"  # new artifacts record their rows
@@ -498,7 +498,7 @@ def test_peer_images_split_is_mnist5k_and_disjoint_from_its_test_split():
     import datasets
 
     from d3hf import load_image_classification
-    from d3hf.baselines import peer_mnist5k_source
+    from d3hf.evaluation.image_sets import peer_mnist5k_source
 
     mnist = load_image_classification("mnist5k")
     source = peer_mnist5k_source()

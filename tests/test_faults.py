@@ -11,9 +11,9 @@ import yaml
 from conftest import TINY
 from test_subtasks import SUBTASK_RUN, assert_same_weights, launch_two_processes, weights
 
-from d3hf.cli import main
-from d3hf.engine import CHECKPOINT_NAME, read_checkpoint
-from d3hf.io_utils import CorruptFileError, read_checked, write_checked
+from d3hf.commands.cli import main
+from d3hf.distill.distiller import CHECKPOINT_NAME, read_checkpoint
+from d3hf.utils.io import CorruptFileError, read_checked, write_checked
 
 RUN = {**TINY, "num_experts": 2, "iterations": 4, "checkpoint_every": 1, "eval_epochs": 0, "num_threads": 1}
 

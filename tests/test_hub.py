@@ -25,8 +25,8 @@ from test_model import make_model
 from transformers import AutoModel
 
 from d3hf import D3Model, HubAccessError, generate_dataset, load_artifact, load_distilled
-from d3hf.cli import main
-from d3hf.hub import push_artifact, push_synthetic_dataset
+from d3hf.commands.cli import main
+from d3hf.hub.hub_io import push_artifact, push_synthetic_dataset
 
 
 def reload_hf_configuration() -> None:

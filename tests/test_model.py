@@ -8,7 +8,7 @@ from PIL import Image as PILImage
 
 import d3hf  # noqa: F401  (registers the "d3" model type with transformers' Auto classes)
 from d3hf import D3Config, D3Model, family_spec
-from d3hf.model_card import sample_grid
+from d3hf.hub.cards import sample_grid
 
 CLASS_NAMES = [f"digit{i}" for i in range(10)]
 
@@ -175,7 +175,7 @@ def test_model_card_header_and_sample_grid(model, saved):
 
 
 def test_model_card_does_not_list_local_paths_as_hub_datasets(tmp_path):
-    from d3hf.model_card import card_text
+    from d3hf.hub.cards import card_text
 
     local = str(tmp_path / "my" / "data")
     text = card_text(make_model(source={"source": local}))

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from d3hf.decoders import build_decoder, family_spec
-from d3hf.networks import ConvNet, flat_parameters
-from d3hf.objectives import mmd2_unbiased, trajectory_matching_loss, unroll_student
+from d3hf.distill.objectives import mmd2_unbiased, trajectory_matching_loss, unroll_student
+from d3hf.modeling.decoders import build_decoder, family_spec
+from d3hf.nn.networks import ConvNet, flat_parameters
 
 BANDWIDTHS = (1, 2, 4, 8, 16)
 

@@ -51,7 +51,7 @@ def test_package_metadata_is_pep_621_with_an_spdx_license():
     assert not [c for c in project.get("classifiers", []) if c.startswith("License ::")]
     assert project["dynamic"] == ["version"]
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "d3hf.__version__"}
-    assert project["scripts"] == {"d3hf": "d3hf.cli:main"}
+    assert project["scripts"] == {"d3hf": "d3hf.commands.cli:main"}
     assert set(project["optional-dependencies"]) == {"test", "bench"}
     assert "transformers==5.23.0" in project["dependencies"]
     assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == ["d3hf*"]
@@ -129,7 +129,7 @@ def test_setup_fails_and_shows_the_error_when_pip_fails(tmp_path):
 def card(source: str):
     from huggingface_hub import ModelCard
 
-    from d3hf.model_card import card_text
+    from d3hf.hub.cards import card_text
 
     return ModelCard(card_text(tiny_model(source=source)))
 
@@ -163,8 +163,8 @@ ARTIFACT_NOTES = ("P-noaug[epochs=1,num_per_class=2]: convnet-3 width 8, instanc
 
 
 def test_evaluation_notes_say_what_was_trained_on(digits):
-    from d3hf.baselines import random_real_images
-    from d3hf.evaluation import evaluate, fixed_source, model_source, named_protocol
+    from d3hf.evaluation.image_sets import random_real_images
+    from d3hf.evaluation.training import evaluate, fixed_source, model_source, named_protocol
 
     protocol = named_protocol("P-noaug", width=8, epochs=1, num_per_class=2)
     real = evaluate(lambda s: fixed_source(*random_real_images(digits, 3, s)), digits, protocol)

@@ -5,8 +5,8 @@ import torch
 from safetensors import safe_open
 
 from d3hf import D3Config, D3Model, estimate_storage, family_spec, reference_spec
-from d3hf.budget import BudgetError, plan_representation
-from d3hf.decoders import build_decoder
+from d3hf.distill.budget import BudgetError, plan_representation
+from d3hf.modeling.decoders import build_decoder
 
 IMAGENET_CLASSES = [f"n{i:04d}" for i in range(1000)]
 

@@ -13,11 +13,11 @@ from conftest import TINY
 from safetensors.torch import load_file
 
 from d3hf import D3Model
-from d3hf.aggregation import AggregationError, aggregate, aggregate_directories
-from d3hf.budget import BudgetError, plan_subtasks
-from d3hf.cli import main
-from d3hf.data import PixelMoments
-from d3hf.subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
+from d3hf.commands.cli import main
+from d3hf.data.image_data import PixelMoments
+from d3hf.distill.aggregation import AggregationError, aggregate, aggregate_directories
+from d3hf.distill.budget import BudgetError, plan_subtasks
+from d3hf.distill.subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACCELERATE_CONFIGS = os.path.join(REPO, "recipes", "accelerate_configs")

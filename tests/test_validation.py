@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from d3hf import D3Config, D3Model
-from d3hf.cli import main
-from d3hf.validation import ArtifactError
+from d3hf.commands.cli import main
+from d3hf.modeling.validation import ArtifactError
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 import torch
 from conftest import tiny_args
 
-from d3hf.aggregation import subtask_config
-from d3hf.modeling_d3 import D3Model
-from d3hf.pipeline import build_config
-from d3hf.warm_start import WarmStartSettings, kmeans, warm_start
+from d3hf.distill.aggregation import subtask_config
+from d3hf.distill.runner import build_config
+from d3hf.distill.warm_start import WarmStartSettings, kmeans, warm_start
+from d3hf.modeling.modeling_d3 import D3Model
 
 
 def test_kmeans_finds_separated_blobs_and_is_seeded():
@@ -54,7 +54,7 @@ def test_warm_start_makes_each_prior_draw_its_own_class(digits):
 
 
 def test_distill_warm_starts_only_with_init_vae(tmp_path):
-    from d3hf.pipeline import run_distillation
+    from d3hf.distill.runner import run_distillation
 
     timings = {}
     for init in ("vae", "random"):

@@ -11,9 +11,9 @@ import os
 
 import torch
 
-from .configuration_d3 import D3Config
-from .errors import D3HFError
-from .modeling_d3 import D3Model
+from ..errors import D3HFError
+from ..modeling.configuration_d3 import D3Config
+from ..modeling.modeling_d3 import D3Model
 
 SUBTASK_KEY = "subtask"
 # Fields every subtask of one artifact must agree on.

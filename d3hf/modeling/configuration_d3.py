@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
+from ..errors import ArtifactError
 from .decoders import DecoderSpec
-from .errors import ArtifactError
 
 
 class D3Config(PreTrainedConfig):

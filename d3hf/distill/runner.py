@@ -13,21 +13,21 @@ import numpy as np
 import torch
 import yaml
 
+from ..data.image_data import ImageClassificationData, PixelMoments, load_image_classification
+from ..errors import ConfigError, D3HFError
+from ..modeling.configuration_d3 import D3Config
+from ..modeling.modeling_d3 import D3Model
+from ..modeling.storage import estimate_storage
+from ..nn.networks import auto_depth
+from ..utils.faults import kill_point
+from ..utils.io import atomic_directory, atomic_write_json, remove_stale_temporaries
+from ..utils.outputs import MARKER, check_output, read_marker, write_marker
+from ..utils.progress import run_progress
 from .aggregation import aggregate, subtask_config
-from .arguments import DistillArguments
 from .budget import BudgetError, plan_subtasks, subtask_overruns
-from .configuration_d3 import D3Config
-from .data import ImageClassificationData, PixelMoments, load_image_classification
-from .engine import Distiller
-from .errors import ConfigError, D3HFError
+from .config import DistillArguments
+from .distiller import Distiller
 from .experts import ExpertSettings, build_expert_buffer
-from .faults import kill_point
-from .io_utils import atomic_directory, atomic_write_json, remove_stale_temporaries
-from .modeling_d3 import D3Model
-from .networks import auto_depth
-from .outputs import MARKER, check_output, read_marker, write_marker
-from .progress import run_progress
-from .storage import estimate_storage
 from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
 from .warm_start import WarmStartSettings, warm_start
 
@@ -108,7 +108,7 @@ def _train_rows_record(data: ImageClassificationData) -> dict:
     """The distillation rows' ids (digest) for the test-overlap check of ``d3hf evaluate``, where
     the dataset names its rows (``source_row``); others are checked by fingerprint and pixels
     at evaluation time, so no process reads pixels it does not distil here."""
-    from .evaluation import train_rows_record
+    from ..evaluation.training import train_rows_record
 
     return train_rows_record(data) if "source_row" in data.train.column_names else {}
 
@@ -370,8 +370,8 @@ def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, ar
     the run's device."""
     if args.eval_epochs <= 0 or data.test is None:
         return None
-    from .baselines import random_real_images
-    from .evaluation import evaluate, fixed_source, model_source, named_protocol
+    from ..evaluation.image_sets import random_real_images
+    from ..evaluation.training import evaluate, fixed_source, model_source, named_protocol
 
     t = time.perf_counter()
     # Through named_protocol, so a recipe's shorter training is written into the protocol's name.

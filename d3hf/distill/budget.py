@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .decoders import DecoderSpec, family_spec, reference_spec
-from .errors import D3HFError
+from ..errors import D3HFError
+from ..modeling.decoders import DecoderSpec, family_spec, reference_spec
 
 Z_CHOICES = (4, 8, 16, 32, 64)
 MAX_AUTO_LPC = 256

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .networks import unflatten
+from ..nn.networks import unflatten
 
 BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ImageClassificationData
-from .modeling_d3 import D3Model
+from ..data.image_data import ImageClassificationData
+from ..modeling.modeling_d3 import D3Model
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def warm_start(model: D3Model, data: ImageClassificationData, settings: WarmStar
     """
     if len(model.decoders) != 1:
         raise ValueError("warm_start fits one task (one decoder); call it per subtask")
-    from .progress import bar as progress_bar
+    from ..utils.progress import bar as progress_bar
 
     t0 = time.perf_counter()
     device = model.prior_means.device

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .data import ImageClassificationData
-from .faults import kill_point
-from .io_utils import atomic_path, atomic_write_json, file_sha256
-from .networks import ConvNet, flat_parameters, unflatten
-from .seeding import class_seed
+from ..data.image_data import ImageClassificationData
+from ..nn.networks import ConvNet, flat_parameters, unflatten
+from ..utils.faults import kill_point
+from ..utils.io import atomic_path, atomic_write_json, file_sha256
+from ..utils.seeding import class_seed
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def build_expert_buffer(
     stale files are replaced. ``experts`` limits the work to some indices (for splitting it
     across processes); the buffer is returned once every index has been built, else None.
     """
-    from .progress import bar as progress_bar
+    from ..utils.progress import bar as progress_bar
 
     fingerprint = data.fingerprint()
     os.makedirs(path, exist_ok=True)

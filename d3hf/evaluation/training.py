@@ -19,12 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import DSA
-from .data import DataError, ImageClassificationData
-from .environment import measured_on
-from .io_utils import CorruptFileError, read_checked, write_checked
-from .networks import build_classifier
-from .seeding import class_seed
+from ..data.image_data import DataError, ImageClassificationData
+from ..nn.augment import DSA
+from ..nn.networks import build_classifier
+from ..utils.environment import measured_on
+from ..utils.io import CorruptFileError, read_checked, write_checked
+from ..utils.seeding import class_seed
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def train_network(
     finishes: a resumed run gives the same network as an uninterrupted one (same device and
     thread count).
     """
-    from .progress import bar as progress_bar
+    from ..utils.progress import bar as progress_bar
 
     if protocol.augment not in AUGMENTATIONS:
         raise ValueError(f"augmentation {protocol.augment!r} is not available; use one of {', '.join(AUGMENTATIONS)}")

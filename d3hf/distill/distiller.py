@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .arguments import DistillArguments
-from .data import ImageClassificationData
-from .errors import D3HFError
+from ..data.image_data import ImageClassificationData
+from ..errors import D3HFError
+from ..modeling.modeling_d3 import D3Model
+from ..nn.networks import ConvNet
+from ..utils.faults import kill_point
+from ..utils.io import CorruptFileError, read_checked, write_checked
+from .config import DistillArguments
 from .experts import ExpertBuffer, expert_network
-from .faults import kill_point
-from .io_utils import CorruptFileError, read_checked, write_checked
-from .modeling_d3 import D3Model
-from .networks import ConvNet
 from .objectives import median_sq_distance, mmd2_unbiased, trajectory_matching_loss, unroll_student
 
 logger = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ class Distiller:
 
     def run(self, iterations: int, checkpoint_dir: str | None = None, show_progress: bool = True) -> list[dict]:
         """Iterate up to ``iterations`` (resuming from ``self.iteration``), checkpointing periodically."""
-        from .progress import bar as progress_bar
+        from ..utils.progress import bar as progress_bar
 
         bar = progress_bar("distill", total=iterations, initial=self.iteration, disable=not show_progress)
         with _interrupt_between_steps() as interrupted:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ArtifactError
 from .configuration_d3 import D3Config
 from .decoders import UPSAMPLE_KINDS, DecoderSpec
-from .errors import ArtifactError
 
 MAX_IMAGE_SIDE = 4096
 MAX_STORED_SCALARS = 2**31  # far above any sensible artifact; refuses memory bombs up front

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError
-from .seeding import class_seed
+from ..errors import ConfigError
+from ..utils.seeding import class_seed
 
 SUBTASK_SEED_KEY = 31337
 

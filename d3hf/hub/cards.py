@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .environment import measured_where
-from .synthetic_data import to_uint8_hwc
+from ..utils.environment import measured_where
+from .datasets import to_uint8_hwc
 
 if TYPE_CHECKING:
-    from .modeling_d3 import D3Model
+    from ..modeling.modeling_d3 import D3Model
 
 SAMPLES_PER_ROW = 10
 MAX_GRID_ROWS = 100

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # Named decoders of the reference code (3x64x64 output).
 NAMED_DECODERS = ("small", "medium", "large")

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
+from ..utils.seeding import class_seed
 from .configuration_d3 import D3Config
 from .decoders import build_decoder
-from .seeding import class_seed
 from .storage import StorageLedger, ledger_from_tensors
 
 
@@ -173,7 +173,7 @@ class D3Model(PreTrainedModel):
     def to_dataset(self, num_per_class: int, seed: int = 0, soft_labels: bool = False, classes=None):
         """A ``datasets.Dataset`` of fresh samples: ``image: Image()``, ``label: ClassLabel``
         (plus ``soft_label`` with ``soft_labels=True``)."""
-        from .synthetic_data import samples_to_dataset
+        from ..hub.datasets import samples_to_dataset
 
         out = self.sample(num_per_class, seed, classes=classes, soft_labels=soft_labels)
         return samples_to_dataset(*out, class_names=self.config.class_names)
@@ -184,7 +184,7 @@ class D3Model(PreTrainedModel):
         ``set_epoch(e)`` draws new samples for every epoch and the same ones again for the same
         epoch; shards split each class's samples so dataloader workers see disjoint data.
         """
-        from .synthetic_data import epoch_sampled_iterable
+        from ..hub.datasets import epoch_sampled_iterable
 
         return epoch_sampled_iterable(self, num_per_class, seed, num_shards)
 
@@ -233,7 +233,7 @@ class D3Model(PreTrainedModel):
         """``PreTrainedModel.save_pretrained`` plus the model card (README.md) and samples.png."""
         super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
         if is_main_process:
-            from .model_card import write_card_and_samples
+            from ..hub.cards import write_card_and_samples
 
             write_card_and_samples(self, os.fspath(save_directory))
 

@@ -22,7 +22,7 @@ def cpu_model() -> str:
 
 def measured_on(device: str | torch.device = "cpu") -> dict:
     """The device, its name, and the torch build and thread count a result came from."""
-    from . import __version__
+    from .. import __version__
 
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()

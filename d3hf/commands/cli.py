@@ -14,9 +14,9 @@ import os
 import sys
 from typing import Sequence
 
-from . import __version__
-from .arguments import DistillArguments, field_type
-from .errors import ConfigError, D3HFError
+from .. import __version__
+from ..distill.config import DistillArguments, field_type
+from ..errors import ConfigError, D3HFError
 
 
 def _setup_logging(debug: bool = False) -> None:
@@ -111,8 +111,8 @@ def cmd_distill(argv: Sequence[str]) -> int:
             + f"A first taste (about a minute on a 2-core CPU): d3hf distill {RECIPE_HINT}\n")
         return 2
     args = parse_distill_args(argv)
-    from .distributed import make_accelerator
-    from .pipeline import run_distillation
+    from ..distill.distributed import make_accelerator
+    from ..distill.runner import run_distillation
 
     accelerator = make_accelerator(args.cpu, args.mixed_precision, args.num_threads)
     try:
@@ -168,21 +168,21 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1; got {value}.")
     device = _device(a.device)
-    from .data import DataError
-    from .environment import measured_where
-    from .evaluation import (
+    from ..data.image_data import DataError
+    from ..distill.runner import load_data
+    from ..evaluation.training import (
         check_test_split_disjoint,
         evaluate,
         fixed_source,
         model_source,
         named_protocol,
     )
-    from .pipeline import load_data
+    from ..utils.environment import measured_where
 
     overrides = {"arch": a.arch, "num_per_class": a.num_per_class, **({"epochs": a.epochs} if a.epochs is not None else {})}
     protocol = named_protocol("P-dsa" if a.augment == "dsa" else "P-noaug", **overrides)
     if a.images:
-        from .baselines import image_set_source, load_image_set
+        from ..evaluation.image_sets import image_set_source, load_image_set
 
         images = load_image_set(a.images)
         record = image_set_source(a.images)
@@ -196,7 +196,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         data = load_data(DistillArguments(dataset=a.dataset or record.get("source") or "mnist5k"))
         make_source, method = (lambda s: fixed_source(images.images, images.labels)), f"images {a.images}"
     else:
-        from .hub import load_artifact
+        from ..hub.hub_io import load_artifact
 
         model = load_artifact(a.model)
         # Test on the dataset, columns and split recorded in the artifact unless told otherwise.
@@ -216,8 +216,8 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
                      f"{100 * result['std']:.2f} % | {a.seeds} |\n\n{result['notes']}; {verified}; measured on "
                      f"{measured_where(result)}\n")
     if eval_path:
-        from .io_utils import atomic_write_json
-        from .model_card import write_card_and_samples
+        from ..hub.cards import write_card_and_samples
+        from ..utils.io import atomic_write_json
 
         atomic_write_json(eval_path, _with_result(earlier, result, recorded_dataset=model.config.source.get("source")))
         write_card_and_samples(model, a.model)
@@ -226,7 +226,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 
 def _read_evaluation(path: str) -> dict:
     """The artifact's evaluation file (empty if there is none yet)."""
-    from .data import DataError
+    from ..data.image_data import DataError
 
     if not os.path.exists(path):
         return {"results": []}
@@ -276,7 +276,7 @@ def cmd_info(argv: Sequence[str]) -> int:
     p.add_argument("model", help="artifact folder or Hub repo id")
     p.add_argument("--revision", default=None, help="Hub revision of MODEL")
     a = p.parse_args(list(argv))
-    from .hub import load_artifact
+    from ..hub.hub_io import load_artifact
 
     model = load_artifact(a.model, a.revision)
     sys.stdout.write(json.dumps({"classes": model.config.num_classes, "image_shape": model.config.image_shape,
@@ -302,7 +302,7 @@ def cmd_push(argv: Sequence[str]) -> int:
     a = p.parse_args(list(argv))
     if a.dataset_repo and (a.num_per_class is None or a.num_per_class < 1):
         raise ConfigError("--dataset_repo needs --num_per_class K (K >= 1).")
-    from .hub import load_artifact, push_artifact, push_synthetic_dataset
+    from ..hub.hub_io import load_artifact, push_artifact, push_synthetic_dataset
 
     pushed = push_artifact(a.model_dir, a.repo_id, private=a.private, revision=a.revision)
     lines = [f"model: {pushed.repo_id} at {pushed.revision} commit {pushed.commit}"]
@@ -317,7 +317,7 @@ def cmd_push(argv: Sequence[str]) -> int:
 
 
 def cmd_generate(argv: Sequence[str]) -> int:
-    from .hub import (  # hub loads its heavy libraries only when called
+    from ..hub.hub_io import (  # hub loads its heavy libraries only when called
         GENERATE_FORMATS,
         generate_dataset,
     )
@@ -352,10 +352,10 @@ def cmd_aggregate(argv: Sequence[str]) -> int:
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUTPUT_DIR when it holds an earlier d3hf artifact and nothing else")
     a = p.parse_args(list(argv))
-    from .outputs import check_output, output_folder
+    from ..utils.outputs import check_output, output_folder
 
     check_output(a.output_dir, "artifact", overwrite=a.overwrite, inputs=a.dirs)  # before any work
-    from .aggregation import aggregate_directories
+    from ..distill.aggregation import aggregate_directories
 
     model = aggregate_directories(a.dirs)
     with output_folder(a.output_dir, "artifact", overwrite=a.overwrite, inputs=a.dirs) as tmp:
@@ -406,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(debug)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .allocator import keep_freed_memory
+    from ..utils.allocator import keep_freed_memory
 
     keep_freed_memory()  # this process is ours: no page faults for every large tensor (d3hf.allocator)
     command = argv[0]

@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 
-from .errors import D3HFError
+from ..errors import D3HFError
 
 CHECKED_MAGIC = b"d3hf-checked-v1\n"
 TEMPORARY_PREFIXES = (".tmp-", ".old-")

@@ -17,13 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import ArtifactError, ConfigError, D3HFError
-from .outputs import check_output, output_folder
+from ..errors import ArtifactError, ConfigError, D3HFError
+from ..utils.outputs import check_output, output_folder
 
 if TYPE_CHECKING:
     import datasets
 
-    from .modeling_d3 import D3Model
+    from ..modeling.modeling_d3 import D3Model
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _looks_like_repo_id(name: str) -> bool:
 
 def load_artifact(repo_id_or_path: str, revision: str | None = None) -> D3Model:
     """The ``D3Model`` in a folder or Hub repo, in eval mode on the CPU."""
-    from .modeling_d3 import D3Model
+    from ..modeling.modeling_d3 import D3Model
 
     folder = artifact_folder(repo_id_or_path, revision)
     if not os.path.exists(os.path.join(folder, "config.json")):

@@ -9,7 +9,7 @@ import torch
 from datasets.iterable_dataset import ExamplesIterable
 
 if TYPE_CHECKING:
-    from .modeling_d3 import D3Model
+    from ..modeling.modeling_d3 import D3Model
 
 
 def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:

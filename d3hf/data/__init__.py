@@ -1,0 +1,1 @@
+"""Image-classification data: sources, fixed splits, the per-class row index and batch decoding."""

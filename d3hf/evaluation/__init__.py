@@ -1,0 +1,1 @@
+"""Downstream evaluation: protocols, resumable training, and the fixed image sets compared against."""

@@ -1,0 +1,1 @@
+"""Networks (experts, students, evaluation classifiers) and the DSA augmentation."""
