@@ -41,6 +41,8 @@ def restore_d3hf_logging():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: loads a larger embedded dataset (a few seconds)")
+    config.addinivalue_line("markers", "integration: runs d3hf in subprocesses or end to end; "
+                                       "`pytest -m 'not integration'` is the fast lane")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -142,6 +142,7 @@ def test_output_location_that_is_a_file(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE + SIGXFSZ semantics")
+@pytest.mark.integration
 def test_full_disk_fails_cleanly_without_a_half_written_artifact(tmp_path):
     """A file-size limit makes every write past 64 KB fail with EFBIG, as a full disk fails with ENOSPC."""
     import resource

@@ -33,6 +33,7 @@ def record_names(mode) -> list[str]:
     return sorted(n for n in os.listdir(mode.cells_dir) if n.endswith(".json"))
 
 
+@pytest.mark.integration
 def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accelerate_state):
     grid.main(["--smoke", "--out", str(tmp_path)])
     cells = sorted(c for c in os.listdir(tmp_path / "results" / "grid-smoke") if c.endswith(".json"))

@@ -195,6 +195,7 @@ def test_rerun_resumes_instead_of_redoing(first_run, tmp_path, capsys):
     assert state["history"][:3] == first_state["history"]
 
 
+@pytest.mark.integration
 def test_python_dash_m_subprocess(tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", eval_epochs=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

@@ -225,6 +225,13 @@ def test_every_recipe_passes_the_checks():
         parse_distill_args([recipe])
 
 
+def test_a_recipe_after_the_flags_is_not_silently_dropped(tmp_path, capsys):
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out")
+    assert main(["distill", "--iterations", "2", cfg]) == 2
+    refused(capsys, "Give the recipe first")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_yaml_syntax_error_is_one_line_naming_the_file(tmp_path, capsys):
     cfg = tmp_path / "broken.yaml"
     cfg.write_text("dataset: digits\niterations: [1, 2\n")
@@ -245,6 +252,21 @@ def test_a_text_column_named_as_images_is_refused(tmp_path, capsys):
     assert main(["distill", cfg]) == 2
     refused(capsys, "Column 'text'", "not images")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_local_dataset_path_is_never_sent_to_the_hub(tmp_path, capsys, monkeypatch):
+    import datasets
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub client was asked")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for path in ("data/mnist", "./mnist", "data/sub/mnist"):
+        cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", dataset=path)
+        assert main(["distill", cfg]) == 2
+        refused(capsys, f"Dataset path {path!r} does not exist")
 
 
 def test_a_misspelt_dataset_name_fails_fast_with_a_suggestion(tmp_path, capsys, monkeypatch):
@@ -291,10 +313,14 @@ def test_a_bug_is_not_dressed_as_a_user_error(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- info and evaluate
 
 
-def test_info_on_a_missing_folder_or_an_incomplete_artifact(artifact, tmp_path, capsys):
+def test_info_on_a_missing_folder_or_an_incomplete_artifact(artifact, tmp_path, capsys, monkeypatch):
     assert main(["info", str(tmp_path / "nope")]) == 2
     refused(capsys, "There is no folder")
     assert main(["info", "outputs/no-such-run/artifact"]) == 2
+    refused(capsys, "There is no folder")
+    (tmp_path / "outputs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["info", "outputs/run"]) == 2  # could be NAMESPACE/NAME, but outputs/ is a folder here
     refused(capsys, "There is no folder")
     broken = tmp_path / "broken"
     shutil.copytree(artifact, broken)

@@ -15,6 +15,8 @@ from d3hf.commands.cli import main
 from d3hf.distill.distiller import CHECKPOINT_NAME, read_checkpoint
 from d3hf.utils.io import CorruptFileError, read_checked, write_checked
 
+pytestmark = pytest.mark.integration  # SIGKILLed runs in subprocesses
+
 RUN = {**TINY, "num_experts": 2, "iterations": 4, "checkpoint_every": 1, "eval_epochs": 0, "num_threads": 1}
 
 

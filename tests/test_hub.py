@@ -325,6 +325,7 @@ def test_push_refuses_a_folder_that_is_not_an_artifact(hub_env, tmp_path):
 # ----------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.integration
 def test_cli_push_and_generate_as_subprocesses(hub_env, artifact, model, tmp_path):
     def start(*args: str) -> subprocess.Popen:
         # The HF_* variables hub_env set are in os.environ: the child reads them at import.

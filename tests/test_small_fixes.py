@@ -107,6 +107,7 @@ def run_setup(checkout, **env) -> subprocess.CompletedProcess:
                           env={**os.environ, **env})
 
 
+@pytest.mark.integration
 def test_setup_prints_a_handful_of_lines_but_keeps_other_warnings(tmp_path):
     done = run_setup(tmp_path / "quiet", FAKE_PIP_OUTPUT=EDITABLE_NOTICE)
     assert done.returncode == 0, done.stderr
@@ -116,6 +117,7 @@ def test_setup_prints_a_handful_of_lines_but_keeps_other_warnings(tmp_path):
     assert "Editable installation" not in warned.stdout + warned.stderr
 
 
+@pytest.mark.integration
 def test_setup_fails_and_shows_the_error_when_pip_fails(tmp_path):
     done = run_setup(tmp_path, FAKE_PIP_FAIL="1", FAKE_PIP_OUTPUT=EDITABLE_NOTICE)
     assert done.returncode == 3

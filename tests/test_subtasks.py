@@ -222,6 +222,7 @@ def launch_two_processes(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the trap exists on machines without GPUs")
+@pytest.mark.integration
 def test_a_launch_whose_processes_run_as_world_size_one_is_refused(reference_run, tmp_path):
     """Without the script's --cpu, each launched process would believe it is alone."""
     proc = launch_two_processes(tmp_path, reference_run["cfg"], "--output_dir", str(tmp_path / "out"))
@@ -230,6 +231,7 @@ def test_a_launch_whose_processes_run_as_world_size_one_is_refused(reference_run
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.integration
 def test_two_processes_equal_one_process(reference_run, tmp_path):
     """accelerate launch, 2 gloo processes, one output folder per rank: same tensors as 1 process."""
     proc = launch_two_processes(tmp_path, reference_run["cfg"], "--cpu", "--output_dir",

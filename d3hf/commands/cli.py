@@ -77,7 +77,10 @@ def parse_distill_args(argv: Sequence[str]) -> DistillArguments:
     parser = distill_parser()
     parser.set_defaults(**{k: _as_field_value(k, v) for k, v in values.items()})
     # argparse ends a bad flag with its usage and one error line (SystemExit 2, main's return code).
-    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)[0]
+    args, rest = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    if rest.config is not None:  # a recipe after the flags would be read as nothing at all
+        raise ConfigError(f"Give the recipe first: d3hf distill {rest.config} [--key value ...].")
+    return args
 
 
 def _as_field_value(key: str, value):
@@ -189,7 +192,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         if record is None and not a.allow_unverified_test:
             raise DataError(
                 f"{a.images} does not record the train rows its images came from, so its test split cannot be "
-                "shown disjoint from them. Save image sets with d3hf.baselines.save_image_set(path, images, data), "
+                "shown disjoint from them. Save image sets with d3hf.evaluation.image_sets.save_image_set(path, images, data), "
                 "or pass --allow_unverified_test.")
         record = record or {}
         # Test on the dataset the file records unless told otherwise.

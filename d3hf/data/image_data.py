@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import D3HFError
+from ..utils.io import looks_like_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def load_source(
             f"Cannot read dataset file {source!r}: expected a Parquet file, a folder written by "
             "Dataset.save_to_disk, a folder of Parquet files or an imagefolder directory."
         )
-    if source.count("/") > 1 or source.startswith((".", "/", "~")) or source.endswith(os.sep):
+    if looks_like_local_path(source):  # never sent to the Hub client
         raise DataError(f"Dataset path {source!r} does not exist.")
     if "/" not in source:  # not a path that exists, not NAMESPACE/NAME: no Hub request can help
         close = difflib.get_close_matches(source, EMBEDDED_DATASETS, n=1, cutoff=0.6)

@@ -378,7 +378,7 @@ def image_set_source(path: str) -> dict | None:
 
 
 def _source_record(path: str, npz) -> dict:
-    fix = "write the file with d3hf.baselines.save_image_set"
+    fix = "write the file with d3hf.evaluation.image_sets.save_image_set"
     try:
         value = npz["source"]  # an object array is refused here (no pickles from untrusted files)
     except ValueError as err:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ArtifactError, ConfigError, D3HFError
+from ..utils.io import looks_like_local_path
 from ..utils.outputs import check_output, output_folder
 
 if TYPE_CHECKING:
@@ -135,7 +136,8 @@ def artifact_folder(repo_id_or_path: str, revision: str | None = None) -> str:
         return path
     if os.path.exists(path):
         raise ArtifactError(f"{path} is a file; expected an artifact folder or a Hub repo id.")
-    if not _looks_like_repo_id(str(repo_id_or_path)):  # never send a local path to the Hub client
+    if looks_like_local_path(repo_id_or_path) or not _looks_like_repo_id(str(repo_id_or_path)):
+        # never send a local path to the Hub client
         raise ArtifactError(f"There is no folder {path!r}, and it is not a Hub repo id (NAMESPACE/NAME).")
     from huggingface_hub import snapshot_download
 

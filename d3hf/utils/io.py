@@ -111,3 +111,14 @@ def read_checked(path: str) -> bytes:
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         raise CorruptFileError(f"{path} does not match its checksum (truncated or altered)")
     return payload
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True when ``name`` can only mean a local path, never a Hub id ``NAMESPACE/NAME``:
+    it starts with ``.``, ``/`` or ``~``, ends with a separator, has more than one ``/``, or
+    its first part is a folder here (``outputs/run``)."""
+    name = str(name)
+    if name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)) or name.count("/") > 1:
+        return True
+    head, sep, _ = name.partition("/")
+    return bool(sep) and os.path.isdir(head)
