@@ -205,6 +205,7 @@ def test_distill_starts_over_in_its_own_run_only_with_overwrite(tmp_path, capsys
     (["--validation_size", "1.5"], "'validation_size' must be a share in [0, 1)"),
     (["--mtt_weight", "0", "--mmd_weight", "0"], "both 0"),
     (["--subtask_ids", "a"], "'subtask_ids' must be comma-separated subtask indices"),
+    (["--subtask_ids", "0,5"], "subtask_ids '0,5' must lie in 0..0"),  # one subtask: checked once data is read
 ])
 def test_bad_settings_are_refused_before_any_file_is_written(tmp_path, capsys, flags, message):
     out = tmp_path / "out"

@@ -117,10 +117,16 @@ class DistillArguments:
     def bandwidths(self) -> list[float]:
         return [float(v) for v in str(self.mmd_bandwidths).split(",") if v.strip()]
 
+    def selected_subtasks(self) -> list[int] | None:
+        """The sorted ``subtask_ids``, or None for every subtask; ValueError if they are not integers."""
+        if not self.subtask_ids:
+            return None
+        return sorted({int(v) for v in str(self.subtask_ids).split(",") if v.strip()})
+
     # Keys that change what is computed; a resumed run must match on all of them.
     def run_identity(self) -> dict:
-        skip = {"output_dir", "overwrite_output_dir", "checkpoint_every", "log_every", "num_threads", "eval_epochs", "eval_seeds",
-                "eval_num_per_class", "buffer_dir", "iterations", "subtask_ids"}
+        skip = {"output_dir", "overwrite_output_dir", "checkpoint_every", "log_every", "num_threads", "eval_epochs",
+                "eval_seeds", "eval_num_per_class", "buffer_dir", "iterations", "subtask_ids"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 
@@ -211,10 +217,9 @@ def check_arguments(args: DistillArguments) -> None:
             f"expert_epochs={args.expert_epochs}, so the experts must train at least "
             f"{args.max_start_epoch + args.expert_epochs} epochs; expert_epochs_total is {args.expert_epochs_total}. "
             "Raise expert_epochs_total or lower max_start_epoch.")
-    if args.subtask_ids is not None:
-        try:
-            ids = [int(v) for v in str(args.subtask_ids).split(",") if v.strip()]
-        except ValueError:
-            ids = []
-        if not ids or min(ids) < 0:
-            _refuse("subtask_ids", "comma-separated subtask indices >= 0, e.g. 0,2", args.subtask_ids)
+    try:
+        ids = args.selected_subtasks()
+    except ValueError:
+        ids = []
+    if ids is not None and (not ids or ids[0] < 0):
+        _refuse("subtask_ids", "comma-separated subtask indices >= 0, e.g. 0,2", args.subtask_ids)

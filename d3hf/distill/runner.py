@@ -353,13 +353,11 @@ def _planned_phases(args: DistillArguments, num_subtasks: int, evaluates: bool) 
 
 
 def _subtask_ids(args: DistillArguments, num_subtasks: int) -> list[int]:
-    if not args.subtask_ids:
+    """The subtasks to distil; their form was checked with the settings, their range is checked here."""
+    ids = args.selected_subtasks()
+    if ids is None:
         return list(range(num_subtasks))
-    try:
-        ids = sorted({int(v) for v in str(args.subtask_ids).split(",") if v.strip()})
-    except ValueError:
-        raise ConfigError(f"subtask_ids must be comma-separated subtask indices; got {args.subtask_ids!r}") from None
-    if not ids or ids[0] < 0 or ids[-1] >= num_subtasks:
+    if ids[-1] >= num_subtasks:
         raise ConfigError(f"subtask_ids {args.subtask_ids!r} must lie in 0..{num_subtasks - 1}")
     return ids
 

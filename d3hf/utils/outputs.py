@@ -46,12 +46,10 @@ def _same_or_nested(a: str, b: str) -> bool:
 
 
 def check_output(path: str, kind: str, *, overwrite: bool = False, inputs: Iterable[str] = (),
-                 flag: str = "--overwrite", known_entries: Iterable[str] | None = None) -> bool:
+                 flag: str = "--overwrite") -> bool:
     """Refuse ``path`` as an output of ``kind`` unless writing it loses nothing d3hf did not write.
 
     Returns True when ``path`` holds an earlier d3hf output of this kind that may be replaced.
-    ``known_entries`` lists the names a folder of this kind may hold (for folders that grow
-    while a run goes, whose marker cannot list them in advance).
     """
     if not path:
         raise OutputError("The output location is empty; name a folder.")
@@ -76,7 +74,7 @@ def check_output(path: str, kind: str, *, overwrite: bool = False, inputs: Itera
         raise OutputError(f"{path} holds a d3hf {marker['kind']}, not {kind}; name another folder.")
     if not overwrite:
         raise OutputError(f"{path} holds an earlier d3hf {kind}; pass {flag} to replace it, or name a new folder.")
-    allowed = set(marker.get("entries", [])) | set(known_entries or ()) | {MARKER}
+    allowed = set(marker.get("entries", [])) | {MARKER}
     foreign = present - allowed
     if foreign:
         raise OutputError(f"{path} holds files d3hf did not write ({_names(foreign)}); move them away before "
