@@ -8,9 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ._version import __version__ as __version__
 from .errors import ArtifactError, ConfigError, D3HFError, OutputError
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "D3Config": "modeling.configuration_d3",
@@ -23,12 +22,13 @@ _LAZY = {
     "reference_spec": "modeling.decoders",
     "SplitOverlapError": "evaluation.training",
     "named_protocol": "evaluation.training",
-    "HubAccessError": "hub.hub_io",
-    "generate_dataset": "hub.hub_io",
-    "load_artifact": "hub.hub_io",
-    "load_distilled": "hub.hub_io",
-    "push_artifact": "hub.hub_io",
-    "push_synthetic_dataset": "hub.hub_io",
+    "HubAccessError": "hub.access",
+    "generate_dataset": "hub.generate",
+    "load_artifact": "hub.load",
+    "load_distilled": "hub.load",
+    "push_artifact": "hub.push",
+    "push_synthetic_dataset": "hub.push",
+    "save_artifact": "hub.cards",
     "StorageLedger": "modeling.storage",
     "estimate_storage": "modeling.storage",
 }
@@ -56,6 +56,7 @@ __all__ = [
     "push_artifact",
     "push_synthetic_dataset",
     "reference_spec",
+    "save_artifact",
 ]
 
 

@@ -13,6 +13,7 @@ import yaml
 from conftest import TINY
 from safetensors.torch import load_file
 
+from d3hf import load_distilled
 from d3hf.commands.cli import main, parse_distill_args
 from d3hf.distill.distiller import read_checkpoint
 from d3hf.modeling.modeling_d3 import D3Model
@@ -239,7 +240,7 @@ def test_soft_label_mode_stores_counts_and_returns_teacher_labels(tmp_path):
     images, labels, soft = model.sample(3, seed=0, soft_labels=True)
     assert soft.shape == (len(labels), num_classes)
     assert torch.equal(soft, stored[model.draw(3, 0)[0]])
-    ds = model.to_dataset(2, seed=0, soft_labels=True)
+    ds = load_distilled(model, 2, seed=0, soft_labels=True)
     assert "soft_label" in ds.column_names and len(ds[0]["soft_label"]) == num_classes
 
 

@@ -24,9 +24,9 @@ from huggingface_hub import DatasetCard, HfApi, hf_hub_download
 from test_model import make_model
 from transformers import AutoModel
 
-from d3hf import D3Model, HubAccessError, generate_dataset, load_artifact, load_distilled
+from d3hf import D3Model, HubAccessError, generate_dataset, load_artifact, load_distilled, save_artifact
 from d3hf.commands.cli import main
-from d3hf.hub.hub_io import push_artifact, push_synthetic_dataset
+from d3hf.hub.push import push_artifact, push_synthetic_dataset
 
 
 def reload_hf_configuration() -> None:
@@ -110,8 +110,7 @@ def artifact(model, tmp_path_factory) -> Path:
     """A saved artifact folder, with an eval.json so the card shows an evaluation."""
     path = tmp_path_factory.mktemp("artifact")
     evaluation = {"results": [{"protocol": "P-noaug", "arch": "convnet", "mean": 0.5, "std": 0.0, "seeds": 1}]}
-    (path / "eval.json").write_text(json.dumps(evaluation))
-    model.save_pretrained(str(path))
+    save_artifact(model, str(path), evaluation)
     return path
 
 
@@ -197,6 +196,18 @@ def test_second_push_is_picked_up(hub_env, tmp_path):
     assert_same_weights(load_artifact("ns/twice", revision=first.commit), first_model)
 
 
+def test_push_of_a_bare_save_pretrained_folder_renders_the_d3hf_card(hub_env, model, tmp_path):
+    folder = tmp_path / "bare"
+    model.save_pretrained(str(folder))
+    assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]  # the model writes tensors only
+    pushed = push_artifact(str(folder), "ns/bare")
+    files = HfApi().list_repo_files("ns/bare", revision=pushed.commit)
+    assert {"config.json", "model.safetensors", "README.md", "samples.png"} <= set(files)
+    card = Path(hf_hub_download("ns/bare", "README.md", revision=pushed.commit)).read_text()
+    assert "load_distilled" in card and "dataset-distillation" in card
+    assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]  # the folder is left as it was
+
+
 def test_push_to_a_branch(hub_env, artifact, model):
     pushed = push_artifact(str(artifact), "ns/branched", revision="v1")
     assert pushed.revision == "v1"
@@ -230,7 +241,7 @@ def test_offline_mode_reads_from_the_cache(hub_env, artifact, model):
 def test_pushed_dataset_loads_with_plain_datasets(hub_env, model):
     push_synthetic_dataset(model, "ns/name2", num_per_class=3, seed=2, config_name="k3",
                            generator="ns/gen", generator_revision="0123abc")
-    expected = model.to_dataset(3, seed=2)
+    expected = load_distilled(model, 3, seed=2)
 
     hub_env.fresh_cache()
     loaded = datasets.load_dataset("ns/name2", "k3", split="train")
@@ -248,11 +259,11 @@ def test_pushed_dataset_loads_with_plain_datasets(hub_env, model):
 def test_dataset_configs_coexist_and_a_second_push_replaces_one(hub_env, model):
     push_synthetic_dataset(model, "ns/configs", num_per_class=3, seed=1, config_name="k3")
     push_synthetic_dataset(model, "ns/configs", num_per_class=2, seed=7, config_name="k2")
-    assert_same_rows(datasets.load_dataset("ns/configs", "k3", split="train"), model.to_dataset(3, seed=1))
+    assert_same_rows(datasets.load_dataset("ns/configs", "k3", split="train"), load_distilled(model, 3, seed=1))
 
     push_synthetic_dataset(model, "ns/configs", num_per_class=3, seed=9, config_name="k3")
-    assert_same_rows(datasets.load_dataset("ns/configs", "k3", split="train"), model.to_dataset(3, seed=9))
-    assert_same_rows(datasets.load_dataset("ns/configs", "k2", split="train"), model.to_dataset(2, seed=7))
+    assert_same_rows(datasets.load_dataset("ns/configs", "k3", split="train"), load_distilled(model, 3, seed=9))
+    assert_same_rows(datasets.load_dataset("ns/configs", "k2", split="train"), load_distilled(model, 2, seed=7))
     card = DatasetCard.load(hf_hub_download("ns/configs", "README.md", repo_type="dataset"))
     assert {name: r["seed"] for name, r in card.data.d3hf.items()} == {"k2": 7, "k3": 9}
 
@@ -349,14 +360,14 @@ def test_cli_push_and_generate_as_subprocesses(hub_env, artifact, model, tmp_pat
     model_commit = HfApi().model_info("ns/cli").sha
     assert f"model: ns/cli at main commit {model_commit}" in pushed
     assert [b["visibility"] for b in hub_env.created("ns/cli") + hub_env.created("ns/cli-data")] == ["private"] * 2
-    assert_same_rows(datasets.load_dataset("ns/cli-data", "k2", split="train"), model.to_dataset(2, seed=3))
+    assert_same_rows(datasets.load_dataset("ns/cli-data", "k2", split="train"), load_distilled(model, 2, seed=3))
     card = DatasetCard.load(hf_hub_download("ns/cli-data", "README.md", repo_type="dataset"))
     assert card.data.d3hf["k2"]["generator_revision"] == model_commit
 
     assert "wrote 20 samples" in generated
     loaded = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
-    assert loaded.features == model.to_dataset(1).features
-    assert_same_rows(loaded, model.to_dataset(2, seed=3))
+    assert loaded.features == load_distilled(model, 1).features
+    assert_same_rows(loaded, load_distilled(model, 2, seed=3))
 
 
 # ----------------------------------------------------------------------------- local use
@@ -366,7 +377,7 @@ def test_cli_push_and_generate_as_subprocesses(hub_env, artifact, model, tmp_pat
 def test_generate_formats_round_trip(model, tmp_path, fmt):
     out = tmp_path / fmt
     generate_dataset(model, str(out), num_per_class=2, seed=5, format=fmt)
-    expected = model.to_dataset(2, seed=5)
+    expected = load_distilled(model, 2, seed=5)
     if fmt == "arrow":
         loaded = datasets.load_from_disk(str(out))
     elif fmt == "parquet":
@@ -385,7 +396,7 @@ def test_imagefolder_keeps_label_ids_when_names_do_not_sort_in_id_order(class_na
     model = make_model(class_names=class_names, distillation={"dataset": "digits", "seed": 0})
     generate_dataset(model, str(tmp_path / "f"), num_per_class=1, seed=5, format="imagefolder")
     loaded = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "f"), split="train")
-    assert_same_rows(loaded, model.to_dataset(1, seed=5))  # the label ids survive the folder names
+    assert_same_rows(loaded, load_distilled(model, 1, seed=5))  # the label ids survive the folder names
     assert len(loaded.features["label"].names) == len(class_names)
 
 
@@ -398,7 +409,7 @@ def test_load_distilled_is_deterministic_and_streams_fresh_epochs(artifact, mode
     a = load_distilled(str(artifact), num_per_class=3, seed=0)
     assert len(a) == 3 * model.config.num_classes
     assert_same_rows(a, load_distilled(str(artifact), num_per_class=3, seed=0))
-    assert_same_rows(a, model.to_dataset(3, seed=0))
+    assert_same_rows(a, load_distilled(model, 3, seed=0))
 
     stream = load_distilled(str(artifact), num_per_class=3, seed=0, streaming=True)
     assert isinstance(stream, datasets.IterableDataset)

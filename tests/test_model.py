@@ -7,8 +7,8 @@ import yaml
 from PIL import Image as PILImage
 
 import d3hf  # noqa: F401  (registers the "d3" model type with transformers' Auto classes)
-from d3hf import D3Config, D3Model, family_spec
-from d3hf.hub.cards import sample_grid
+from d3hf import D3Config, D3Model, family_spec, load_distilled
+from d3hf.hub.cards import sample_grid, save_artifact
 
 CLASS_NAMES = [f"digit{i}" for i in range(10)]
 
@@ -43,7 +43,7 @@ def model():
 @pytest.fixture(scope="module")
 def saved(model, tmp_path_factory):
     path = tmp_path_factory.mktemp("artifact")
-    model.save_pretrained(str(path))
+    save_artifact(model, str(path))
     return path
 
 
@@ -189,7 +189,7 @@ def test_model_card_does_not_list_local_paths_as_hub_datasets(tmp_path):
 def test_to_dataset_features_and_pixels(model):
     import datasets
 
-    ds = model.to_dataset(3, seed=4)
+    ds = load_distilled(model, 3, seed=4)
     assert isinstance(ds.features["image"], datasets.Image)
     assert isinstance(ds.features["label"], datasets.ClassLabel)
     assert ds.features["label"].names == CLASS_NAMES
@@ -206,7 +206,7 @@ def _examples(iterable):
 
 
 def test_iterable_dataset_epochs(model):
-    it = model.to_iterable_dataset(4, seed=0)
+    it = load_distilled(model, 4, seed=0, streaming=True)
     epoch0 = _examples(it)
     assert len(epoch0) == 40
     assert sorted(label for label, _ in epoch0) == sorted(list(range(10)) * 4)
@@ -222,7 +222,7 @@ def test_iterable_dataset_epochs(model):
 def test_iterable_dataset_with_dataloader_workers(model):
     from torch.utils.data import DataLoader
 
-    it = model.to_iterable_dataset(4, seed=0)
+    it = load_distilled(model, 4, seed=0, streaming=True)
     direct = _examples(it)
     via_workers = _examples(DataLoader(it, batch_size=None, num_workers=2))
     assert len(via_workers) == len(direct) == 40
@@ -234,7 +234,7 @@ def test_iterable_dataset_with_dataloader_workers(model):
 def test_dataloader_workers_yield_the_same_examples_as_direct_iteration(model, epoch):
     from torch.utils.data import DataLoader
 
-    it = model.to_iterable_dataset(4, seed=0)
+    it = load_distilled(model, 4, seed=0, streaming=True)
     it.set_epoch(epoch)
     direct = _examples(it)
     via_workers = _examples(DataLoader(it, batch_size=None, num_workers=2))

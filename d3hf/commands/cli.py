@@ -199,7 +199,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         data = load_data(DistillArguments(dataset=a.dataset or record.get("source") or "mnist5k"))
         make_source, method = (lambda s: fixed_source(images.images, images.labels)), f"images {a.images}"
     else:
-        from ..hub.hub_io import load_artifact
+        from ..hub.load import load_artifact
 
         model = load_artifact(a.model)
         # Test on the dataset, columns and split recorded in the artifact unless told otherwise.
@@ -222,8 +222,9 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         from ..hub.cards import write_card_and_samples
         from ..utils.io import atomic_write_json
 
-        atomic_write_json(eval_path, _with_result(earlier, result, recorded_dataset=model.config.source.get("source")))
-        write_card_and_samples(model, a.model)
+        evaluation = _with_result(earlier, result, recorded_dataset=model.config.source.get("source"))
+        atomic_write_json(eval_path, evaluation)
+        write_card_and_samples(model, a.model, evaluation)
     return 0
 
 
@@ -279,7 +280,7 @@ def cmd_info(argv: Sequence[str]) -> int:
     p.add_argument("model", help="artifact folder or Hub repo id")
     p.add_argument("--revision", default=None, help="Hub revision of MODEL")
     a = p.parse_args(list(argv))
-    from ..hub.hub_io import load_artifact
+    from ..hub.load import load_artifact
 
     model = load_artifact(a.model, a.revision)
     sys.stdout.write(json.dumps({"classes": model.config.num_classes, "image_shape": model.config.image_shape,
@@ -305,7 +306,8 @@ def cmd_push(argv: Sequence[str]) -> int:
     a = p.parse_args(list(argv))
     if a.dataset_repo and (a.num_per_class is None or a.num_per_class < 1):
         raise ConfigError("--dataset_repo needs --num_per_class K (K >= 1).")
-    from ..hub.hub_io import load_artifact, push_artifact, push_synthetic_dataset
+    from ..hub.load import load_artifact
+    from ..hub.push import push_artifact, push_synthetic_dataset
 
     pushed = push_artifact(a.model_dir, a.repo_id, private=a.private, revision=a.revision)
     lines = [f"model: {pushed.repo_id} at {pushed.revision} commit {pushed.commit}"]
@@ -320,10 +322,7 @@ def cmd_push(argv: Sequence[str]) -> int:
 
 
 def cmd_generate(argv: Sequence[str]) -> int:
-    from ..hub.hub_io import (  # hub loads its heavy libraries only when called
-        GENERATE_FORMATS,
-        generate_dataset,
-    )
+    from ..hub.generate import GENERATE_FORMATS, generate_dataset
 
     p = argparse.ArgumentParser(prog="d3hf generate", description="Write samples of an artifact to a new folder.")
     p.add_argument("model", help="artifact folder or Hub repo id")
@@ -359,10 +358,11 @@ def cmd_aggregate(argv: Sequence[str]) -> int:
 
     check_output(a.output_dir, "artifact", overwrite=a.overwrite, inputs=a.dirs)  # before any work
     from ..distill.aggregation import aggregate_directories
+    from ..hub.cards import save_artifact
 
     model = aggregate_directories(a.dirs)
     with output_folder(a.output_dir, "artifact", overwrite=a.overwrite, inputs=a.dirs) as tmp:
-        model.save_pretrained(tmp)
+        save_artifact(model, tmp)
     ledger = model.storage()
     sys.stdout.write(f"artifact: {a.output_dir} ({model.config.num_classes} classes, {len(model.decoders)} subtasks; "
                      f"{ledger.total_scalars:,} scalars = {ledger.ipc_equivalent:.3f} IPC-equivalent)\n")

@@ -15,6 +15,7 @@ import yaml
 
 from ..data.image_data import ImageClassificationData, PixelMoments, load_image_classification
 from ..errors import ConfigError, D3HFError
+from ..hub.cards import save_artifact
 from ..modeling.configuration_d3 import D3Config
 from ..modeling.modeling_d3 import D3Model
 from ..modeling.storage import estimate_storage
@@ -228,7 +229,7 @@ def distill_subtask(
     if config.soft_labels:
         _fit_soft_labels(part, buffer, view)
     with atomic_directory(artifact_dir) as tmp:
-        part.save_pretrained(tmp)
+        save_artifact(part, tmp)
         write_marker(tmp, "artifact")
     atomic_write_json(finished, {"iterations": distiller.iteration})
     return part, timings
@@ -333,9 +334,7 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         if evaluation is not None:
             summary["evaluation"] = evaluation
         with atomic_directory(os.path.join(args.output_dir, ARTIFACT_DIR)) as tmp:
-            if evaluation is not None:
-                atomic_write_json(os.path.join(tmp, "eval.json"), evaluation)
-            model.save_pretrained(tmp)
+            save_artifact(model, tmp, evaluation)
             write_marker(tmp, "artifact")
             kill_point("artifact-write")
         timings["total_s"] = time.perf_counter() - t0

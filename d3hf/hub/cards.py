@@ -1,19 +1,25 @@
-"""The artifact's model card (README.md) and its sample grid (samples.png)."""
+"""Cards: the artifact's model card (README.md) with its sample grid (samples.png), and the
+dataset card of sampled datasets."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..utils.environment import measured_where
+from ..utils.io import atomic_write_json
 from .datasets import to_uint8_hwc
 
 if TYPE_CHECKING:
     from ..modeling.modeling_d3 import D3Model
 
+# The files of an artifact: only these are uploaded, whatever else the folder holds.
+ARTIFACT_FILES = ["config.json", "model.safetensors", "README.md", "samples.png", "eval.json"]
+# What an artifact folder must hold to be pushed.
+REQUIRED_ARTIFACT_FILES = ("config.json", "model.safetensors")
+CARD_METADATA_KEY = "d3hf"
 SAMPLES_PER_ROW = 10
 MAX_GRID_ROWS = 100
 
@@ -129,7 +135,7 @@ def card_text(model: "D3Model", evaluation: dict | None = None) -> str:
         "",
         "model = D3Model.from_pretrained(REPO_OR_DIR)",
         "images, labels = model.sample(num_per_class=20, seed=0)   # floats in [0, 1], N x C x H x W",
-        "ds = model.to_dataset(num_per_class=20, seed=0)            # datasets.Dataset(image, label)",
+        "ds = load_distilled(REPO_OR_DIR, num_per_class=20, seed=0)  # datasets.Dataset(image, label)",
         "```",
         "",
         f"Normalise generated images like the real data: mean {cfg.normalization_mean}, std {cfg.normalization_std}.",
@@ -137,13 +143,97 @@ def card_text(model: "D3Model", evaluation: dict | None = None) -> str:
     return str(ModelCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body) + "\n"))
 
 
-def write_card_and_samples(model: "D3Model", directory: str) -> None:
-    """Write README.md and samples.png beside the saved weights (eval.json is shown if present)."""
-    evaluation = None
-    eval_path = os.path.join(directory, "eval.json")
-    if os.path.exists(eval_path):
-        with open(eval_path) as f:
-            evaluation = json.load(f)
+def write_card_and_samples(model: "D3Model", directory: str, evaluation: dict | None = None) -> None:
+    """Write README.md and samples.png into ``directory``."""
     sample_grid(model).save(os.path.join(directory, "samples.png"))
     with open(os.path.join(directory, "README.md"), "w") as f:
         f.write(card_text(model, evaluation))
+
+
+def save_artifact(model: "D3Model", directory: str, evaluation: dict | None = None) -> None:
+    """``model.save_pretrained(directory)`` plus what makes the folder a d3hf artifact: the model
+    card (README.md, with the evaluation table if given), samples.png, and eval.json."""
+    model.save_pretrained(directory)
+    if evaluation is not None:
+        atomic_write_json(os.path.join(directory, "eval.json"), evaluation)
+    write_card_and_samples(model, directory, evaluation)
+
+
+def generation_record(model: "D3Model", generator: str | None, generator_revision: str | None,
+                       num_per_class: int, seed: int) -> dict:
+    return {
+        "generator": generator,
+        "generator_revision": generator_revision,
+        "source_dataset": model.config.source.get("source"),
+        "num_per_class": int(num_per_class),
+        "seed": int(seed),
+        "num_rows": int(num_per_class) * model.config.num_classes,
+    }
+
+
+def _config_table(records: dict) -> str:
+    rows = ["| config | generator | generator revision | samples per class | seed | rows |",
+            "|---|---|---|---|---|---|"]
+    for name, r in sorted(records.items()):
+        rows.append(f"| {name} | {r.get('generator') or 'local artifact'} | {r.get('generator_revision') or 'n/a'} "
+                    f"| {r['num_per_class']} | {r['seed']} | {r['num_rows']} |")
+    return "\n".join(rows)
+
+
+def synthetic_card_body(model: "D3Model", repo_id: str | None, records: dict) -> str:
+    """The dataset card's text: what the data is, where it came from, how to load it."""
+    cfg = model.config
+    source = cfg.source.get("source") or "unknown"
+    first = min(records) if records else "default"
+    generator = records.get(first, {}).get("generator") or "GENERATOR_REPO_OR_FOLDER"
+    c, h, w = cfg.image_shape
+    lines = [
+        "# Synthetic training set from a distilled dataset (d3hf)",
+        "",
+        (f"Images sampled from a [d3hf](https://pypi.org/project/d3hf/) distilled version of **{source}** "
+         f"({cfg.num_classes} classes, {c}x{h}x{w}). Columns: `image` (Image), `label` (ClassLabel)."),
+        "",
+        "## Configurations",
+        "",
+        _config_table(records),
+        "",
+        "## Storage of the generator",
+        "",
+        "Everything the samples are drawn from (priors and decoders) takes:",
+        "",
+        model.storage().to_markdown(),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f"ds = load_dataset({(repo_id or 'REPO')!r}, {first!r}, split='train')",
+        "```",
+        "",
+        "Fresh samples every epoch come from the generator itself:",
+        "",
+        "```python",
+        "from d3hf import load_distilled",
+        "",
+        f"stream = load_distilled({generator!r}, num_per_class=20, streaming=True)  # stream.set_epoch(e)",
+        "```",
+        "",
+        f"Normalise images like the real data: mean {cfg.normalization_mean}, std {cfg.normalization_std}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def updated_dataset_card(card, model: "D3Model", repo_id: str | None, config_name: str, record: dict):
+    """``card`` with this config's generation record added and the d3hf text and tags.
+
+    The YAML that ``datasets`` wrote (``configs``, ``dataset_info``) is kept: ``load_dataset``
+    reads the data files of each config from it.
+    """
+    records = dict(getattr(card.data, CARD_METADATA_KEY, None) or {})
+    records[config_name] = record
+    setattr(card.data, CARD_METADATA_KEY, records)
+    card.data.tags = sorted(set(getattr(card.data, "tags", None) or []) | {"dataset-distillation", "synthetic", "d3hf"})
+    card.data.task_categories = getattr(card.data, "task_categories", None) or ["image-classification"]
+    card.text = synthetic_card_body(model, repo_id, records)
+    return card

@@ -43,6 +43,13 @@ def samples_to_dataset(images: torch.Tensor, labels: torch.Tensor, soft_labels: 
     return datasets.Dataset.from_dict(columns, features=_features(class_names, soft_labels is not None))
 
 
+def sample_dataset(model: "D3Model", num_per_class: int, seed: int = 0, soft_labels: bool = False, classes=None):
+    """``num_per_class`` fresh samples of each class (``model.sample``) as a ``datasets.Dataset``:
+    ``image: Image()``, ``label: ClassLabel`` (plus ``soft_label`` with ``soft_labels=True``)."""
+    out = model.sample(num_per_class, seed, classes=classes, soft_labels=soft_labels)
+    return samples_to_dataset(*out, class_names=model.config.class_names)
+
+
 def _shard_examples(model: "D3Model", num_per_class: int, seed: int, shards: list[int], num_shards: int,
                     epoch: int = 0, sharded: bool = False):
     """Examples of the given shards for one epoch, classes interleaved round-robin."""
@@ -54,7 +61,7 @@ def _shard_examples(model: "D3Model", num_per_class: int, seed: int, shards: lis
             continue
         prior_ids, noise = model.draw(num_per_class, epoch_seed)
         keep = (torch.arange(len(prior_ids)) % num_per_class >= lo) & (torch.arange(len(prior_ids)) % num_per_class < hi)
-        images = model._generate(prior_ids[keep], noise[keep], 4096)
+        images = model.decode_priors(prior_ids[keep], noise[keep])
         labels = model.prior_labels.cpu()[prior_ids[keep]]
         arr = to_uint8_hwc(images)
         per_class = hi - lo

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
@@ -147,7 +145,7 @@ class D3Model(PreTrainedModel):
         if soft_labels and self.soft_labels is None:
             raise ValueError("This artifact was distilled without soft labels (config.soft_labels is False).")
         prior_ids, noise = self.draw(num_per_class, seed, classes)
-        images = self._generate(prior_ids, noise, batch_size)
+        images = self.decode_priors(prior_ids, noise, batch_size)
         labels = self.prior_labels.cpu()[prior_ids]
         if soft_labels:
             return images, labels, self.soft_labels.detach().float().cpu()[prior_ids]
@@ -157,9 +155,13 @@ class D3Model(PreTrainedModel):
     def mean_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each prior's mean decoded: ``(images, labels)``, one image per prior."""
         prior_ids = torch.arange(self.config.num_priors)
-        return self._generate(prior_ids, None, 4096), self.prior_labels.cpu()
+        return self.decode_priors(prior_ids, None, 4096), self.prior_labels.cpu()
 
-    def _generate(self, prior_ids: torch.Tensor, noise: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    @torch.no_grad()
+    def decode_priors(self, prior_ids: torch.Tensor, noise: torch.Tensor | None = None,
+                      batch_size: int = 4096) -> torch.Tensor:
+        """Images (float, CPU) for ``prior_ids`` with the given unit noise (None: the prior means),
+        decoded ``batch_size`` rows at a time without gradients."""
         device, dtype = self.prior_means.device, self.prior_means.dtype
         chunks = []
         for start in range(0, len(prior_ids), batch_size):
@@ -169,24 +171,6 @@ class D3Model(PreTrainedModel):
         if not chunks:
             return torch.zeros(0, *self.config.image_shape)
         return torch.cat(chunks)
-
-    def to_dataset(self, num_per_class: int, seed: int = 0, soft_labels: bool = False, classes=None):
-        """A ``datasets.Dataset`` of fresh samples: ``image: Image()``, ``label: ClassLabel``
-        (plus ``soft_label`` with ``soft_labels=True``)."""
-        from ..hub.datasets import samples_to_dataset
-
-        out = self.sample(num_per_class, seed, classes=classes, soft_labels=soft_labels)
-        return samples_to_dataset(*out, class_names=self.config.class_names)
-
-    def to_iterable_dataset(self, num_per_class: int, seed: int = 0, num_shards: int = 8):
-        """A ``datasets.IterableDataset`` of ``num_per_class`` samples per class per epoch.
-
-        ``set_epoch(e)`` draws new samples for every epoch and the same ones again for the same
-        epoch; shards split each class's samples so dataloader workers see disjoint data.
-        """
-        from ..hub.datasets import epoch_sampled_iterable
-
-        return epoch_sampled_iterable(self, num_per_class, seed, num_shards)
 
     # ------------------------------------------------------------------ accounting & saving
 
@@ -228,14 +212,6 @@ class D3Model(PreTrainedModel):
         check_values(model.state_dict(), str(path))
         check_soft_labels(model.soft_labels, str(path))
         return loaded
-
-    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
-        """``PreTrainedModel.save_pretrained`` plus the model card (README.md) and samples.png."""
-        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
-        if is_main_process:
-            from ..hub.cards import write_card_and_samples
-
-            write_card_and_samples(self, os.fspath(save_directory))
 
 
 # Auto classes resolve "model_type": "d3" once this module is imported (d3hf imports it when

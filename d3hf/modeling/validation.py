@@ -11,7 +11,7 @@ import torch
 
 from ..errors import ArtifactError
 from .configuration_d3 import D3Config
-from .decoders import UPSAMPLE_KINDS, DecoderSpec
+from .decoders import UPSAMPLE_KINDS, DecoderSpec, build_decoder
 
 MAX_IMAGE_SIDE = 4096
 MAX_STORED_SCALARS = 2**31  # far above any sensible artifact; refuses memory bombs up front
@@ -48,12 +48,15 @@ def _check_spec(spec: DecoderSpec, index: int) -> None:
 
 
 def expected_tensors(config: D3Config) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor an artifact with this config stores."""
-    from .modeling_d3 import D3Model
-
-    with torch.device("meta"):
-        model = D3Model(config)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    """Name -> shape of every tensor an artifact with this config stores (as ``D3Model`` names them)."""
+    priors = (config.num_priors, config.z_dim)
+    shapes = {"prior_means": priors, "prior_logvars": priors}
+    if config.soft_labels:
+        shapes["soft_labels"] = (config.num_priors, config.num_classes)
+    with torch.device("meta"):  # shapes only, no memory
+        for d, spec in enumerate(config.decoder_specs()):
+            shapes.update({f"decoders.{d}.{name}": tuple(t.shape) for name, t in build_decoder(spec).state_dict().items()})
+    return shapes
 
 
 def check_weights_file(path: str, config: D3Config) -> None:

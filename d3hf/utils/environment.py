@@ -8,6 +8,8 @@ import platform
 
 import torch
 
+from .._version import __version__
+
 
 def cpu_model() -> str:
     """The CPU's marketing name (``/proc/cpuinfo``'s model name on Linux), else what
@@ -22,8 +24,6 @@ def cpu_model() -> str:
 
 def measured_on(device: str | torch.device = "cpu") -> dict:
     """The device, its name, and the torch build and thread count a result came from."""
-    from .. import __version__
-
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {"device": device.type, "device_name": name, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
