@@ -9,19 +9,18 @@ import importlib
 import sys
 
 from ._version import __version__ as __version__
-from .errors import ArtifactError, ConfigError, D3HFError, OutputError
+from .errors import ArtifactError, ConfigError, D3HFError, DataError, OutputError
 
 _LAZY = {
     "D3Config": "modeling.configuration_d3",
     "D3Model": "modeling.modeling_d3",
-    "DataError": "data.image_data",
     "ImageClassificationData": "data.image_data",
     "load_image_classification": "data.image_data",
     "DecoderSpec": "modeling.decoders",
     "family_spec": "modeling.decoders",
     "reference_spec": "modeling.decoders",
-    "SplitOverlapError": "evaluation.training",
-    "named_protocol": "evaluation.training",
+    "SplitOverlapError": "data.provenance",
+    "named_protocol": "evaluation.protocols",
     "HubAccessError": "hub.access",
     "generate_dataset": "hub.generate",
     "load_artifact": "hub.load",

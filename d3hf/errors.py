@@ -22,3 +22,7 @@ class OutputError(D3HFError, ValueError):
 
 class ArtifactError(D3HFError, ValueError):
     """The artifact is inconsistent, tampered with or truncated."""
+
+
+class DataError(D3HFError, ValueError):
+    """A problem with the user's dataset: its path, columns, images or splits."""

@@ -166,7 +166,8 @@ ARTIFACT_NOTES = ("P-noaug[epochs=1,num_per_class=2]: convnet-3 width 8, instanc
 
 def test_evaluation_notes_say_what_was_trained_on(digits):
     from d3hf.evaluation.image_sets import random_real_images
-    from d3hf.evaluation.training import evaluate, fixed_source, model_source, named_protocol
+    from d3hf.evaluation.protocols import named_protocol
+    from d3hf.evaluation.training import evaluate, fixed_source, model_source
 
     protocol = named_protocol("P-noaug", width=8, epochs=1, num_per_class=2)
     real = evaluate(lambda s: fixed_source(*random_real_images(digits, 3, s)), digits, protocol)

@@ -171,15 +171,11 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1; got {value}.")
     device = _device(a.device)
-    from ..data.image_data import DataError
+    from ..data.provenance import check_test_split_disjoint
     from ..distill.runner import load_data
-    from ..evaluation.training import (
-        check_test_split_disjoint,
-        evaluate,
-        fixed_source,
-        model_source,
-        named_protocol,
-    )
+    from ..errors import DataError
+    from ..evaluation.protocols import named_protocol
+    from ..evaluation.training import evaluate, fixed_source, model_source
     from ..utils.environment import measured_where
 
     overrides = {"arch": a.arch, "num_per_class": a.num_per_class, **({"epochs": a.epochs} if a.epochs is not None else {})}
@@ -230,7 +226,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 
 def _read_evaluation(path: str) -> dict:
     """The artifact's evaluation file (empty if there is none yet)."""
-    from ..data.image_data import DataError
+    from ..errors import DataError
 
     if not os.path.exists(path):
         return {"results": []}

