@@ -22,6 +22,8 @@ import time
 
 from d3hf.utils.environment import cpu_model
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file: the repo root
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "cache", "baseline_check")
 PEER_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "peer-baselines"))
@@ -48,7 +50,8 @@ def dm_images(data, ipc: int, seed: int, iterations: int):
     import numpy as np
     import torch
 
-    from d3hf.evaluation.image_sets import DMSettings, ImageSet, distribution_matching_images
+    from benchmarks.baselines import DMSettings, distribution_matching_images
+    from d3hf.evaluation.image_sets import ImageSet
 
     path = os.path.join(CACHE, f"dm_ipc{ipc}_seed{seed}_it{iterations}.npz")
     if os.path.exists(path):

@@ -24,7 +24,9 @@ import subprocess
 import sys
 import time
 
-import grid  # benchmarks/grid.py: the machine a measurement ran on, as the grid records it
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file: the repo root
+
+from benchmarks import grid  # noqa: E402  (the machine a measurement ran on, as the grid records it)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "cache", "cpu_allocator")

@@ -22,7 +22,9 @@ import shutil
 import subprocess
 import sys
 
-import grid  # benchmarks/grid.py: the machine a measurement ran on, as the grid records it
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file: the repo root
+
+from benchmarks import grid  # noqa: E402  (the machine a measurement ran on, as the grid records it)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "cache", "iteration_split")
@@ -99,7 +101,7 @@ def main() -> None:
     m = both["machine"]
     text = "\n".join([
         "# Distillation time: experts, MTT and MMD", "",
-        f"Command: `python benchmarks/iteration_split.py`. Machine: {grid._machine_text(m)}, {m['cores']} cores, "
+        f"Command: `python benchmarks/iteration_split.py`. Machine: {grid.machine_text(m)}, {m['cores']} cores, "
         f"a fresh process per cell; 1-minute load average when a cell started: {min(loads):.1f} to {max(loads):.1f} "
         "(above 1: another job shared the cores).", "",
         f"Each recipe's experts are built once (their seconds are the first column: every expert of the recipe, "

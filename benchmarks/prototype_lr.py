@@ -1,6 +1,6 @@
 """Choose the pixel learning rate of the d3-prototypes grid row on a validation split.
 
-Prototype images (benchmarks/grid.py, method d3-prototypes) are optimised with D3's MTT + MMD
+Prototype images (benchmarks/grid/, method d3-prototypes) are optimised with D3's MTT + MMD
 objective; their Adam step size is chosen here on 10 % of the train split held out as
 validation, never on the test split. One line of JSON per learning rate; each is cached in
 benchmarks/cache/prototype_lr/ (with the experts) under the recipe's settings digest, so a
@@ -15,9 +15,12 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 
-import grid  # benchmarks/grid.py: its settings digest keys the cache
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file: the repo root
+
+from benchmarks import grid  # noqa: E402  (its settings digest keys the cache)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "cache", "prototype_lr")
@@ -34,11 +37,11 @@ def main(argv=None) -> None:
     import torch
     import yaml
 
+    from benchmarks.baselines import d3_objective_images
     from d3hf.data.image_data import load_image_classification
     from d3hf.distill.config import DistillArguments
     from d3hf.distill.experts import build_expert_buffer
     from d3hf.distill.runner import expert_settings
-    from d3hf.evaluation.image_sets import d3_objective_images
     from d3hf.evaluation.training import evaluate, fixed_source, named_protocol
     from d3hf.utils.allocator import keep_freed_memory
     from d3hf.utils.io import atomic_write_json

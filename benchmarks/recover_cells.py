@@ -22,9 +22,9 @@ import re
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file: the repo root
 
-import grid  # noqa: E402
+from benchmarks import grid  # noqa: E402
 
 TEST_SIZES = {"mnist5k": 1000, "digits": 360}
 # Protocol names may carry overrides, e.g. "P-noaug[epochs=2]".

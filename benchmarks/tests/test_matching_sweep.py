@@ -1,23 +1,14 @@
 """A seconds-long run of benchmarks/matching_sweep.py: cells, shared warm start, resume, report."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import matching_sweep as sweep
 
 
-@pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("matching_sweep", os.path.join(REPO, "benchmarks", "matching_sweep.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_sweep_scores_each_setting_from_one_warm_start_and_resumes(sweep, tmp_path, monkeypatch,
+def test_sweep_scores_each_setting_from_one_warm_start_and_resumes(tmp_path, monkeypatch,
                                                                     fresh_accelerate_state):
     argv = ["--smoke", "--dataset", "digits", "--ipc", "1", "--settings", ";lr_decoder=0.0001", "--eval_at", "0,2",
             "--eval_epochs", "1", "--eval_seeds", "1", "--out", str(tmp_path)]
@@ -38,12 +29,12 @@ def test_sweep_scores_each_setting_from_one_warm_start_and_resumes(sweep, tmp_pa
     assert extended["iterations"] == 3 and "warm_start_s" not in extended["timings"]
 
 
-def test_a_setting_with_an_unknown_key_is_refused(sweep, tmp_path):
+def test_a_setting_with_an_unknown_key_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="not KEY=VALUE with a distillation key"):
         sweep.main(["--smoke", "--dataset", "digits", "--settings", "lr_decodr=0.1", "--out", str(tmp_path)])
 
 
-def test_settings_take_the_recipe_types(sweep):
+def test_settings_take_the_recipe_types():
     assert sweep.parse_setting("lr_priors=0.1, syn_steps=7,soft_labels=false") == \
         {"lr_priors": 0.1, "syn_steps": 7, "soft_labels": False}
     with pytest.raises(SystemExit, match="--eval_at"):

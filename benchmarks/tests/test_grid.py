@@ -2,7 +2,6 @@
 
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -11,21 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def grid():
-    yield _load("grid")
-    del sys.modules["grid"]
+from benchmarks import grid, recover_cells
 
 
 def record_names(mode) -> list[str]:
@@ -34,7 +19,7 @@ def record_names(mode) -> list[str]:
 
 
 @pytest.mark.integration
-def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accelerate_state):
+def test_smoke_grid_runs_caches_and_reports(tmp_path, capsys, fresh_accelerate_state):
     grid.main(["--smoke", "--out", str(tmp_path)])
     cells = sorted(c for c in os.listdir(tmp_path / "results" / "grid-smoke") if c.endswith(".json"))
     assert cells == sorted(f"digits_ipc10_{m}_seed0_P-noaug_convnet.json"
@@ -110,12 +95,8 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
     # The report can be read back into the records it was written from, with or without the CPU
     # column (reports before it had none). Written anew: the d3 cell was re-scored since.
     report = grid.write_report(dataclasses.replace(grid.SMOKE, out=str(tmp_path)), "cmd")
-    recover_cells = _load("recover_cells")
-    try:
-        recovered = recover_cells.parse_report(report)
-        without_cpu = recover_cells.parse_report(report.replace(f" | {cpu} |", " |"))
-    finally:
-        del sys.modules["recover_cells"]
+    recovered = recover_cells.parse_report(report)
+    without_cpu = recover_cells.parse_report(report.replace(f" | {cpu} |", " |"))
 
     def by_name(rs):
         return {grid.cell_name(r["dataset"], r["ipc_budget"], r["method"], r["seed"], r["protocol"], r["arch"]): r
@@ -134,7 +115,7 @@ def test_smoke_grid_runs_caches_and_reports(grid, tmp_path, capsys, fresh_accele
         assert back["eval_seconds"] == round(r["eval_seconds"]) and back["build_seconds"] == round(r["build_seconds"])
 
 
-def test_ablations_run_under_the_headline_protocol_only(grid):
+def test_ablations_run_under_the_headline_protocol_only():
     mode = grid.Mode(name="t", datasets=("digits",), ipcs=(1,), methods=("d3", "d3-mtt-only", "d3-prototypes"),
                      seeds=2)
     keys = list(grid.cells(mode))
@@ -145,7 +126,7 @@ def test_ablations_run_under_the_headline_protocol_only(grid):
         assert {(k[4], k[5]) for k in ablation} == {("P-noaug", "convnet")} and len(ablation) == 2
 
 
-def test_variants_change_only_their_settings(grid, digits):
+def test_variants_change_only_their_settings(digits):
     base = grid.d3_arguments(digits, "digits", 10, "d3", 0, grid.QUICK)
     mmd_only = grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK)
     assert mmd_only.mtt_weight == 0 and mmd_only.buffer_dir == base.buffer_dir
@@ -170,7 +151,7 @@ def test_variants_change_only_their_settings(grid, digits):
     assert base.lpc == "1" and build_config(half, digits).priors_per_class > 1
 
 
-def test_a_variant_is_skipped_exactly_when_it_resolves_to_the_recipe(grid, digits, monkeypatch):
+def test_a_variant_is_skipped_exactly_when_it_resolves_to_the_recipe(digits, monkeypatch):
     import d3hf.commands.cli
 
     parse = d3hf.commands.cli.parse_distill_args
@@ -198,7 +179,7 @@ def test_a_variant_is_skipped_exactly_when_it_resolves_to_the_recipe(grid, digit
     assert grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK).mtt_weight == 0
 
 
-def test_only_seeds_splits_a_run_over_streams(grid):
+def test_only_seeds_splits_a_run_over_streams():
     mode = grid.Mode(name="t", datasets=("digits",), ipcs=(1,), methods=("d3", "random"), seeds=3,
                      protocols=("P-noaug",), archs=("convnet",))
     streams = [list(grid.cells(dataclasses.replace(mode, only_seeds=picks))) for picks in ((0, 1), (2,))]
@@ -206,7 +187,7 @@ def test_only_seeds_splits_a_run_over_streams(grid):
     assert {k[3] for k in streams[1]} == {2}
 
 
-def test_the_upper_bound_is_scored_once_whatever_the_budgets(grid):
+def test_the_upper_bound_is_scored_once_whatever_the_budgets():
     for ipcs in ((1, 10), (10,), (10, 50)):
         mode = grid.Mode(name="t", datasets=("digits",), ipcs=ipcs, methods=("full", "random"), seeds=1,
                          protocols=("P-noaug",), archs=("convnet",))
@@ -216,7 +197,7 @@ def test_the_upper_bound_is_scored_once_whatever_the_budgets(grid):
         assert [k[1] for k in keys if k[2] == "random"] == list(ipcs)
 
 
-def test_coverage_counts_scored_missing_and_cells_that_do_not_exist(grid, tmp_path):
+def test_coverage_counts_scored_missing_and_cells_that_do_not_exist(tmp_path):
     mode = grid.Mode(name="t", datasets=("digits",), ipcs=(1,), methods=("d3", "d3-lpc1", "random"), seeds=1,
                      protocols=("P-noaug",), archs=("convnet",), out=str(tmp_path))
     # At digits ipc 1 the recipe has one prior per class already: the lpc-1 cell is recorded as
@@ -236,7 +217,7 @@ def test_coverage_counts_scored_missing_and_cells_that_do_not_exist(grid, tmp_pa
     assert "| digits | 1 | random real | 0 | 1 |" in text and "| digits | 1 | d3hf (D3) |" not in text
 
 
-def test_a_build_is_made_by_one_stream_at_a_time(grid, tmp_path):
+def test_a_build_is_made_by_one_stream_at_a_time(tmp_path):
     path = str(tmp_path / "builds" / "digits_ipc1_dm_seed0")
     with grid.exclusive(path):
         assert open(path + ".lock").read() == str(os.getpid())
@@ -259,7 +240,7 @@ def test_a_build_is_made_by_one_stream_at_a_time(grid, tmp_path):
     assert record_names(mode) == []
 
 
-def test_a_cell_killed_mid_training_resumes_where_it_stopped(grid, tmp_path, monkeypatch):
+def test_a_cell_killed_mid_training_resumes_where_it_stopped(tmp_path, monkeypatch):
     import d3hf.evaluation.training
 
     mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path / "a"), methods=("random",), eval_epochs=3)
@@ -300,7 +281,7 @@ def test_a_cell_killed_mid_training_resumes_where_it_stopped(grid, tmp_path, mon
         assert f"| {grid.machine()['cpu']} (resumed from Another CPU (cpu), torch" in f.read()
 
 
-def test_a_cell_another_stream_is_scoring_is_left_to_it(grid, tmp_path):
+def test_a_cell_another_stream_is_scoring_is_left_to_it(tmp_path):
     mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("random",))
     (key,) = grid.cells(mode)
     with grid.exclusive(os.path.join(mode.scoring_dir, grid.cell_name(*key))):
@@ -310,7 +291,7 @@ def test_a_cell_another_stream_is_scoring_is_left_to_it(grid, tmp_path):
     assert record_names(mode) == [grid.cell_name(*key) + ".json"]
 
 
-def test_a_stream_that_locks_a_build_another_just_finished_uses_it_instead_of_making_it_again(grid, tmp_path, monkeypatch):
+def test_a_stream_that_locks_a_build_another_just_finished_uses_it_instead_of_making_it_again(tmp_path, monkeypatch):
     mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path))
     data = grid.load_data("digits")
     path = os.path.join(mode.cache, "builds", grid.build_name("digits", 10, "random", 0, None) + ".npz")
@@ -328,13 +309,13 @@ def test_a_stream_that_locks_a_build_another_just_finished_uses_it_instead_of_ma
     def never(*args, **kwargs):
         raise AssertionError("the build was made a second time")
 
-    monkeypatch.setattr(grid, "exclusive", lock_after_the_other_stream_finished)
-    monkeypatch.setattr(grid, "_make_image_set", never)
+    monkeypatch.setattr(grid.builds, "exclusive", lock_after_the_other_stream_finished)
+    monkeypatch.setattr(grid.builds, "_make_image_set", never)
     images, facts = grid.build_image_set(data, "digits", "random", 10, 0, mode)
     assert facts["build_seconds"] == 1.5 and images.images.shape == (100, 1, 8, 8)
 
 
-def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_of_distilling(grid, tmp_path,
+def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_of_distilling(tmp_path,
                                                                                               monkeypatch):
     import d3hf.distill.runner
 
@@ -361,7 +342,7 @@ def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_o
     def never(*args, **kwargs):
         raise AssertionError("the build was distilled a second time")
 
-    monkeypatch.setattr(grid, "exclusive", lock_after_the_other_stream_finished)
+    monkeypatch.setattr(grid.builds, "exclusive", lock_after_the_other_stream_finished)
     monkeypatch.setattr(d3hf.distill.runner, "run_distillation", never)
     artifact, facts = grid.build_d3(data, "digits", 10, "d3", 0, mode)
     assert artifact == artifact_dir
@@ -371,21 +352,21 @@ def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_o
     assert sorted(os.listdir(kept)) == sorted([*grid.KEPT_ARTIFACT_FILES, "summary.json"])
 
 
-def test_the_report_names_every_ablation_that_scores_as_well_as_the_whole_method(grid):
+def test_the_report_names_every_ablation_that_scores_as_well_as_the_whole_method():
     cell = lambda mean: {"mean": mean, "std": 0.0, "n": 3, "storage": 1}  # noqa: E731
     panel = ("mnist5k", "P-noaug", "convnet")
     summary = {(*panel, "d3", 10): cell(0.963), (*panel, "d3-vae-only", 10): cell(0.969),
                (*panel, "d3-mtt-only", 10): cell(0.95), (*panel, "random", 10): cell(0.91),
                (*panel, "d3", 1): cell(0.945), (*panel, "d3-mmd-only", 1): cell(0.945)}
-    text = "\n".join(grid._verdicts(summary))
+    text = "\n".join(grid.report._verdicts(summary))
     section = text.split("Ablations level with or ahead of the whole method:")[1]
     assert "ipc_budget 10: D3 warm start only (VAE fit, no MTT/MMD) 96.9 +- 0.0 (3) against D3 96.3" in section
     assert "ipc_budget 1: D3, MMD term only 94.5" in section and "MTT term only" not in section
-    alone = "\n".join(grid._verdicts({(*panel, "d3", 10): cell(0.963), (*panel, "d3-vae-only", 10): cell(0.96)}))
+    alone = "\n".join(grid.report._verdicts({(*panel, "d3", 10): cell(0.963), (*panel, "d3-vae-only", 10): cell(0.96)}))
     assert alone.split("Ablations level with or ahead of the whole method:")[1].strip() == "- none so far."
 
 
-def test_at_a_glance_sets_methods_side_by_side_and_bolds_the_best_stored_set(grid):
+def test_at_a_glance_sets_methods_side_by_side_and_bolds_the_best_stored_set():
     cell = lambda mean, n=3: {"mean": mean, "std": 0.01, "n": n, "storage": 1}  # noqa: E731
     summary = {("mnist5k", "P-noaug", "convnet", "d3", 1): cell(0.945),
                ("mnist5k", "P-noaug", "convnet", "dm", 1): cell(0.853),
@@ -393,7 +374,7 @@ def test_at_a_glance_sets_methods_side_by_side_and_bolds_the_best_stored_set(gri
                ("mnist5k", "P-dsa", "resnet", "d3", 1): cell(0.90),
                ("mnist5k", "P-dsa", "resnet", "dm", 1): cell(0.92),
                ("mnist5k", "P-noaug", "convnet", "d3-vae-only", 1): cell(0.95)}
-    text = "\n".join(grid._at_a_glance(summary, ["mnist5k"], [1]))
+    text = "\n".join(grid.report._at_a_glance(summary, ["mnist5k"], [1]))
     table = text.split("### mnist5k, ipc_budget 1")[1].split("###")[0]
     assert "| method | P-noaug convnet | P-dsa resnet |" in table  # headline panel first
     assert "| d3hf (D3) | **94.5** +- 1.0 (3) | 90.0 +- 1.0 (3) |" in table
