@@ -79,8 +79,10 @@ def image_set(data, method: str, ipc: int, seed: int, iterations: int):
 
 
 def run_cell(data, method: str, ipc: int, seed: int, protocol_name: str, iterations: int) -> dict:
+    from d3hf.data.provenance import check_test_split_disjoint
     from d3hf.evaluation.image_sets import peer_mnist5k_source
-    from d3hf.evaluation.training import check_test_split_disjoint, fixed_source, named_protocol, train_and_test
+    from d3hf.evaluation.protocols import named_protocol
+    from d3hf.evaluation.training import fixed_source, train_and_test
 
     protocol = named_protocol(protocol_name)
     images, build_seconds = image_set(data, method, ipc, seed, iterations)

@@ -284,14 +284,14 @@ class PrototypeImages(torch.nn.Module):
 
 def d3_objective_images(data: ImageClassificationData, ipc: int, buffer, args, device: torch.device | str = "cpu",
                         show_progress: bool = False) -> ImageSet:
-    """``ipc`` images per class, initialised from random real images (``args.seed``) and
-    optimised for ``args.iterations`` with D3's MTT + MMD terms against ``buffer``'s experts
-    (``args``: a run's ``DistillArguments``; the images learn at ``args.lr_decoder``)."""
+    """``ipc`` images per class, initialised from random real images (``args.run.seed``) and
+    optimised for ``args.matching.iterations`` with D3's MTT + MMD terms against ``buffer``'s experts
+    (``args``: a run's ``DistillArguments``; the images learn at ``args.matching.lr_decoder``)."""
     from d3hf.distill.distiller import Distiller
 
     _per_class_ipc(data, ipc)
-    init = _class_ordered_random_images(data, ipc, args.seed)
+    init = _class_ordered_random_images(data, ipc, args.run.seed)
     model = PrototypeImages(init.images, init.labels, ipc)
-    distiller = Distiller(model, data, buffer, args, device=device)
-    distiller.run(args.iterations, show_progress=show_progress)
+    distiller = Distiller(model, data, buffer, args.matching, seed=args.run.seed, device=device)
+    distiller.run(args.matching.iterations, show_progress=show_progress)
     return model.image_set()

@@ -43,7 +43,8 @@ def measure(arch: str, protocol: str, keep: bool) -> dict:
 
     from d3hf import load_image_classification
     from d3hf.evaluation.image_sets import random_real_images
-    from d3hf.evaluation.training import fixed_source, named_protocol, train_network
+    from d3hf.evaluation.protocols import named_protocol
+    from d3hf.evaluation.training import fixed_source, train_network
     from d3hf.utils.allocator import keep_freed_memory
 
     applied = keep_freed_memory()

@@ -18,7 +18,6 @@ extended sweep redoes nothing:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -38,12 +37,12 @@ SMOKE = {"num_experts": 1, "expert_epochs_total": 3, "max_start_epoch": 1, "min_
 def parse_setting(text: str) -> dict:
     """``"lr_decoder=0.001,lr_priors=1"`` -> those keys, typed and checked as ``d3hf distill``
     reads them from its command line; a key it does not have is refused."""
-    from d3hf.commands.cli import parse_distill_args
-    from d3hf.distill.config import DistillArguments
+    from d3hf.commands.distill import parse_distill_args
+    from d3hf.distill.config import SECTION_OF_KEY
 
     pairs = [item.partition("=") for item in filter(None, (part.strip() for part in text.split(",")))]
     for key, sep, value in pairs:
-        if not sep or key not in DistillArguments.__dataclass_fields__:
+        if not sep or key not in SECTION_OF_KEY:
             raise SystemExit(f"--settings: {key + sep + value!r} is not KEY=VALUE with a distillation key "
                              f"(e.g. lr_decoder=0.0001)")
         if key in ("iterations", "validation_size", "output_dir", "buffer_dir", "eval_epochs"):
@@ -52,7 +51,8 @@ def parse_setting(text: str) -> dict:
         parsed = parse_distill_args([arg for key, _, value in pairs for arg in (f"--{key}", value)])
     except ValueError as err:
         raise SystemExit(f"--settings {text!r}: {err}") from None
-    return {key: getattr(parsed, key) for key, _, _ in pairs}
+    values = parsed.to_dict()
+    return {key: values[key] for key, _, _ in pairs}
 
 
 def setting_name(setting: dict) -> str:
@@ -60,7 +60,8 @@ def setting_name(setting: dict) -> str:
 
 
 def score(artifact_dir: str, data, epochs: int, seeds: int) -> dict:
-    from d3hf.evaluation.training import evaluate, model_source, named_protocol
+    from d3hf.evaluation.protocols import named_protocol
+    from d3hf.evaluation.training import evaluate, model_source
     from d3hf.modeling.modeling_d3 import D3Model
 
     model = D3Model.from_pretrained(artifact_dir)
@@ -73,13 +74,13 @@ def run_cell(recipe, setting: dict, iterations: int, root: str, eval_epochs: int
     """Distil ``setting`` up to ``iterations`` (resuming its run) and score it on validation."""
     from d3hf.distill.runner import load_data, run_distillation
 
-    args = dataclasses.replace(recipe, **setting, iterations=iterations, validation_size=VALIDATION_SIZE,
+    args = recipe.replace(**setting, iterations=iterations, validation_size=VALIDATION_SIZE,
                                eval_epochs=0, output_dir=os.path.join(root, "runs", setting_name(setting)),
                                buffer_dir=os.path.join(root, "experts"))
     t = time.perf_counter()
     _, summary = run_distillation(args, show_progress=True)
     distill_s = time.perf_counter() - t
-    result = score(summary["artifact_dir"], load_data(args), eval_epochs, eval_seeds)
+    result = score(summary["artifact_dir"], load_data(args.data, args.run.seed), eval_epochs, eval_seeds)
     assert result["split"] == "validation", "the sweep never scores on the test split"
     return {"setting": setting_name(setting), "iterations": iterations, "mean": result["mean"], "std": result["std"],
             "accuracies": result["accuracies"], "distill_s_this_call": distill_s,
@@ -125,7 +126,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from d3hf.commands.cli import parse_distill_args
+    from d3hf.commands.distill import parse_distill_args
     from d3hf.utils.allocator import keep_freed_memory
     from d3hf.utils.io import atomic_write_json
 
@@ -134,7 +135,7 @@ def main(argv=None) -> None:
     recipe_path = os.path.join(REPO, "recipes", a.dataset, f"ipc{a.ipc}.yaml")
     if not os.path.exists(recipe_path):
         raise SystemExit(f"no recipe {os.path.relpath(recipe_path, REPO)}: pick --dataset/--ipc that has one")
-    recipe = dataclasses.replace(parse_distill_args([recipe_path]), seed=a.seed, num_threads=a.threads,
+    recipe = parse_distill_args([recipe_path]).replace(seed=a.seed, num_threads=a.threads,
                                  **(SMOKE if a.smoke else {}))
     settings = [parse_setting(s) for s in a.settings.split(";")]
     picks = range(len(settings)) if a.only is None else [int(i) for i in a.only.split(",")]

@@ -12,7 +12,6 @@ stopped sweep resumes where it stopped and a changed recipe is swept anew.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -42,7 +41,8 @@ def main(argv=None) -> None:
     from d3hf.distill.config import DistillArguments
     from d3hf.distill.experts import build_expert_buffer
     from d3hf.distill.runner import expert_settings
-    from d3hf.evaluation.training import evaluate, fixed_source, named_protocol
+    from d3hf.evaluation.protocols import named_protocol
+    from d3hf.evaluation.training import evaluate, fixed_source
     from d3hf.utils.allocator import keep_freed_memory
     from d3hf.utils.io import atomic_write_json
 
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
                 buffer = build_expert_buffer(data, expert_settings(args, data.image_shape),
                                              os.path.join(cell_dir, "experts"))
             t = time.perf_counter()
-            images = d3_objective_images(data, a.ipc, buffer, dataclasses.replace(args, lr_decoder=lr))
+            images = d3_objective_images(data, a.ipc, buffer, args.replace(lr_decoder=lr))
             result = evaluate(lambda _: fixed_source(images.images, images.labels), data, named_protocol("P-noaug"),
                               seeds=1)
             atomic_write_json(cell, {"dataset": a.dataset, "ipc": a.ipc, "lr": lr,

@@ -36,7 +36,7 @@ CELL = re.compile(r"^\| (\w+?)_ipc(\d+)_([\w-]+)_seed(\d+)_(P-[^_ ]+)_(\w+)(?: \
 
 def _cell_notes(panel_notes: str, method: str) -> str:
     """A cell's notes from its panel's protocol line, which describes the artifacts' training data."""
-    from d3hf.evaluation.training import FIXED_SET_TRAINING
+    from d3hf.evaluation.protocols import FIXED_SET_TRAINING
 
     if method in grid.D3_VARIANTS:
         return panel_notes

@@ -1,8 +1,8 @@
-"""`to_dataset` speed against its parts, and the expert buffer's size on disk (fp32 vs fp16).
+"""`load_distilled(model, n)` speed against its parts, and the expert buffer's size on disk (fp32 vs fp16).
 
     python benchmarks/speed_and_storage.py        # writes benchmarks/speed_and_storage.md
 
-`to_dataset(n)` is timed against the sum of the two things it cannot avoid: the bare decoder
+`load_distilled(model, n)` is timed against the sum of the two things it cannot avoid: the bare decoder
 forward on the same latents, and `datasets.Dataset.from_dict` on the same uint8 arrays (with
 the same features, so the PNG encoding is in both). Target: at most 1.5x that sum. The decoder
 is the MNIST-5k ipc_budget 10 recipe's, freshly initialised (its speed does not depend on the
@@ -48,6 +48,7 @@ def _median_seconds(fn) -> float:
 
 
 def to_dataset_rows(data, args) -> list[dict]:
+    from d3hf import load_distilled
     from d3hf.distill.runner import build_config
     from d3hf.hub.datasets import samples_to_dataset
     from d3hf.modeling.modeling_d3 import D3Model
@@ -67,7 +68,7 @@ def to_dataset_rows(data, args) -> list[dict]:
                 for start in range(0, len(latents), 4096):
                     decoder(latents[start : start + 4096])
 
-        total = _median_seconds(lambda: model.to_dataset(n, seed=0))
+        total = _median_seconds(lambda: load_distilled(model, n, seed=0))
         forward = _median_seconds(bare_decoder)
         from_dict = _median_seconds(lambda: samples_to_dataset(images, labels, class_names=model.config.class_names))
         rows.append({"num_per_class": n, "images": len(labels), "to_dataset_s": total, "decoder_s": forward,
@@ -76,14 +77,13 @@ def to_dataset_rows(data, args) -> list[dict]:
 
 
 def expert_buffer_rows(data, args) -> list[dict]:
-    import dataclasses
 
     from d3hf.distill.experts import build_expert_buffer
     from d3hf.distill.runner import expert_settings
 
     rows = []
     for dtype in ("float32", "float16"):
-        settings = expert_settings(dataclasses.replace(args, expert_dtype=dtype), data.image_shape)
+        settings = expert_settings(args.replace(expert_dtype=dtype), data.image_shape)
         t = time.perf_counter()
         buffer = build_expert_buffer(data, settings, os.path.join(CACHE, f"experts_{dtype}"), show_progress=False)
         rows.append({"dtype": dtype, "bytes": buffer.size_on_disk(), "experts": settings.num_experts,
@@ -93,11 +93,11 @@ def expert_buffer_rows(data, args) -> list[dict]:
 
 
 def report(dataset_rows: list[dict], buffer_rows: list[dict]) -> str:
-    lines = ["# to_dataset speed and expert buffer size", "",
+    lines = ["# load_distilled speed and expert buffer size", "",
              f"Command: `python benchmarks/speed_and_storage.py`. Machine: {cpu_model()}, {os.cpu_count()} CPU "
              f"cores, torch {torch.__version__}, {torch.get_num_threads()} torch thread(s); median of {REPEATS} runs.", "",
-             "## `D3Model.to_dataset` against the bare decoder forward + `Dataset.from_dict` (same uint8 arrays)", "",
-             "| samples per class | images | to_dataset (s) | decoder forward (s) | from_dict (s) | ratio | target |",
+             "## `load_distilled(model, n)` against the bare decoder forward + `Dataset.from_dict` (same uint8 arrays)", "",
+             "| samples per class | images | load_distilled (s) | decoder forward (s) | from_dict (s) | ratio | target |",
              "|---:|---:|---:|---:|---:|---:|---|"]
     for r in dataset_rows:
         verdict = "met" if r["ratio"] <= 1.5 else "MISSED"
@@ -118,7 +118,7 @@ def main() -> None:
 
     os.makedirs(CACHE, exist_ok=True)
     args = _recipe_args()
-    data = load_image_classification(args.dataset)
+    data = load_image_classification(args.data.dataset)
     text = report(to_dataset_rows(data, args), expert_buffer_rows(data, args))
     with open(os.path.join(HERE, "speed_and_storage.md"), "w") as f:
         f.write(text)

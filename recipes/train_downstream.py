@@ -65,12 +65,15 @@ class DownstreamArguments:
 
 def recorded_data(artifact: D3Model) -> ImageClassificationData:
     """The real dataset, columns and train/test split the artifact was distilled from."""
-    from d3hf.distill.config import DistillArguments
+    from dataclasses import fields
+
+    from d3hf.distill.config import DataArguments
     from d3hf.distill.runner import load_data
 
-    recorded = {k: v for k, v in artifact.config.distillation.items() if k in DistillArguments.__dataclass_fields__}
-    recorded.setdefault("dataset", artifact.config.source.get("source"))
-    return load_data(DistillArguments(**recorded))
+    recorded = artifact.config.distillation
+    keys = {f.name: recorded[f.name] for f in fields(DataArguments) if f.name in recorded}
+    keys.setdefault("dataset", artifact.config.source.get("source"))
+    return load_data(DataArguments(**keys), seed=recorded.get("seed", 0))
 
 
 def real_training_set(data: ImageClassificationData, ipc: int, rows_per_class: int, seed: int):

@@ -14,7 +14,8 @@ from conftest import TINY
 from safetensors.torch import load_file
 
 from d3hf import load_distilled
-from d3hf.commands.cli import main, parse_distill_args
+from d3hf.commands.cli import main
+from d3hf.commands.distill import parse_distill_args
 from d3hf.distill.distiller import read_checkpoint
 from d3hf.modeling.modeling_d3 import D3Model
 from d3hf.utils.environment import measured_where
@@ -81,25 +82,25 @@ def test_distill_writes_a_complete_artifact(first_run):
 
 def test_dash_and_underscore_spellings(first_run):
     cfg = first_run["cfg"]
-    assert parse_distill_args([cfg]).ipc_budget == 10
-    assert parse_distill_args([cfg, "--ipc-budget", "7"]).ipc_budget == 7.0
-    assert parse_distill_args([cfg, "--ipc_budget", "7"]).ipc_budget == 7.0
-    assert parse_distill_args([cfg, "--syn-steps", "5"]).syn_steps == 5
+    assert parse_distill_args([cfg]).representation.ipc_budget == 10
+    assert parse_distill_args([cfg, "--ipc-budget", "7"]).representation.ipc_budget == 7.0
+    assert parse_distill_args([cfg, "--ipc_budget", "7"]).representation.ipc_budget == 7.0
+    assert parse_distill_args([cfg, "--syn-steps", "5"]).matching.syn_steps == 5
     args = parse_distill_args([cfg, "--mixed-precision", "bf16"])
-    assert args.mixed_precision == "bf16" and args.decoder == "4"  # YAML values stay unless overridden
+    assert args.run.mixed_precision == "bf16" and args.representation.decoder == "4"  # YAML values stay unless overridden
 
 
 def test_yaml_mixed_precision_no_means_no(tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out")
     with open(cfg, "a") as f:
         f.write("mixed_precision: no\n")
-    assert parse_distill_args([cfg]).mixed_precision == "no"
+    assert parse_distill_args([cfg]).run.mixed_precision == "no"
 
 
 def test_yaml_numbers_for_string_keys_become_strings(tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", subtask_ids=0, decoder=8)
     args = parse_distill_args([cfg])
-    assert (args.subtask_ids, args.decoder) == ("0", "8")  # subtask 0 alone, not "every subtask"
+    assert (args.run.subtask_ids, args.representation.decoder) == ("0", "8")  # subtask 0 alone, not "every subtask"
 
 
 def test_fp16_is_refused_with_the_alternative(tmp_path, capsys):
@@ -113,7 +114,7 @@ def test_fp16_is_refused_with_the_alternative(tmp_path, capsys):
 def test_checkpoint_steps_switch_is_checked(tmp_path, value, accepted):
     cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "out", checkpoint_steps=value)
     if accepted:
-        assert parse_distill_args([cfg]).checkpoint_steps in ("yes", "auto", "off")
+        assert parse_distill_args([cfg]).matching.checkpoint_steps in ("yes", "auto", "off")
     else:
         with pytest.raises(ValueError, match="'checkpoint_steps' must be auto, true or false; got 'ture'"):
             parse_distill_args([cfg])

@@ -15,7 +15,7 @@ from test_cli import write_config
 from test_model import make_model
 
 from d3hf.commands.cli import main
-from d3hf.distill.config import DistillArguments
+from d3hf.distill.config import SECTIONS
 from d3hf.utils.outputs import MARKER
 
 
@@ -216,7 +216,7 @@ def test_bad_settings_are_refused_before_any_file_is_written(tmp_path, capsys, f
 
 
 def test_every_recipe_passes_the_checks():
-    from d3hf.commands.cli import parse_distill_args
+    from d3hf.commands.distill import parse_distill_args
 
     recipes = sorted(p for p in (os.path.join("recipes", d, f) for d in os.listdir("recipes")
                                  if os.path.isdir(os.path.join("recipes", d)) and d != "accelerate_configs"
@@ -373,9 +373,10 @@ def test_distill_help_names_the_command_its_config_and_every_flag(capsys):
     assert main(["distill", "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: d3hf distill") and "CONFIG.yaml" in out
-    for f in fields(DistillArguments):
-        assert f.metadata.get("help"), f"{f.name} has no help text"
-        assert f"--{f.name}" in out
+    for section in SECTIONS.values():
+        for f in fields(section):
+            assert f.metadata.get("help"), f"{f.name} has no help text"
+            assert f"--{f.name}" in out
 
 
 @pytest.mark.parametrize("command", ["evaluate", "info", "aggregate", "push", "generate"])

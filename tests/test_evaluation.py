@@ -8,20 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from d3hf.data.provenance import SplitOverlapError, check_test_split_disjoint, train_rows_record
 from d3hf.evaluation import training as evaluation
 from d3hf.evaluation.image_sets import load_image_set, random_real_images
-from d3hf.evaluation.training import (
-    Protocol,
-    SplitOverlapError,
-    check_test_split_disjoint,
-    evaluate,
-    fixed_source,
-    named_protocol,
-    named_protocols,
-    train_and_test,
-    train_network,
-    train_rows_record,
-)
+from d3hf.evaluation.protocols import Protocol, named_protocol, named_protocols
+from d3hf.evaluation.training import evaluate, fixed_source, train_and_test, train_network
 from d3hf.nn.augment import DSA, DSAConfig, crop, rotate, scale
 from d3hf.nn.networks import build_classifier
 from d3hf.utils.environment import measured_on, measured_where

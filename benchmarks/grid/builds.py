@@ -26,7 +26,7 @@ def load_data(dataset: str):
 def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode):
     """The recipe's settings (read as ``d3hf distill`` reads them) with the mode's and the
     variant's overrides (output_dir unset)."""
-    from d3hf.commands.cli import parse_distill_args
+    from d3hf.commands.distill import parse_distill_args
     from d3hf.distill.runner import build_config
     from d3hf.errors import ConfigError
 
@@ -34,14 +34,14 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
     variant = dict(D3_VARIANTS[method])
     # Variants of one dataset, budget and seed train identical experts: they share one buffer.
     buffer_dir = os.path.join(mode.cache, "experts", f"{dataset}_ipc{ipc}_seed{seed}")
-    args = dataclasses.replace(recipe, **mode.d3_overrides, seed=seed, eval_epochs=0, buffer_dir=buffer_dir)
+    args = recipe.replace(**mode.d3_overrides, seed=seed, eval_epochs=0, buffer_dir=buffer_dir)
     if variant.get("decoder") == "half":
         width = build_config(args, data).decoder_specs()[0].channels[-1]
         if width < 2:
             raise NotApplicable(f"the recipe's decoder is {width} channel wide: there is no half")
         variant["decoder"] = str(width // 2)
     try:
-        variant_args = dataclasses.replace(args, **variant)
+        variant_args = args.replace(**variant)
     except ConfigError as err:  # e.g. the MMD-only row of a recipe without the MMD term: no term left
         raise NotApplicable(f"{variant} is not a valid run of this recipe: {err}") from None
     if method != "d3" and resolved_settings(variant_args, data) == resolved_settings(args, data):
@@ -68,7 +68,7 @@ def distill_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode
     if method in D3_VARIANTS:
         return d3_arguments(data, dataset, ipc, method, seed, mode)
     if method == "d3-prototypes":
-        return dataclasses.replace(d3_arguments(data, dataset, ipc, "d3", seed, mode), lr_decoder=PROTOTYPE_LR[dataset])
+        return d3_arguments(data, dataset, ipc, "d3", seed, mode).replace(lr_decoder=PROTOTYPE_LR[dataset])
     return None
 
 
@@ -100,7 +100,7 @@ def settings_digest(args) -> str:
 
 
 def _computed_settings(args) -> dict:
-    return {**args.run_identity(), "iterations": args.iterations}
+    return {**args.run_identity(), "iterations": args.matching.iterations}
 
 
 def build_digest(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -> str | None:
@@ -194,7 +194,7 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
     else:
         with exclusive(out):  # one stream at a time; the next resumes a killed run from its folder
             if not os.path.exists(os.path.join(artifact, "config.json")):  # unless one finished it meanwhile
-                run_distillation(dataclasses.replace(args, output_dir=out), show_progress=True)
+                run_distillation(args.replace(output_dir=out), show_progress=True)
         keep_build(out, kept)
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
@@ -250,7 +250,7 @@ def _make_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
         from d3hf.distill.runner import expert_settings
 
         args = distill_arguments(data, dataset, ipc, method, seed, mode)
-        buffer = build_expert_buffer(data, expert_settings(args, data.image_shape), args.buffer_dir)
+        buffer = build_expert_buffer(data, expert_settings(args, data.image_shape), args.experts.buffer_dir)
         return baselines.d3_objective_images(data, ipc, buffer, args, show_progress=True)
     if method == "full":
         return ImageSet(data.images(np.arange(len(data.labels()))), torch.from_numpy(data.labels()))

@@ -85,7 +85,7 @@ class Mode:
 
     def protocol(self, name: str, arch: str):
         """The downstream protocol its cells under ``name`` and ``arch`` train with."""
-        from d3hf.evaluation.training import named_protocol
+        from d3hf.evaluation.protocols import named_protocol
 
         overrides = {"arch": arch} if self.eval_epochs is None else {"arch": arch, "epochs": self.eval_epochs}
         return named_protocol(name, **overrides)

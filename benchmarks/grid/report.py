@@ -31,7 +31,7 @@ def summarise(results: list[dict]) -> dict:
 
 def write_report(mode: Mode, command: str) -> str:
     """RESULTS.md from every cached cell of this mode (also cells of earlier, wider runs)."""
-    from d3hf.evaluation.training import FIXED_SET_TRAINING
+    from d3hf.evaluation.protocols import FIXED_SET_TRAINING
     from d3hf.utils.environment import describe
 
     results, stale = split_stale(mode, load_results(mode))

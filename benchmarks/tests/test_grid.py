@@ -129,15 +129,15 @@ def test_ablations_run_under_the_headline_protocol_only():
 def test_variants_change_only_their_settings(digits):
     base = grid.d3_arguments(digits, "digits", 10, "d3", 0, grid.QUICK)
     mmd_only = grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK)
-    assert mmd_only.mtt_weight == 0 and mmd_only.buffer_dir == base.buffer_dir
+    assert mmd_only.matching.mtt_weight == 0 and mmd_only.experts.buffer_dir == base.experts.buffer_dir
     assert grid.settings_digest(mmd_only) != grid.settings_digest(base)
     # Where files go and how often to log do not change what is computed.
-    assert grid.settings_digest(dataclasses.replace(base, log_every=1, num_threads=2)) == grid.settings_digest(base)
+    assert grid.settings_digest(base.replace(log_every=1, num_threads=2)) == grid.settings_digest(base)
     half = grid.d3_arguments(digits, "digits", 10, "d3-half-decoder", 0, grid.QUICK)
     from d3hf.distill.runner import build_config
 
     width = build_config(base, digits).decoder_specs()[0].channels[-1]
-    assert half.decoder == str(width // 2) and build_config(half, digits).priors_per_class > \
+    assert half.representation.decoder == str(width // 2) and build_config(half, digits).priors_per_class > \
         build_config(base, digits).priors_per_class
     # One prior per class gives the freed scalars to the decoder even though the recipe fixes its width.
     lpc1 = build_config(grid.d3_arguments(digits, "digits", 10, "d3-lpc1", 0, grid.QUICK), digits)
@@ -148,22 +148,22 @@ def test_variants_change_only_their_settings(digits):
         grid.d3_arguments(digits, "digits", 1, "d3-lpc1", 0, grid.QUICK)
     half = grid.d3_arguments(digits, "digits", 1, "d3-half-decoder", 0, grid.QUICK)
     base = grid.d3_arguments(digits, "digits", 1, "d3", 0, grid.QUICK)
-    assert base.lpc == "1" and build_config(half, digits).priors_per_class > 1
+    assert base.representation.lpc == "1" and build_config(half, digits).priors_per_class > 1
 
 
 def test_a_variant_is_skipped_exactly_when_it_resolves_to_the_recipe(digits, monkeypatch):
-    import d3hf.commands.cli
+    import d3hf.commands.distill
 
-    parse = d3hf.commands.cli.parse_distill_args
+    parse = d3hf.commands.distill.parse_distill_args
 
     def recipe_with(**settings):
-        monkeypatch.setattr(d3hf.commands.cli, "parse_distill_args",
-                            lambda argv: dataclasses.replace(parse(argv), **settings))
+        monkeypatch.setattr(d3hf.commands.distill, "parse_distill_args",
+                            lambda argv: parse(argv).replace(**settings))
 
     # One prior per class with a fixed narrow decoder: the lpc-1 row widens the decoder, so it exists.
     recipe_with(lpc="1", decoder="2")
     lpc1 = grid.d3_arguments(digits, "digits", 10, "d3-lpc1", 0, grid.QUICK)
-    assert (lpc1.lpc, lpc1.decoder) == ("1", "auto")
+    assert (lpc1.representation.lpc, lpc1.representation.decoder) == ("1", "auto")
     # The recipe is the variant already: nothing is left to vary.
     recipe_with(lpc="1", decoder="auto")
     with pytest.raises(grid.NotApplicable):
@@ -176,7 +176,7 @@ def test_a_variant_is_skipped_exactly_when_it_resolves_to_the_recipe(digits, mon
     with pytest.raises(grid.NotApplicable, match="both 0"):
         grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK)
     recipe_with(mmd_weight=1.0)
-    assert grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK).mtt_weight == 0
+    assert grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK).matching.mtt_weight == 0
 
 
 def test_only_seeds_splits_a_run_over_streams():

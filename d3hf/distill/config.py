@@ -1,11 +1,20 @@
-"""Settings of a distillation run (``d3hf distill CONFIG.yaml --key value``)."""
+"""Settings of a distillation run, one dataclass per concern.
+
+``d3hf distill CONFIG.yaml --key value`` parses them together with one ``HfArgumentParser``
+from one flat YAML, as alignment-handbook does: each key belongs to exactly one section, so a
+recipe never names sections. ``DistillArguments`` holds the six sections; each component
+receives only its own (the distiller ``MatchingArguments``, the experts ``ExpertArguments``).
+Every value is checked when its section is built, the relations between sections when
+``DistillArguments`` is, so a refused run does no work.
+"""
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
-from typing import Optional
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any, ClassVar, Optional
 
 from ..errors import ConfigError
 
@@ -14,108 +23,203 @@ NAMED_DECODERS = ("small", "medium", "large")
 SWITCHES = ("auto", "true", "false", "yes", "no", "on", "off", "1", "0")
 
 
-@dataclass
-class DistillArguments:
-    """Every key has a default; a config with ``dataset``, ``output_dir`` and ``ipc_budget`` runs."""
+def setting(default: Any, help: str, **metadata) -> Any:
+    """A settings field; ``metadata`` goes to argparse (``choices``, ``aliases``)."""
+    return field(default=default, metadata={"help": help, **metadata})
 
-    # data
-    dataset: str = field(default="mnist5k", metadata={"help": "embedded name, local path or Hub dataset id"})
-    dataset_config: Optional[str] = field(default=None, metadata={"help": "Hub dataset config name"})
-    dataset_revision: Optional[str] = field(default=None, metadata={"help": "Hub dataset revision"})
-    image_column: str = field(default="image", metadata={"help": "column holding the images"})
-    label_column: str = field(default="label", metadata={"help": "column holding the class labels"})
-    train_split: str = field(default="train", metadata={"help": "split to distil"})
-    test_split: str = field(default="test", metadata={"help": "held-out split for the final evaluation"})
-    test_size: float = field(default=0.2, metadata={"help": "held-out share when the source has no test split"})
-    validation_size: float = field(
-        default=0.0, metadata={"help": "tune on a stratified share of train held out as the evaluation split (test unused)"}
-    )
-    output_dir: str = field(
-        default="outputs/d3", metadata={"help": "may contain {process_index}: one folder per process, no shared disk"}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"aliases": ["--overwrite"], "help": "start over in an output_dir that holds an "
-                                 "earlier d3hf run with other settings (only a folder d3hf wrote is replaced)"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed of the split, experts, initialisation and sampling"})
 
-    # representation and budget
-    ipc_budget: float = field(default=1.0, metadata={"help": "images per class of storage, counted in scalars"})
-    decoder: str = field(default="auto", metadata={"help": "auto, an integer width, or small/medium/large"})
-    lpc: str = field(default="auto", metadata={"help": "latent priors per class, or auto"})
-    z_dim: str = field(default="auto", metadata={"help": "latent size, or auto"})
-    soft_labels: bool = field(default=False, metadata={"help": "store a teacher's soft label per prior (counted)"})
-    init: str = field(default="vae", metadata={"choices": ["vae", "random"], "help": "vae: decoder and priors fitted "
-                                               "to the task's train rows first; random: N(0,1) priors (the reference)"})
-    init_steps: int = field(default=3000, metadata={"help": "optimiser steps (batches of 64) of the vae warm start"})
+class _Section:
+    """Checks shared by the sections: types (YAML strings for numbers are refused), choices and
+    the lower bounds each section declares in ``AT_LEAST`` (>=) and ``ABOVE`` (>).
 
-    # subtask decomposition
-    num_subtasks: int = field(default=1, metadata={"help": "split the classes into this many subtasks"})
-    subtasks: Optional[str] = field(default=None, metadata={"help": "explicit partition, e.g. [[0, 1], [2, 3]]"})
-    subtask_ids: Optional[str] = field(
-        default=None, metadata={"help": "distil only these subtasks (e.g. 0,2); merge later with d3hf aggregate"}
-    )
+    ``BOOKKEEPING`` names the keys that do not change what a run computes: a run resumed with
+    other values of them continues instead of being refused."""
 
-    # experts
-    num_experts: int = field(default=5, metadata={"help": "expert trajectories trained on the real data"})
-    expert_epochs_total: int = field(default=10, metadata={"help": "epochs each expert trains"})
-    expert_lr: float = field(default=0.01, metadata={"help": "SGD learning rate of the experts"})
-    expert_batch_size: int = field(default=256, metadata={"help": "batch size of the experts"})
-    expert_dtype: str = field(default="float32", metadata={"choices": ["float32", "float16"], "help": "snapshot dtype"})
-    buffer_dir: Optional[str] = field(default=None, metadata={"help": "defaults to OUTPUT_DIR/experts"})
-    student_depth: int = field(
-        default=0, metadata={"help": "ConvNet blocks of experts and student; 0 = auto (up to 3, each seeing >= 4x4 maps)"}
-    )
-    student_width: int = field(default=32, metadata={"help": "channels of the experts' and student's ConvNet"})
-
-    # objective
-    iterations: int = field(default=1000, metadata={"help": "matching iterations after the warm start (0 = none)"})
-    syn_steps: int = field(default=10, metadata={"help": "student SGD steps unrolled per iteration"})
-    expert_epochs: int = field(default=2, metadata={"help": "expert epochs between a matched start and target"})
-    min_start_epoch: int = field(
-        default=0, metadata={"help": "matched expert segments start at an epoch in [min_start_epoch, max_start_epoch)"}
-    )
-    max_start_epoch: int = field(default=2, metadata={"help": "upper end (exclusive) of the matched start epochs"})
-    samples_per_class: int = field(default=10, metadata={"help": "decoded samples per class in each inner step"})
-    mtt_weight: float = field(default=1.0, metadata={"help": "weight of the trajectory-matching term"})
-    mmd_weight: float = field(default=1.0, metadata={"help": "weight of the MMD distribution-matching term"})
-    mmd_samples: int = field(default=32, metadata={"help": "real and decoded samples per class for the MMD term"})
-    mmd_bandwidths: str = field(default="1,2,4,8,16", metadata={"help": "RBF kernel bandwidths, comma-separated"})
-    mmd_kernel_scale: str = field(
-        default="median",
-        metadata={"choices": ["median", "absolute"],
-                  "help": "median: distances in units of the real features' median squared distance; absolute: raw"},
-    )
-    mmd_classes_per_iter: int = field(default=0, metadata={"help": "classes in the MMD term per iteration (0 = all)"})
-    checkpoint_steps: str = field(default="auto", metadata={"help": "recompute inner steps in backward: auto/true/false"})
-
-    # optimisers
-    lr_priors: float = field(default=1.0, metadata={"help": "SGD learning rate of the prior means and log-variances"})
-    lr_decoder: float = field(default=1e-3, metadata={"help": "Adam learning rate of the decoders"})
-    lr_step_size: float = field(default=1e-2, metadata={"help": "SGD learning rate of the learned inner step size"})
-    init_step_size: float = field(default=0.01, metadata={"help": "initial inner step size of the student"})
-
-    # bookkeeping
-    checkpoint_every: int = field(default=100, metadata={"help": "iterations between checkpoints (0 = never)"})
-    log_every: int = field(default=20, metadata={"help": "iterations between log lines (0 = never)"})
-    cpu: bool = field(default=False, metadata={"help": "run on CPU even when a GPU is present"})
-    # No fp16: the unrolled MTT backward would need loss scaling, which bf16's range makes unnecessary.
-    mixed_precision: str = field(default="no", metadata={"choices": ["no", "bf16"], "help": "autocast dtype"})
-    num_threads: int = field(default=0, metadata={"help": "torch threads per process (0 = leave as is)"})
-
-    # evaluation after distilling
-    eval_epochs: int = field(default=300, metadata={"help": "downstream epochs for the final evaluation (0 = skip)"})
-    eval_seeds: int = field(default=1, metadata={"help": "networks trained in the final evaluation"})
-    eval_num_per_class: int = field(default=20, metadata={"help": "fresh samples per class per evaluation epoch"})
+    AT_LEAST: ClassVar[dict[str, float]] = {}
+    ABOVE: ClassVar[dict[str, float]] = {}
+    BOOKKEEPING: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        check_arguments(self)
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value, kind = getattr(self, f.name), _plain_type(hints[f.name])
+            expected = {int: int, float: (int, float), bool: bool, str: str}.get(kind)
+            if value is None and hints[f.name] is kind:  # not Optional
+                raise ConfigError(f"Config key {f.name!r} needs a value of type {kind.__name__}; got null.")
+            if value is None or expected is None:
+                continue
+            if not isinstance(value, expected) or (kind in (int, float) and isinstance(value, bool)):
+                raise ConfigError(f"Config key {f.name!r} must be of type {kind.__name__}; got {value!r}.")
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:  # YAML values bypass argparse's own check
+                raise ConfigError(f"Config key {f.name!r} must be one of {choices}; got {value!r}.")
+            if f.name in self.AT_LEAST and value < self.AT_LEAST[f.name]:
+                _refuse(f.name, f"{'an integer' if kind is int else 'a number'} >= {self.AT_LEAST[f.name]}", value)
+            if f.name in self.ABOVE and not value > self.ABOVE[f.name]:
+                _refuse(f.name, f"a number > {self.ABOVE[f.name]}", value)
+        self.check()
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def check(self) -> None:
+        """Rules within the section beyond types and bounds."""
+
+
+@dataclass
+class DataArguments(_Section):
+    """Which data is distilled and which split it is evaluated on."""
+
+    _argument_group_name = "data (what is distilled, what it is tested on)"  # a --help heading
+    dataset: str = setting("mnist5k", "embedded name, local path or Hub dataset id")
+    dataset_config: Optional[str] = setting(None, "Hub dataset config name")
+    dataset_revision: Optional[str] = setting(None, "Hub dataset revision")
+    image_column: str = setting("image", "column holding the images")
+    label_column: str = setting("label", "column holding the class labels")
+    train_split: str = setting("train", "split to distil")
+    test_split: str = setting("test", "held-out split for the final evaluation")
+    test_size: float = setting(0.2, "held-out share when the source has no test split")
+    validation_size: float = setting(
+        0.0, "tune on a stratified share of train held out as the evaluation split (test unused)")
+
+    def check(self) -> None:
+        if not 0 <= self.test_size < 1:
+            _refuse("test_size", "a share in [0, 1) (0: no held-out split when the source has none)", self.test_size)
+        if not 0 <= self.validation_size < 1:
+            _refuse("validation_size", "a share in [0, 1)", self.validation_size)
+
+
+@dataclass
+class RepresentationArguments(_Section):
+    """What the artifact stores: the budget, priors, decoders, subtasks and their initialisation."""
+
+    _argument_group_name = "representation (budget, priors, decoders, subtasks, warm start)"  # a --help heading
+    ABOVE = {"ipc_budget": 0}
+    AT_LEAST = {"init_steps": 0, "num_subtasks": 1}
+
+    ipc_budget: float = setting(1.0, "images per class of storage, counted in scalars")
+    decoder: str = setting("auto", "auto, an integer width, or small/medium/large")
+    lpc: str = setting("auto", "latent priors per class, or auto")
+    z_dim: str = setting("auto", "latent size, or auto")
+    soft_labels: bool = setting(False, "store a teacher's soft label per prior (counted)")
+    init: str = setting("vae", "vae: decoder and priors fitted to the task's train rows first; random: N(0,1) "
+                        "priors (the reference)", choices=["vae", "random"])
+    init_steps: int = setting(3000, "optimiser steps (batches of 64) of the vae warm start")
+    num_subtasks: int = setting(1, "split the classes into this many subtasks")
+    subtasks: Optional[str] = setting(None, "explicit partition, e.g. [[0, 1], [2, 3]]")
+
+    def check(self) -> None:
+        _auto_or_positive_int("lpc", self.lpc)
+        _auto_or_positive_int("z_dim", self.z_dim)
+        _auto_or_positive_int("decoder", self.decoder, NAMED_DECODERS)
+        if self.init == "vae" and self.init_steps < 1:
+            raise ConfigError("init_steps must be >= 1 with init: vae; for no warm start, set init: random.")
+
+
+@dataclass
+class ExpertArguments(_Section):
+    """The expert trajectories trained on the real data, and the network they train."""
+
+    _argument_group_name = "experts (trajectories on the real data)"  # a --help heading
+    AT_LEAST = {"num_experts": 1, "expert_epochs_total": 1, "expert_batch_size": 1, "student_depth": 0,
+                "student_width": 1}
+    ABOVE = {"expert_lr": 0}
+    BOOKKEEPING = ("buffer_dir",)
+
+    num_experts: int = setting(5, "expert trajectories trained on the real data")
+    expert_epochs_total: int = setting(10, "epochs each expert trains")
+    expert_lr: float = setting(0.01, "SGD learning rate of the experts")
+    expert_batch_size: int = setting(256, "batch size of the experts")
+    expert_dtype: str = setting("float32", "snapshot dtype", choices=["float32", "float16"])
+    buffer_dir: Optional[str] = setting(None, "defaults to OUTPUT_DIR/experts")
+    student_depth: int = setting(
+        0, "ConvNet blocks of experts and student; 0 = auto (up to 3, each seeing >= 4x4 maps)")
+    student_width: int = setting(32, "channels of the experts' and student's ConvNet")
+
+
+@dataclass
+class MatchingArguments(_Section):
+    """The matching phase: trajectory matching (MTT) plus MMD, and its optimisers."""
+
+    _argument_group_name = "matching (MTT + MMD and their optimisers)"  # a --help heading
+    AT_LEAST = {"iterations": 0, "syn_steps": 1, "expert_epochs": 1, "min_start_epoch": 0, "samples_per_class": 1,
+                "mtt_weight": 0, "mmd_weight": 0, "mmd_samples": 2, "mmd_classes_per_iter": 0, "lr_priors": 0,
+                "lr_decoder": 0, "lr_step_size": 0}
+    ABOVE = {"init_step_size": 0}
+    BOOKKEEPING = ("iterations",)  # a finished run extended with more iterations resumes
+
+    iterations: int = setting(1000, "matching iterations after the warm start (0 = none)")
+    syn_steps: int = setting(10, "student SGD steps unrolled per iteration")
+    expert_epochs: int = setting(2, "expert epochs between a matched start and target")
+    min_start_epoch: int = setting(
+        0, "matched expert segments start at an epoch in [min_start_epoch, max_start_epoch)")
+    max_start_epoch: int = setting(2, "upper end (exclusive) of the matched start epochs")
+    samples_per_class: int = setting(10, "decoded samples per class in each inner step")
+    mtt_weight: float = setting(1.0, "weight of the trajectory-matching term")
+    mmd_weight: float = setting(1.0, "weight of the MMD distribution-matching term")
+    mmd_samples: int = setting(32, "real and decoded samples per class for the MMD term")
+    mmd_bandwidths: str = setting("1,2,4,8,16", "RBF kernel bandwidths, comma-separated")
+    mmd_kernel_scale: str = setting(
+        "median", "median: distances in units of the real features' median squared distance; absolute: raw",
+        choices=["median", "absolute"])
+    mmd_classes_per_iter: int = setting(0, "classes in the MMD term per iteration (0 = all)")
+    checkpoint_steps: str = setting("auto", "recompute inner steps in backward: auto/true/false")
+    lr_priors: float = setting(1.0, "SGD learning rate of the prior means and log-variances")
+    lr_decoder: float = setting(1e-3, "Adam learning rate of the decoders")
+    lr_step_size: float = setting(1e-2, "SGD learning rate of the learned inner step size")
+    init_step_size: float = setting(0.01, "initial inner step size of the student")
 
     def bandwidths(self) -> list[float]:
         return [float(v) for v in str(self.mmd_bandwidths).split(",") if v.strip()]
+
+    def check(self) -> None:
+        try:
+            bandwidths = self.bandwidths()
+        except ValueError:
+            bandwidths = []
+        if not bandwidths or min(bandwidths) <= 0:
+            _refuse("mmd_bandwidths", "comma-separated numbers > 0, e.g. 1,2,4,8,16", self.mmd_bandwidths)
+        if str(self.checkpoint_steps).lower() not in SWITCHES:
+            raise ConfigError(f"Config key 'checkpoint_steps' must be auto, true or false; got {self.checkpoint_steps!r}.")
+        if self.iterations > 0 and self.mtt_weight == 0 and self.mmd_weight == 0:
+            raise ConfigError("mtt_weight and mmd_weight are both 0, so the matching iterations would learn nothing; "
+                              "give one of them a weight, or set iterations: 0.")
+        if not self.min_start_epoch < self.max_start_epoch:
+            raise ConfigError(f"Need 0 <= min_start_epoch < max_start_epoch; got {self.min_start_epoch} and "
+                              f"{self.max_start_epoch}.")
+
+
+@dataclass
+class EvaluationArguments(_Section):
+    """The evaluation after distilling: fresh networks trained on the artifact's samples."""
+
+    _argument_group_name = "evaluation (after distilling)"  # a --help heading
+    AT_LEAST = {"eval_epochs": 0, "eval_seeds": 1, "eval_num_per_class": 1}
+    BOOKKEEPING = ("eval_epochs", "eval_seeds", "eval_num_per_class")
+
+    eval_epochs: int = setting(300, "downstream epochs for the final evaluation (0 = skip)")
+    eval_seeds: int = setting(1, "networks trained in the final evaluation")
+    eval_num_per_class: int = setting(20, "fresh samples per class per evaluation epoch")
+
+
+@dataclass
+class RunArguments(_Section):
+    """Where and how this run executes: folders, seed, devices, checkpoints, logs."""
+
+    _argument_group_name = "run (folders, seed, devices, checkpoints, logs)"  # a --help heading
+    AT_LEAST = {"checkpoint_every": 0, "log_every": 0, "num_threads": 0}
+    BOOKKEEPING = ("output_dir", "overwrite_output_dir", "subtask_ids", "checkpoint_every", "log_every", "num_threads")
+
+    output_dir: str = setting("outputs/d3", "may contain {process_index}: one folder per process, no shared disk")
+    overwrite_output_dir: bool = setting(
+        False, "start over in an output_dir that holds an earlier d3hf run with other settings (only a folder "
+        "d3hf wrote is replaced)", aliases=["--overwrite"])
+    seed: int = setting(0, "seed of the split, experts, initialisation and sampling")
+    subtask_ids: Optional[str] = setting(
+        None, "distil only these subtasks (e.g. 0,2); merge later with d3hf aggregate")
+    checkpoint_every: int = setting(100, "iterations between checkpoints (0 = never)")
+    log_every: int = setting(20, "iterations between log lines (0 = never)")
+    cpu: bool = setting(False, "run on CPU even when a GPU is present")
+    # No fp16: the unrolled MTT backward would need loss scaling, which bf16's range makes unnecessary.
+    mixed_precision: str = setting("no", "autocast dtype", choices=["no", "bf16"])
+    num_threads: int = setting(0, "torch threads per process (0 = leave as is)")
 
     def selected_subtasks(self) -> list[int] | None:
         """The sorted ``subtask_ids``, or None for every subtask; ValueError if they are not integers."""
@@ -123,103 +227,133 @@ class DistillArguments:
             return None
         return sorted({int(v) for v in str(self.subtask_ids).split(",") if v.strip()})
 
-    # Keys that change what is computed; a resumed run must match on all of them.
+    def check(self) -> None:
+        if not self.output_dir:
+            _refuse("output_dir", "a folder", self.output_dir)
+        try:
+            ids = self.selected_subtasks()
+        except ValueError:
+            ids = []
+        if ids is not None and (not ids or ids[0] < 0):
+            _refuse("subtask_ids", "comma-separated subtask indices >= 0, e.g. 0,2", self.subtask_ids)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "data": DataArguments,
+    "representation": RepresentationArguments,
+    "experts": ExpertArguments,
+    "matching": MatchingArguments,
+    "evaluation": EvaluationArguments,
+    "run": RunArguments,
+}
+# Flat key -> its section's name: recipes and the command line name keys, never sections.
+SECTION_OF_KEY: dict[str, str] = {f.name: name for name, cls in SECTIONS.items() for f in fields(cls)}
+
+
+class DistillArguments:
+    """Every setting of a run, in six sections (``args.data``, ``args.representation``,
+    ``args.experts``, ``args.matching``, ``args.evaluation``, ``args.run``).
+
+    Build it from sections, from flat keys as a recipe names them
+    (``DistillArguments(dataset="digits", ipc_budget=10)``), or both; every key has a default.
+    """
+
+    data: DataArguments
+    representation: RepresentationArguments
+    experts: ExpertArguments
+    matching: MatchingArguments
+    evaluation: EvaluationArguments
+    run: RunArguments
+
+    def __init__(self, data: DataArguments | None = None, representation: RepresentationArguments | None = None,
+                 experts: ExpertArguments | None = None, matching: MatchingArguments | None = None,
+                 evaluation: EvaluationArguments | None = None, run: RunArguments | None = None, **keys: Any):
+        given = {"data": data, "representation": representation, "experts": experts, "matching": matching,
+                 "evaluation": evaluation, "run": run}
+        unknown = sorted(set(keys) - set(SECTION_OF_KEY))
+        if unknown:
+            raise ConfigError(f"Unknown config key(s): {', '.join(did_you_mean(k) for k in unknown)}. "
+                              "`d3hf distill --help` lists every key.")
+        for name, cls in SECTIONS.items():
+            section_keys = {k: v for k, v in keys.items() if SECTION_OF_KEY[k] == name}
+            section = given[name]
+            if section is None:
+                section = cls(**section_keys)
+            elif not isinstance(section, cls):
+                raise ConfigError(f"{name} must be a {cls.__name__}; got {type(section).__name__}.")
+            elif section_keys:
+                section = replace(section, **section_keys)
+            setattr(self, name, section)
+        self.check()
+
+    def check(self) -> None:
+        """The rules that relate sections."""
+        m, e = self.matching, self.experts
+        if m.max_start_epoch + m.expert_epochs > e.expert_epochs_total:
+            raise ConfigError(
+                f"Matched segments start before epoch max_start_epoch={m.max_start_epoch} and span "
+                f"expert_epochs={m.expert_epochs}, so the experts must train at least "
+                f"{m.max_start_epoch + m.expert_epochs} epochs; expert_epochs_total is {e.expert_epochs_total}. "
+                "Raise expert_epochs_total or lower max_start_epoch.")
+
+    def sections(self) -> dict[str, _Section]:
+        return {name: getattr(self, name) for name in SECTIONS}
+
+    def to_dict(self) -> dict:
+        """Every setting under its flat key, as a recipe writes it (an artifact records this)."""
+        return {k: v for section in self.sections().values() for k, v in asdict(section).items()}
+
+    def replace(self, **keys: Any) -> "DistillArguments":
+        """A copy with the given flat keys changed (and checked)."""
+        return DistillArguments(**{**self.to_dict(), **keys})
+
     def run_identity(self) -> dict:
-        skip = {"output_dir", "overwrite_output_dir", "checkpoint_every", "log_every", "num_threads", "eval_epochs",
-                "eval_seeds", "eval_num_per_class", "buffer_dir", "iterations", "subtask_ids"}
-        return {k: v for k, v in self.to_dict().items() if k not in skip}
+        """The settings that change what is computed; a resumed run must match on all of them."""
+        return {f.name: getattr(section, f.name) for section in self.sections().values() for f in fields(section)
+                if f.name not in section.BOOKKEEPING}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DistillArguments) and self.sections() == other.sections()
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={section!r}" for name, section in self.sections().items())
+        return f"DistillArguments({inner})"
+
+
+def did_you_mean(key: str) -> str:
+    match = difflib.get_close_matches(key, list(SECTION_OF_KEY), n=1)
+    return f"{key} (did you mean {match[0]}?)" if match else key
 
 
 def field_type(name: str) -> type:
-    """A field's type, ``Optional[X]`` read as ``X`` (annotations are strings under
-    ``from __future__ import annotations``, so they are resolved here)."""
-    hint = _HINTS[name]
+    """A flat key's type, ``Optional[X]`` read as ``X``."""
+    cls = SECTIONS[SECTION_OF_KEY[name]]
+    return _plain_type(typing.get_type_hints(cls)[name])
+
+
+def defaults() -> dict:
+    """Every flat key's default value."""
+    return {f.name: f.default for cls in SECTIONS.values() for f in fields(cls) if f.default is not MISSING}
+
+
+def _plain_type(hint) -> Any:
+    # Annotations are strings under ``from __future__ import annotations``; get_type_hints resolved them.
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
-
-
-_HINTS = typing.get_type_hints(DistillArguments)
 
 
 def _refuse(name: str, rule: str, value) -> None:
     raise ConfigError(f"Config key {name!r} must be {rule}; got {value!r}.")
 
 
-def _auto_or_positive_int(args: DistillArguments, name: str, extra: tuple[str, ...] = ()) -> None:
-    value = str(getattr(args, name))
-    if value == "auto" or value in extra:
+def _auto_or_positive_int(name: str, value, extra: tuple[str, ...] = ()) -> None:
+    text = str(value)
+    if text == "auto" or text in extra:
         return
     try:
-        ok = int(value) >= 1
+        ok = int(text) >= 1
     except ValueError:
         ok = False
     if not ok:
-        _refuse(name, "'auto'" + "".join(f", {e!r}" for e in extra) + " or an integer >= 1", getattr(args, name))
-
-
-def check_arguments(args: DistillArguments) -> None:
-    """Every setting's type, range and relation to the others, before any work starts."""
-    for f in fields(args):
-        value, kind = getattr(args, f.name), field_type(f.name)
-        expected = {int: int, float: (int, float), bool: bool, str: str}.get(kind)
-        if value is None and _HINTS[f.name] is kind:  # not Optional
-            raise ConfigError(f"Config key {f.name!r} needs a value of type {kind.__name__}; got null.")
-        if value is None or expected is None:
-            continue
-        if not isinstance(value, expected) or (kind in (int, float) and isinstance(value, bool)):
-            raise ConfigError(f"Config key {f.name!r} must be of type {kind.__name__}; got {value!r}.")
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:  # YAML values bypass argparse's own check
-            raise ConfigError(f"Config key {f.name!r} must be one of {choices}; got {value!r}.")
-    at_least = {"num_experts": 1, "expert_epochs_total": 1, "expert_batch_size": 1, "student_depth": 0,
-                "student_width": 1, "iterations": 0, "syn_steps": 1, "expert_epochs": 1, "min_start_epoch": 0,
-                "samples_per_class": 1, "mmd_samples": 2, "mmd_classes_per_iter": 0, "num_subtasks": 1,
-                "checkpoint_every": 0, "log_every": 0, "num_threads": 0, "eval_epochs": 0, "eval_seeds": 1,
-                "eval_num_per_class": 1, "init_steps": 0}
-    for name, low in at_least.items():
-        if getattr(args, name) < low:
-            _refuse(name, f"an integer >= {low}", getattr(args, name))
-    for name in ("ipc_budget", "expert_lr", "init_step_size"):
-        if not getattr(args, name) > 0:
-            _refuse(name, "a number > 0", getattr(args, name))
-    for name in ("mtt_weight", "mmd_weight", "lr_priors", "lr_decoder", "lr_step_size"):
-        if not getattr(args, name) >= 0:
-            _refuse(name, "a number >= 0", getattr(args, name))
-    if not 0 <= args.test_size < 1:
-        _refuse("test_size", "a share in [0, 1) (0: no held-out split when the source has none)", args.test_size)
-    if not 0 <= args.validation_size < 1:
-        _refuse("validation_size", "a share in [0, 1)", args.validation_size)
-    if not args.output_dir:
-        _refuse("output_dir", "a folder", args.output_dir)
-    _auto_or_positive_int(args, "lpc")
-    _auto_or_positive_int(args, "z_dim")
-    _auto_or_positive_int(args, "decoder", NAMED_DECODERS)
-    try:
-        bandwidths = args.bandwidths()
-    except ValueError:
-        bandwidths = []
-    if not bandwidths or min(bandwidths) <= 0:
-        _refuse("mmd_bandwidths", "comma-separated numbers > 0, e.g. 1,2,4,8,16", args.mmd_bandwidths)
-    if str(args.checkpoint_steps).lower() not in SWITCHES:
-        raise ConfigError(f"Config key 'checkpoint_steps' must be auto, true or false; got {args.checkpoint_steps!r}.")
-    if args.init == "vae" and args.init_steps < 1:
-        raise ConfigError("init_steps must be >= 1 with init: vae; for no warm start, set init: random.")
-    if args.iterations > 0 and args.mtt_weight == 0 and args.mmd_weight == 0:
-        raise ConfigError("mtt_weight and mmd_weight are both 0, so the matching iterations would learn nothing; "
-                          "give one of them a weight, or set iterations: 0.")
-    if not args.min_start_epoch < args.max_start_epoch:
-        raise ConfigError(f"Need 0 <= min_start_epoch < max_start_epoch; got {args.min_start_epoch} and "
-                          f"{args.max_start_epoch}.")
-    if args.max_start_epoch + args.expert_epochs > args.expert_epochs_total:
-        raise ConfigError(
-            f"Matched segments start before epoch max_start_epoch={args.max_start_epoch} and span "
-            f"expert_epochs={args.expert_epochs}, so the experts must train at least "
-            f"{args.max_start_epoch + args.expert_epochs} epochs; expert_epochs_total is {args.expert_epochs_total}. "
-            "Raise expert_epochs_total or lower max_start_epoch.")
-    try:
-        ids = args.selected_subtasks()
-    except ValueError:
-        ids = []
-    if ids is not None and (not ids or ids[0] < 0):
-        _refuse("subtask_ids", "comma-separated subtask indices >= 0, e.g. 0,2", args.subtask_ids)
+        _refuse(name, "'auto'" + "".join(f", {e!r}" for e in extra) + " or an integer >= 1", value)

@@ -23,7 +23,7 @@ from ..modeling.modeling_d3 import D3Model
 from ..nn.networks import ConvNet
 from ..utils.faults import kill_point
 from ..utils.io import CorruptFileError, read_checked, write_checked
-from .config import DistillArguments
+from .config import MatchingArguments
 from .experts import ExpertBuffer, expert_network
 from .objectives import median_sq_distance, mmd2_unbiased, trajectory_matching_loss, unroll_student
 
@@ -62,11 +62,11 @@ class NonFiniteError(D3HFError, RuntimeError):
 PLAIN_UNROLL_BYTES_PER_UNIT = 41
 
 
-def plain_unroll_bytes(args: DistillArguments, image_shape, num_classes: int) -> int:
+def plain_unroll_bytes(args: MatchingArguments, student_width: int, image_shape, num_classes: int) -> int:
     """Estimated memory of one plain (not checkpointed) MTT unroll."""
     _, h, w = image_shape
     images = args.samples_per_class * num_classes
-    return PLAIN_UNROLL_BYTES_PER_UNIT * args.syn_steps * images * args.student_width * h * w
+    return PLAIN_UNROLL_BYTES_PER_UNIT * args.syn_steps * images * student_width * h * w
 
 
 def available_memory(device: torch.device) -> int:
@@ -77,13 +77,14 @@ def available_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def use_step_checkpointing(args: DistillArguments, image_shape, num_classes: int, device: torch.device) -> bool:
+def use_step_checkpointing(args: MatchingArguments, student_width: int, image_shape, num_classes: int,
+                           device: torch.device) -> bool:
     """``auto``: recompute inner steps when the plain unroll would take over a quarter of the
     device's free memory. Recomputing keeps the unroll's memory flat in syn_steps at about the
     same speed on CPU (benchmarks/unroll_memory.md); off otherwise, as it is one more code path."""
     value = str(args.checkpoint_steps).lower()
     if value == "auto":
-        need, free = plain_unroll_bytes(args, image_shape, num_classes), available_memory(device)
+        need, free = plain_unroll_bytes(args, student_width, image_shape, num_classes), available_memory(device)
         on = need > free // 4
         logger.info("MTT unroll: ~%.2f GB plain, %.1f GB free on %s: step checkpointing %s", need / 1e9, free / 1e9,
                     device, "on" if on else "off")
@@ -110,7 +111,8 @@ class Distiller:
         model: D3Model,
         data: ImageClassificationData,
         buffer: ExpertBuffer,
-        args: DistillArguments,
+        args: MatchingArguments,
+        seed: int = 0,
         device: torch.device | str | None = None,
         autocast=None,
     ):
@@ -130,11 +132,11 @@ class Distiller:
         self.opt_priors = torch.optim.SGD(prior_params, lr=args.lr_priors, momentum=0.5)
         self.opt_step_size = torch.optim.SGD([self.log_step_size], lr=args.lr_step_size, momentum=0.5)
         self.opt_decoder = torch.optim.Adam(model.decoders.parameters(), lr=args.lr_decoder, weight_decay=1e-5)
-        self.generator = torch.Generator().manual_seed(args.seed)  # CPU: the same draws on every device
-        self.np_rng = np.random.default_rng(args.seed)
+        self.generator = torch.Generator().manual_seed(seed)  # CPU: the same draws on every device
+        self.np_rng = np.random.default_rng(seed)
         self.iteration = 0
         self.history: list[dict] = []
-        self.checkpoint_steps = use_step_checkpointing(args, data.image_shape, data.num_classes, self.device)
+        self.checkpoint_steps = use_step_checkpointing(args, s.width, data.image_shape, data.num_classes, self.device)
         self.bandwidths = args.bandwidths()
         self.seconds: dict[str, float] = {}  # wall time per part of the iteration, for the speed report
         self._first_iteration = 0
@@ -294,13 +296,16 @@ class Distiller:
         self.load_state_dict(state)
         return True
 
-    def run(self, iterations: int, checkpoint_dir: str | None = None, show_progress: bool = True) -> list[dict]:
-        """Iterate up to ``iterations`` (resuming from ``self.iteration``), checkpointing periodically."""
+    def run(self, iterations: int, checkpoint_dir: str | None = None, checkpoint_every: int = 100,
+            log_every: int = 20, show_progress: bool = True) -> list[dict]:
+        """Iterate up to ``iterations`` (resuming from ``self.iteration``), checkpointing into
+        ``checkpoint_dir`` every ``checkpoint_every`` iterations and at the end, logging every
+        ``log_every`` (0: never)."""
         from ..utils.progress import bar as progress_bar
 
         bar = progress_bar("distill", total=iterations, initial=self.iteration, disable=not show_progress)
         with _interrupt_between_steps() as interrupted:
-            self._run(iterations, checkpoint_dir, bar, interrupted)
+            self._run(iterations, checkpoint_dir, checkpoint_every, log_every, bar, interrupted)
             bar.close()
             if checkpoint_dir:
                 self.save_checkpoint(checkpoint_dir)
@@ -308,8 +313,8 @@ class Distiller:
                 raise KeyboardInterrupt
         return self.history
 
-    def _run(self, iterations: int, checkpoint_dir: str | None, bar, interrupted: Callable[[], bool]) -> None:
-        a = self.args
+    def _run(self, iterations: int, checkpoint_dir: str | None, checkpoint_every: int, log_every: int, bar,
+             interrupted: Callable[[], bool]) -> None:
         while self.iteration < iterations:
             if interrupted():  # Ctrl-C during the last step: it finished, so the state is whole
                 if checkpoint_dir:
@@ -320,8 +325,8 @@ class Distiller:
             kill_point(f"iteration-{self.iteration}")
             bar.update(1)
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("mtt", "mmd", "step_size") if k in record})
-            if a.log_every and self.iteration % a.log_every == 0:
+            if log_every and self.iteration % log_every == 0:
                 logger.info("iteration %d: %s", self.iteration,
                             ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"))
-            if checkpoint_dir and a.checkpoint_every and self.iteration % a.checkpoint_every == 0:
+            if checkpoint_dir and checkpoint_every and self.iteration % checkpoint_every == 0:
                 self.save_checkpoint(checkpoint_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from ..utils.outputs import MARKER, check_output, read_marker, write_marker
 from ..utils.progress import run_progress
 from .aggregation import aggregate, subtask_config
 from .budget import BudgetError, plan_subtasks, subtask_overruns
-from .config import DistillArguments
+from .config import DataArguments, DistillArguments
 from .distiller import Distiller
 from .experts import ExpertSettings, build_expert_buffer
 from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
@@ -47,38 +46,38 @@ class RunConflictError(D3HFError, ValueError):
     """``output_dir`` holds a run with different settings."""
 
 
-def load_data(args: DistillArguments) -> ImageClassificationData:
+def load_data(data: DataArguments, seed: int) -> ImageClassificationData:
     """The run's dataset; with ``validation_size`` the evaluation split is carved from train."""
-    data = load_image_classification(
-        args.dataset,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        train_split=args.train_split,
-        test_split=args.test_split,
-        test_size=args.test_size,
-        split_seed=args.seed,
-        config_name=args.dataset_config,
-        revision=args.dataset_revision,
+    loaded = load_image_classification(
+        data.dataset,
+        image_column=data.image_column,
+        label_column=data.label_column,
+        train_split=data.train_split,
+        test_split=data.test_split,
+        test_size=data.test_size,
+        split_seed=seed,
+        config_name=data.dataset_config,
+        revision=data.dataset_revision,
     )
-    return data.with_validation_split(args.validation_size, args.seed) if args.validation_size > 0 else data
+    return loaded.with_validation_split(data.validation_size, seed) if data.validation_size > 0 else loaded
 
 
 def resolve_partition(args: DistillArguments, num_classes: int) -> list[list[int]]:
     """The run's subtasks: the explicit ``subtasks`` list, or a balanced seeded partition."""
-    if args.subtasks:
-        groups = yaml.safe_load(args.subtasks) if isinstance(args.subtasks, str) else args.subtasks
+    if args.representation.subtasks:
+        groups = yaml.safe_load(args.representation.subtasks) if isinstance(args.representation.subtasks, str) else args.representation.subtasks
         if not isinstance(groups, list):
-            raise ConfigError(f"subtasks must be a list of lists of class ids, e.g. [[0, 1], [2, 3]]; got {args.subtasks!r}")
+            raise ConfigError(f"subtasks must be a list of lists of class ids, e.g. [[0, 1], [2, 3]]; got {args.representation.subtasks!r}")
         return check_partition(groups, num_classes)
-    return partition_classes(num_classes, args.num_subtasks, args.seed)
+    return partition_classes(num_classes, args.representation.num_subtasks, args.run.seed)
 
 
 def build_config(args: DistillArguments, data: ImageClassificationData,
                  partition: list[list[int]] | None = None) -> D3Config:
     """The whole artifact's config for this run; refuses a representation over ``ipc_budget``."""
     partition = partition if partition is not None else resolve_partition(args, data.num_classes)
-    plan = plan_subtasks(args.ipc_budget, partition, data.image_shape, args.z_dim, args.decoder, args.lpc,
-                         soft_labels=args.soft_labels)
+    plan = plan_subtasks(args.representation.ipc_budget, partition, data.image_shape, args.representation.z_dim, args.representation.decoder, args.representation.lpc,
+                         soft_labels=args.representation.soft_labels)
     mean, std = data.normalization()
     config = D3Config(
         class_names=data.class_names,
@@ -89,16 +88,16 @@ def build_config(args: DistillArguments, data: ImageClassificationData,
         subtasks=partition,
         normalization_mean=mean,
         normalization_std=std,
-        soft_labels=args.soft_labels,
+        soft_labels=args.representation.soft_labels,
         source={**data.source_info, "num_train_rows": int(len(data.labels())), "train_fingerprint": data.fingerprint(),
                 **_train_rows_record(data)},
         distillation=args.to_dict(),
     )
     ledger = estimate_storage(config)
-    overruns = subtask_overruns(plan, partition, args.ipc_budget, data.image_shape)
+    overruns = subtask_overruns(plan, partition, args.representation.ipc_budget, data.image_shape)
     if overruns or ledger.total_scalars > plan.budget_scalars:
         raise BudgetError(
-            f"This representation needs {ledger.total_scalars:,} scalars; ipc_budget {args.ipc_budget} allows "
+            f"This representation needs {ledger.total_scalars:,} scalars; ipc_budget {args.representation.ipc_budget} allows "
             f"{plan.budget_scalars:,}, each subtask the share of its classes:\n" + "\n".join(overruns)
             + f"\n{ledger}\nLower lpc / z_dim / decoder width, use fewer subtasks, or raise ipc_budget."
         )
@@ -117,15 +116,15 @@ def _train_rows_record(data: ImageClassificationData) -> dict:
 def expert_settings(args: DistillArguments, image_shape=None) -> ExpertSettings:
     """Expert settings of a run; ``student_depth`` 0 resolves from ``image_shape``."""
     return ExpertSettings(
-        num_experts=args.num_experts,
-        epochs=args.expert_epochs_total,  # covers every matched segment (checked with the settings)
-        keep_epochs=args.max_start_epoch + args.expert_epochs,
-        lr=args.expert_lr,
-        batch_size=args.expert_batch_size,
-        depth=args.student_depth or auto_depth(image_shape),
-        width=args.student_width,
-        dtype=args.expert_dtype,
-        seed=args.seed,
+        num_experts=args.experts.num_experts,
+        epochs=args.experts.expert_epochs_total,  # covers every matched segment (checked with the settings)
+        keep_epochs=args.matching.max_start_epoch + args.matching.expert_epochs,
+        lr=args.experts.expert_lr,
+        batch_size=args.experts.expert_batch_size,
+        depth=args.experts.student_depth or auto_depth(image_shape),
+        width=args.experts.student_width,
+        dtype=args.experts.expert_dtype,
+        seed=args.run.seed,
     )
 
 
@@ -133,7 +132,7 @@ def _check_run_dir(args: DistillArguments) -> str:
     """What ``output_dir`` allows, read-only: ``"new"`` (missing or empty), ``"resume"`` (this
     run, same settings) or ``"restart"`` (a d3hf run with other settings, and
     ``overwrite_output_dir``). Anything else is refused before any work."""
-    path = args.output_dir
+    path = args.run.output_dir
     run_file = os.path.join(path, RUN_FILE)
     is_run = os.path.isdir(path) and (os.path.exists(run_file) or (read_marker(path) or {}).get("kind") == "run")
     if not is_run:
@@ -144,7 +143,7 @@ def _check_run_dir(args: DistillArguments) -> str:
         return "resume"
     changed = sorted(k for k in set(previous or {}) | set(args.run_identity())
                      if (previous or {}).get(k) != args.run_identity().get(k))
-    if not args.overwrite_output_dir:
+    if not args.run.overwrite_output_dir:
         raise RunConflictError(
             f"{path} holds a run with different settings ({', '.join(changed) or 'unreadable'}). Use another "
             "output_dir, or pass --overwrite_output_dir to start over there."
@@ -171,11 +170,11 @@ def _clear_run_dir(path: str) -> None:
 
 def subtask_arguments(args: DistillArguments, index: int, num_subtasks: int) -> DistillArguments:
     """The run's settings for one subtask: only the seed changes (a single task keeps the run seed)."""
-    return args if num_subtasks == 1 else dataclasses.replace(args, seed=subtask_seed(args.seed, index))
+    return args if num_subtasks == 1 else args.replace(seed=subtask_seed(args.run.seed, index))
 
 
 def subtask_dir(args: DistillArguments, index: int) -> str:
-    return os.path.join(args.output_dir, SUBTASKS_DIR, str(index))
+    return os.path.join(args.run.output_dir, SUBTASKS_DIR, str(index))
 
 
 def distill_subtask(
@@ -189,14 +188,14 @@ def distill_subtask(
 ) -> tuple[D3Model, dict]:
     """Distil subtask ``index`` of ``config`` on its own rows and experts.
 
-    Resumes from the subtask's checkpoint; a subtask already finished for ``args.iterations``
+    Resumes from the subtask's checkpoint; a subtask already finished for ``args.matching.iterations``
     is loaded from its artifact, not redone. Returns the subtask artifact (local class ids)
     and its timings.
     """
     workdir = subtask_dir(args, index)
     artifact_dir = os.path.join(workdir, ARTIFACT_DIR)
     finished = os.path.join(workdir, FINISHED_FILE)
-    if os.path.exists(finished) and _read_json(finished)["iterations"] >= args.iterations:
+    if os.path.exists(finished) and _read_json(finished)["iterations"] >= args.matching.iterations:
         logger.info("Subtask %d: finished earlier, loading %s", index, artifact_dir)
         return D3Model.from_pretrained(artifact_dir), {"finished_earlier": True}
     num_subtasks = len(config.subtasks)
@@ -210,17 +209,19 @@ def distill_subtask(
     timings["experts_s"] = time.perf_counter() - t
     timings["expert_buffer_bytes"] = buffer.size_on_disk()
 
-    torch.manual_seed(sub_args.seed)
+    torch.manual_seed(sub_args.run.seed)
     part = D3Model(subtask_config(config, index))
-    distiller = Distiller(part, view, buffer, sub_args, device=device, autocast=autocast)
+    distiller = Distiller(part, view, buffer, sub_args.matching, seed=sub_args.run.seed, device=device,
+                          autocast=autocast)
     if distiller.load_checkpoint(workdir):
         logger.info("Subtask %d: resuming at iteration %d", index, distiller.iteration)
-    elif sub_args.init == "vae":
-        timings.update(warm_start(distiller.model, view, WarmStartSettings(steps=sub_args.init_steps,
-                                                                           seed=sub_args.seed), show_progress))
+    elif sub_args.representation.init == "vae":
+        timings.update(warm_start(distiller.model, view, WarmStartSettings(steps=sub_args.representation.init_steps,
+                                                                           seed=sub_args.run.seed), show_progress))
     t = time.perf_counter()
     start_iteration = distiller.iteration
-    distiller.run(args.iterations, checkpoint_dir=workdir, show_progress=show_progress)
+    distiller.run(args.matching.iterations, checkpoint_dir=workdir, checkpoint_every=args.run.checkpoint_every,
+                  log_every=args.run.log_every, show_progress=show_progress)
     done = distiller.iteration - start_iteration
     timings["distill_s"] = time.perf_counter() - t
     timings["s_per_iteration"] = timings["distill_s"] / done if done else None
@@ -238,9 +239,9 @@ def distill_subtask(
 def _buffer_dir(args: DistillArguments, index: int, num_subtasks: int, workdir: str) -> str:
     """Where subtask ``index`` keeps its experts: in its own folder, or under ``buffer_dir``
     (one sub-folder per subtask when there are several)."""
-    if not args.buffer_dir:
+    if not args.experts.buffer_dir:
         return os.path.join(workdir, "experts")
-    return os.path.join(args.buffer_dir, str(index)) if num_subtasks > 1 else args.buffer_dir
+    return os.path.join(args.experts.buffer_dir, str(index)) if num_subtasks > 1 else args.experts.buffer_dir
 
 
 def _read_json(path: str) -> dict:
@@ -275,30 +276,30 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     is_main = rank == 0
-    original_output_dir = args.output_dir
-    if "{process_index}" in args.output_dir:
-        args = dataclasses.replace(args, output_dir=args.output_dir.format(process_index=rank))
+    original_output_dir = args.run.output_dir
+    if "{process_index}" in args.run.output_dir:
+        args = args.replace(output_dir=args.run.output_dir.format(process_index=rank))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # Every check before anything is written: a refused run leaves no files and removes none.
     run_dir_state = _check_run_dir(args)
-    data = load_data(args)
+    data = load_data(args.data, args.run.seed)
     partition = resolve_partition(args, data.num_classes)
     wanted = _subtask_ids(args, len(partition))
     _normalise_from_own_rows(data, partition, rank, world, accelerator)
     config = build_config(args, data, partition)
     if is_main or "{process_index}" in original_output_dir:
         if run_dir_state == "restart":
-            _clear_run_dir(args.output_dir)
-        remove_stale_temporaries(args.output_dir)
+            _clear_run_dir(args.run.output_dir)
+        remove_stale_temporaries(args.run.output_dir)
     if accelerator is not None:
         accelerator.wait_for_everyone()  # no process writes before the folder is clean
-    os.makedirs(args.output_dir, exist_ok=True)
-    write_marker(args.output_dir, "run", RUN_ENTRIES)
-    atomic_write_json(os.path.join(args.output_dir, RUN_FILE), args.run_identity())
+    os.makedirs(args.run.output_dir, exist_ok=True)
+    write_marker(args.run.output_dir, "run", RUN_ENTRIES)
+    atomic_write_json(os.path.join(args.run.output_dir, RUN_FILE), args.run_identity())
     if is_main:
         logger.info("%d subtask(s) %s on %d process(es); representation for ipc_budget %s:\n%s", len(partition),
-                    partition, world, args.ipc_budget, estimate_storage(config))
+                    partition, world, args.representation.ipc_budget, estimate_storage(config))
 
     mine = [wanted[i] for i in assigned_subtasks(len(wanted), rank, world)]
     evaluates = is_main and len(wanted) == len(partition) and data.test is not None
@@ -315,8 +316,8 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         results = sorted(_gather(accelerator, local), key=lambda r: r["index"])
         timings["subtasks_s"] = time.perf_counter() - t0
         summary: dict = {"subtasks": [{k: v for k, v in r.items() if k != "state"} for r in results],
-                         "timings": timings, "num_processes": world, "output_dir": args.output_dir,
-                         "artifact_dir": os.path.join(args.output_dir, ARTIFACT_DIR)}
+                         "timings": timings, "num_processes": world, "output_dir": args.run.output_dir,
+                         "artifact_dir": os.path.join(args.run.output_dir, ARTIFACT_DIR)}
         if not is_main or len(results) < len(partition):
             if is_main:
                 logger.info("Distilled subtasks %s; merge all subtasks with `d3hf aggregate`.", wanted)
@@ -333,31 +334,31 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         evaluation = _evaluate_after_distilling(model, data, args, timings, show_progress, device)
         if evaluation is not None:
             summary["evaluation"] = evaluation
-        with atomic_directory(os.path.join(args.output_dir, ARTIFACT_DIR)) as tmp:
+        with atomic_directory(os.path.join(args.run.output_dir, ARTIFACT_DIR)) as tmp:
             save_artifact(model, tmp, evaluation)
             write_marker(tmp, "artifact")
             kill_point("artifact-write")
         timings["total_s"] = time.perf_counter() - t0
-        atomic_write_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
+        atomic_write_json(os.path.join(args.run.output_dir, SUMMARY_FILE), summary)
         return model, summary
 
 
 def _planned_phases(args: DistillArguments, num_subtasks: int, evaluates: bool) -> list[tuple[str, int]]:
     """The phases this process will show, with their units (a resumed run corrects them as it goes)."""
-    per_subtask = [("experts", args.num_experts * args.expert_epochs_total),
-                   ("warm start", args.init_steps if args.init == "vae" else 0), ("distill", args.iterations)]
+    per_subtask = [("experts", args.experts.num_experts * args.experts.expert_epochs_total),
+                   ("warm start", args.representation.init_steps if args.representation.init == "vae" else 0), ("distill", args.matching.iterations)]
     # The final evaluation trains one network per seed on the artifact, then as many on random real images.
-    evaluation = [("evaluate", args.eval_epochs)] * (2 * args.eval_seeds) if evaluates else []
+    evaluation = [("evaluate", args.evaluation.eval_epochs)] * (2 * args.evaluation.eval_seeds) if evaluates else []
     return per_subtask * num_subtasks + evaluation
 
 
 def _subtask_ids(args: DistillArguments, num_subtasks: int) -> list[int]:
     """The subtasks to distil; their form was checked with the settings, their range is checked here."""
-    ids = args.selected_subtasks()
+    ids = args.run.selected_subtasks()
     if ids is None:
         return list(range(num_subtasks))
     if ids[-1] >= num_subtasks:
-        raise ConfigError(f"subtask_ids {args.subtask_ids!r} must lie in 0..{num_subtasks - 1}")
+        raise ConfigError(f"subtask_ids {args.run.subtask_ids!r} must lie in 0..{num_subtasks - 1}")
     return ids
 
 
@@ -365,7 +366,7 @@ def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, ar
                                timings: dict, show_progress: bool, device: torch.device) -> dict | None:
     """P-noaug accuracy of the artifact and of random real images at the same budget, trained on
     the run's device."""
-    if args.eval_epochs <= 0 or data.test is None:
+    if args.evaluation.eval_epochs <= 0 or data.test is None:
         return None
     from ..evaluation.image_sets import random_real_images
     from ..evaluation.protocols import named_protocol
@@ -373,16 +374,16 @@ def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, ar
 
     t = time.perf_counter()
     # Through named_protocol, so a recipe's shorter training is written into the protocol's name.
-    protocol = named_protocol("P-noaug", epochs=args.eval_epochs, num_per_class=args.eval_num_per_class)
-    d3 = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, args.eval_seeds,
+    protocol = named_protocol("P-noaug", epochs=args.evaluation.eval_epochs, num_per_class=args.evaluation.eval_num_per_class)
+    d3 = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, args.evaluation.eval_seeds,
                   device=device, show_progress=show_progress)
-    ipc = max(1, int(round(args.ipc_budget)))
-    real = evaluate(lambda s: fixed_source(*random_real_images(data, ipc, s)), data, protocol, args.eval_seeds,
+    ipc = max(1, int(round(args.representation.ipc_budget)))
+    real = evaluate(lambda s: fixed_source(*random_real_images(data, ipc, s)), data, protocol, args.evaluation.eval_seeds,
                     device=device, show_progress=show_progress)
     real["method"] = f"random real, {ipc} image(s) per class"
     d3["method"] = "d3hf artifact"
     timings["evaluate_s"] = time.perf_counter() - t
-    return {"results": [d3, real], "protocol_text": protocol.describe(), "ipc_budget": args.ipc_budget}
+    return {"results": [d3, real], "protocol_text": protocol.describe(), "ipc_budget": args.representation.ipc_budget}
 
 
 @torch.no_grad()

