@@ -11,25 +11,29 @@ import sys
 from ._version import __version__ as __version__
 from .errors import ArtifactError, ConfigError, D3HFError, DataError, OutputError
 
+# Public name -> the module that defines it, in the order data flows through them.
 _LAZY = {
-    "D3Config": "modeling.configuration_d3",
-    "D3Model": "modeling.modeling_d3",
     "ImageClassificationData": "data.image_data",
     "load_image_classification": "data.image_data",
+    "SplitOverlapError": "data.provenance",
+    "D3Config": "modeling.configuration_d3",
+    "D3Model": "modeling.modeling_d3",
     "DecoderSpec": "modeling.decoders",
     "family_spec": "modeling.decoders",
     "reference_spec": "modeling.decoders",
-    "SplitOverlapError": "data.provenance",
-    "named_protocol": "evaluation.protocols",
-    "HubAccessError": "hub.access",
-    "generate_dataset": "hub.generate",
-    "load_artifact": "hub.load",
-    "load_distilled": "hub.load",
-    "push_artifact": "hub.push",
-    "push_synthetic_dataset": "hub.push",
-    "save_artifact": "hub.cards",
     "StorageLedger": "modeling.storage",
     "estimate_storage": "modeling.storage",
+    "DistillArguments": "distill.config",
+    "DistillCallback": "distill.callbacks",
+    "run_distillation": "distill.runner",
+    "named_protocol": "evaluation.protocols",
+    "save_artifact": "hub.cards",
+    "HubAccessError": "hub.access",
+    "load_artifact": "hub.load",
+    "load_distilled": "hub.load",
+    "generate_dataset": "hub.generate",
+    "push_artifact": "hub.push",
+    "push_synthetic_dataset": "hub.push",
 }
 
 __all__ = [
@@ -40,6 +44,8 @@ __all__ = [
     "D3Model",
     "DataError",
     "DecoderSpec",
+    "DistillArguments",
+    "DistillCallback",
     "HubAccessError",
     "ImageClassificationData",
     "OutputError",
@@ -55,6 +61,7 @@ __all__ = [
     "push_artifact",
     "push_synthetic_dataset",
     "reference_spec",
+    "run_distillation",
     "save_artifact",
 ]
 

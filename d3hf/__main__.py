@@ -1,3 +1,5 @@
+"""``python -m d3hf``: the command line."""
+
 import sys
 
 from .commands.cli import main

@@ -212,3 +212,29 @@ def test_auto_student_depth_keeps_every_block_on_maps_of_at_least_4x4():
     assert [auto_depth((1, s, s)) for s in (4, 8, 16, 28, 32, 64)] == [1, 2, 3, 3, 3, 3]
     assert expert_settings(tiny_args(student_depth=0), (1, 8, 8)).depth == 2
     assert expert_settings(tiny_args(student_depth=3), (1, 8, 8)).depth == 3
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+def test_callbacks_see_each_expert_iteration_and_the_artifact_in_order(tmp_path):
+    from d3hf import DistillCallback
+
+    events = []
+
+    class Record(DistillCallback):
+        def on_expert_saved(self, index, path):
+            events.append(("expert", index, os.path.exists(path)))
+
+        def on_iteration_end(self, iteration, record):
+            events.append(("iteration", iteration, "loss" in record))
+
+        def on_artifact_written(self, folder):
+            events.append(("artifact", os.path.exists(os.path.join(folder, "model.safetensors")),
+                           os.path.exists(tmp_path / "run" / "artifact")))  # written, not yet in place
+
+    args = tiny_args(iterations=3, init_steps=5, output_dir=str(tmp_path / "run"))
+    model, _ = run_distillation(args, show_progress=False, callbacks=[Record()])
+    assert model is not None
+    assert events == [("expert", 0, True), ("expert", 1, True), ("iteration", 1, True), ("iteration", 2, True),
+                      ("iteration", 3, True), ("artifact", True, False)]

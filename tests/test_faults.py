@@ -20,12 +20,13 @@ pytestmark = pytest.mark.integration  # SIGKILLed runs in subprocesses
 RUN = {**TINY, "num_experts": 2, "iterations": 4, "checkpoint_every": 1, "eval_epochs": 0, "num_threads": 1}
 
 
+KILL_RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_run.py")
+
+
 def distill_subprocess(cfg, kill_at=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    env.pop("D3HF_KILL_AT", None)
-    if kill_at:
-        env["D3HF_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "d3hf", "distill", str(cfg)], env=env, capture_output=True,
+    program = [KILL_RUN, kill_at] if kill_at else ["-m", "d3hf"]
+    return subprocess.run([sys.executable, *program, "distill", str(cfg)], env=env, capture_output=True,
                           text=True, timeout=180)
 
 
@@ -69,12 +70,8 @@ def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path, fres
     cfg.write_text(yaml.safe_dump({**settings, "output_dir": str(tmp_path / "out")}))
     # Both ranks die at iteration 2 only once both are there, so each has its iteration-1
     # checkpoint whichever rank is faster.
-    os.environ["D3HF_KILL_AT"] = "iteration-2"
-    os.environ["D3HF_KILL_RENDEZVOUS"] = f"{tmp_path / 'rendezvous'}:2"
-    try:
-        killed = launch_two_processes(tmp_path, str(cfg), "--cpu")
-    finally:
-        del os.environ["D3HF_KILL_AT"], os.environ["D3HF_KILL_RENDEZVOUS"]
+    killed = launch_two_processes(tmp_path, str(cfg), "--cpu",
+                                  program=(KILL_RUN, "iteration-2", f"{tmp_path / 'rendezvous'}:2"))
     assert killed.returncode != 0
     for k in (0, 1):
         assert read_checkpoint(str(tmp_path / "out" / "subtasks" / str(k)))["iteration"] == 1

@@ -64,7 +64,7 @@ def test_package_metadata_is_pep_621_with_an_spdx_license():
     assert "77.0.0" in spec and "76.1.0" not in spec  # 77: PEP 639 license expressions
     # The version is read from the source, without importing d3hf (and torch).
     probe = ("import sys; from setuptools.config.expand import read_attr; "
-             "print(read_attr('d3hf.__version__', {}, '.'), 'torch' in sys.modules)")
+             "print(read_attr('d3hf._version.__version__', {}, '.'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [d3hf.__version__, "False"]
 

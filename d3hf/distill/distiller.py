@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +21,8 @@ from ..data.image_data import ImageClassificationData
 from ..errors import D3HFError
 from ..modeling.modeling_d3 import D3Model
 from ..nn.networks import ConvNet
-from ..utils.faults import kill_point
 from ..utils.io import CorruptFileError, read_checked, write_checked
+from .callbacks import DistillCallback, fire
 from .config import MatchingArguments
 from .experts import ExpertBuffer, expert_network
 from .objectives import median_sq_distance, mmd2_unbiased, trajectory_matching_loss, unroll_student
@@ -115,8 +115,10 @@ class Distiller:
         seed: int = 0,
         device: torch.device | str | None = None,
         autocast=None,
+        callbacks: Sequence[DistillCallback] = (),
     ):
         self.args = args
+        self.callbacks = list(callbacks)
         self.data = data
         self.buffer = buffer
         self.device = torch.device(device) if device is not None else model.prior_means.device
@@ -322,7 +324,7 @@ class Distiller:
                     logger.info("Interrupted: checkpoint of iteration %d saved in %s", self.iteration, checkpoint_dir)
                 raise KeyboardInterrupt
             record = self.step()
-            kill_point(f"iteration-{self.iteration}")
+            fire(self.callbacks, "on_iteration_end", self.iteration, record)
             bar.update(1)
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("mtt", "mmd", "step_size") if k in record})
             if log_every and self.iteration % log_every == 0:

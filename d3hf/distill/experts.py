@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,9 +20,9 @@ from safetensors.torch import save_file
 
 from ..data.image_data import ImageClassificationData
 from ..nn.networks import ConvNet, flat_parameters, unflatten
-from ..utils.faults import kill_point
 from ..utils.io import atomic_path, atomic_write_json, file_sha256
 from ..utils.seeding import class_seed
+from .callbacks import DistillCallback, fire
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def build_expert_buffer(
     device: torch.device | str = "cpu",
     experts: list[int] | None = None,
     show_progress: bool = True,
+    callbacks: Sequence[DistillCallback] = (),
 ) -> ExpertBuffer | None:
     """Train (or reuse) the experts in ``path``; finished experts are never retrained.
 
@@ -171,7 +173,7 @@ def build_expert_buffer(
             done["sha256"][str(i)] = file_sha256(tmp)
         done["finished"].append(i)
         atomic_write_json(meta_path, done)
-        kill_point(f"expert-{i}")
+        fire(callbacks, "on_expert_saved", i, os.path.join(path, f"expert_{i}.safetensors"))
     bar.close()
     if sorted(done["finished"]) == list(range(settings.num_experts)):
         kept_epochs = list(range(settings.keep_epochs + 1)) + (

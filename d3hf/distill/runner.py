@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,12 +20,12 @@ from ..modeling.configuration_d3 import D3Config
 from ..modeling.modeling_d3 import D3Model
 from ..modeling.storage import estimate_storage
 from ..nn.networks import auto_depth
-from ..utils.faults import kill_point
 from ..utils.io import atomic_directory, atomic_write_json, remove_stale_temporaries
 from ..utils.outputs import MARKER, check_output, read_marker, write_marker
 from ..utils.progress import run_progress
 from .aggregation import aggregate, subtask_config
 from .budget import BudgetError, plan_subtasks, subtask_overruns
+from .callbacks import DistillCallback, fire
 from .config import DataArguments, DistillArguments
 from .distiller import Distiller
 from .experts import ExpertSettings, build_expert_buffer
@@ -185,6 +186,7 @@ def distill_subtask(
     device: torch.device | str = "cpu",
     autocast=None,
     show_progress: bool = True,
+    callbacks: Sequence[DistillCallback] = (),
 ) -> tuple[D3Model, dict]:
     """Distil subtask ``index`` of ``config`` on its own rows and experts.
 
@@ -205,14 +207,14 @@ def distill_subtask(
     t = time.perf_counter()
     buffer = build_expert_buffer(view, expert_settings(sub_args, view.image_shape),
                                  _buffer_dir(args, index, num_subtasks, workdir), device=device,
-                                 show_progress=show_progress)
+                                 show_progress=show_progress, callbacks=callbacks)
     timings["experts_s"] = time.perf_counter() - t
     timings["expert_buffer_bytes"] = buffer.size_on_disk()
 
     torch.manual_seed(sub_args.run.seed)
     part = D3Model(subtask_config(config, index))
     distiller = Distiller(part, view, buffer, sub_args.matching, seed=sub_args.run.seed, device=device,
-                          autocast=autocast)
+                          autocast=autocast, callbacks=callbacks)
     if distiller.load_checkpoint(workdir):
         logger.info("Subtask %d: resuming at iteration %d", index, distiller.iteration)
     elif sub_args.representation.init == "vae":
@@ -267,7 +269,8 @@ def _normalise_from_own_rows(data: ImageClassificationData, partition: list[list
     data.set_normalization(sum(_gather(accelerator, [moments]), PixelMoments.zero(data.image_shape[0])))
 
 
-def run_distillation(args: DistillArguments, accelerator=None, show_progress: bool = True) -> tuple[D3Model | None, dict]:
+def run_distillation(args: DistillArguments, accelerator=None, show_progress: bool = True,
+                     callbacks: Sequence[DistillCallback] = ()) -> tuple[D3Model | None, dict]:
     """Distil every subtask this process is assigned, gather them on the main process, and
     there aggregate, evaluate and save ``OUTPUT_DIR/artifact``. Returns (model, summary) on
     the main process and (None, summary) elsewhere or when only some ``subtask_ids`` ran."""
@@ -310,7 +313,7 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     with run_progress(_planned_phases(args, len(mine), evaluates)) if show_progress else contextlib.nullcontext():
         local = []
         for k in mine:
-            part, sub_timings = distill_subtask(args, data, config, k, device, autocast, show_progress)
+            part, sub_timings = distill_subtask(args, data, config, k, device, autocast, show_progress, callbacks)
             state = {name: tensor.detach().cpu() for name, tensor in part.state_dict().items()}
             local.append({"index": k, "classes": partition[k], "process": rank, "state": state, "timings": sub_timings})
         results = sorted(_gather(accelerator, local), key=lambda r: r["index"])
@@ -337,7 +340,7 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         with atomic_directory(os.path.join(args.run.output_dir, ARTIFACT_DIR)) as tmp:
             save_artifact(model, tmp, evaluation)
             write_marker(tmp, "artifact")
-            kill_point("artifact-write")
+            fire(callbacks, "on_artifact_written", tmp)
         timings["total_s"] = time.perf_counter() - t0
         atomic_write_json(os.path.join(args.run.output_dir, SUMMARY_FILE), summary)
         return model, summary

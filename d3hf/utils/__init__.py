@@ -1,1 +1,1 @@
-"""Shared helpers: atomic I/O, output folders, seeds, progress, environment records, allocator tuning, fault hooks."""
+"""Shared helpers: atomic I/O, output folders, seeds, progress, environment records, allocator tuning."""

@@ -34,7 +34,7 @@ def read_marker(folder: str) -> dict | None:
 
 def write_marker(folder: str, kind: str, entries: Iterable[str] | None = None) -> None:
     """Mark ``folder`` as written by d3hf; ``entries`` defaults to what it holds now."""
-    from .. import __version__
+    from .._version import __version__
 
     names = sorted(set(os.listdir(folder) if entries is None else entries) - {MARKER})
     atomic_write_json(os.path.join(folder, MARKER), {"kind": kind, "entries": names, "d3hf_version": __version__})
