@@ -4,11 +4,12 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO as ROOT
 
 EACH_MODULE_ALONE = r"""
 import importlib, pkgutil, sys
 import d3hf
+from tests.helpers import REPO
 names = ["d3hf"] + [m.name for m in pkgutil.walk_packages(d3hf.__path__, "d3hf.") if m.name != "d3hf.__main__"]
 failed = []
 for name in names:

@@ -20,8 +20,8 @@ from benchmarks.baselines import (
     mean_embedding_loss,
     train_feature_network,
 )
-from benchmarks.tests.utils import tiny_args
 from d3hf.evaluation.image_sets import ImageSet, random_real_images
+from tests.helpers import tiny_args
 
 # ----------------------------------------------------------------------------- storage
 

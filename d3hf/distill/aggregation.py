@@ -14,6 +14,7 @@ import torch
 from ..errors import D3HFError
 from ..modeling.configuration_d3 import D3Config
 from ..modeling.modeling_d3 import D3Model
+from ..utils.ranges import range_problems
 
 SUBTASK_KEY = "subtask"
 # Fields every subtask of one artifact must agree on.
@@ -65,12 +66,10 @@ def aggregate(parts: list[D3Model]) -> D3Model:
             if getattr(part.config, name) != getattr(first, name):
                 raise AggregationError(f"Subtask {info['index']} has {name}={getattr(part.config, name)!r}, "
                                        f"subtask {infos[0]['index']} has {getattr(first, name)!r}; they must match.")
-    indices = sorted(int(i["index"]) for i in infos)
-    if indices != list(range(len(partition))):
-        missing = sorted(set(range(len(partition))) - set(indices))
-        repeated = sorted({i for i in indices if indices.count(i) > 1})
+    problems = range_problems((int(i["index"]) for i in infos), len(partition))
+    if problems:
         raise AggregationError(f"The subtasks must cover the partition of {len(partition)} subtasks exactly once; "
-                               f"missing {missing}, repeated {repeated}.")
+                               f"{problems}.")
     by_index = {int(i["index"]): p for i, p in zip(infos, parts)}
     source = {k: v for k, v in first.source.items() if k != SUBTASK_KEY}
     config = D3Config(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ..errors import D3HFError
 from ..modeling.decoders import DecoderSpec, family_spec, reference_spec
+from ..modeling.storage import prior_scalars
 
 Z_CHOICES = (4, 8, 16, 32, 64)
 MAX_AUTO_LPC = 256
@@ -33,7 +34,7 @@ class BudgetError(D3HFError, ValueError):
 def prior_cost(num_classes: int, z_dim: int, soft_labels: bool = False, label_dim: int | None = None) -> int:
     """Scalars of one prior per class: mean and log-variance, plus a soft label if stored
     (``label_dim`` entries, by default ``num_classes``)."""
-    return num_classes * (2 * z_dim + ((label_dim or num_classes) if soft_labels else 0))
+    return sum(prior_scalars(num_classes, z_dim, (label_dim or num_classes) if soft_labels else 0).values())
 
 
 @dataclass

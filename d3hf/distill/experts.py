@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..data.image_data import ImageClassificationData
 from ..nn.networks import ConvNet, flat_parameters, unflatten
+from ..nn.sgd import train_epoch
 from ..utils.io import atomic_path, atomic_write_json, file_sha256
-from ..utils.seeding import class_seed
+from ..utils.seeding import EXPERT_STREAM, class_seed
 from .callbacks import DistillCallback, fire
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def train_one_expert(
     data: ImageClassificationData, settings: ExpertSettings, index: int, device: torch.device, progress=None
 ) -> dict[str, torch.Tensor]:
     """Train expert ``index`` and return its kept snapshots as ``{"epoch_<e>": flat params}``."""
-    seed = class_seed(settings.seed, 7919, index)
+    seed = class_seed(settings.seed, EXPERT_STREAM, index)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = ConvNet(data.image_shape, data.num_classes, settings.depth, settings.width).to(device)
@@ -115,16 +115,13 @@ def train_one_expert(
     labels = data.labels()
     dtype = getattr(torch, settings.dtype)
     kept = {"epoch_0": flat_parameters(net).to(dtype).cpu()}
-    for epoch in range(1, settings.epochs + 1):
-        order = rng.permutation(len(labels))
+    def batches(order: np.ndarray):
         for start in range(0, len(order), settings.batch_size):
-            idx = np.sort(order[start : start + settings.batch_size])
-            x = (data.images(idx, device=device) - mean) / std
-            y = torch.from_numpy(labels[idx]).to(device)
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            idx = np.sort(order[start : start + settings.batch_size])  # sorted: Arrow reads rows in order
+            yield (data.images(idx, device=device) - mean) / std, torch.from_numpy(labels[idx]).to(device)
+
+    for epoch in range(1, settings.epochs + 1):
+        train_epoch(net, opt, batches(rng.permutation(len(labels))))
         if epoch <= settings.keep_epochs or epoch == settings.epochs:
             kept[f"epoch_{epoch}"] = flat_parameters(net).to(dtype).cpu()
         if progress is not None:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..utils.seeding import class_seed
-
-SUBTASK_SEED_KEY = 31337
+from ..utils.ranges import range_problems
+from ..utils.seeding import SUBTASK_STREAM, class_seed
 
 
 def partition_classes(num_classes: int, num_subtasks: int, seed: int = 0) -> list[list[int]]:
@@ -28,7 +27,7 @@ def partition_classes(num_classes: int, num_subtasks: int, seed: int = 0) -> lis
                          "every subtask needs at least one class.")
     if num_subtasks == 1:
         return [list(range(num_classes))]
-    order = np.random.default_rng(class_seed(seed, SUBTASK_SEED_KEY)).permutation(num_classes)
+    order = np.random.default_rng(class_seed(seed, SUBTASK_STREAM)).permutation(num_classes)
     return [sorted(int(c) for c in chunk) for chunk in np.array_split(order, num_subtasks)]
 
 
@@ -40,21 +39,15 @@ def check_partition(subtasks: list[list[int]], num_classes: int) -> list[list[in
         raise ConfigError(f"subtasks must be a list of lists of class ids; got {subtasks!r}") from None
     if any(not group for group in groups):
         raise ConfigError(f"every subtask needs at least one class; got {groups}")
-    flat = [c for group in groups for c in group]
-    missing = sorted(set(range(num_classes)) - set(flat))
-    repeated = sorted({c for c in flat if flat.count(c) > 1})
-    unknown = sorted({c for c in flat if not 0 <= c < num_classes})
-    if missing or repeated or unknown:
-        parts = [f"missing {missing}" if missing else "", f"repeated {repeated}" if repeated else "",
-                 f"not a class id {unknown}" if unknown else ""]
-        raise ConfigError(f"subtasks must cover class ids 0..{num_classes - 1} exactly once: "
-                         f"{'; '.join(p for p in parts if p)}.")
+    problems = range_problems((c for group in groups for c in group), num_classes)
+    if problems:
+        raise ConfigError(f"subtasks must cover class ids 0..{num_classes - 1} exactly once: {problems}.")
     return groups
 
 
 def subtask_seed(seed: int, index: int) -> int:
     """The seed of subtask ``index`` (its experts, initialisation and distillation draws)."""
-    return class_seed(seed, SUBTASK_SEED_KEY, index) % (2**31)
+    return class_seed(seed, SUBTASK_STREAM, index) % (2**31)
 
 
 def assigned_subtasks(num_subtasks: int, process_index: int, num_processes: int) -> list[int]:

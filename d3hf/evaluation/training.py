@@ -16,14 +16,14 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data.image_data import ImageClassificationData
 from ..nn.augment import DSA
 from ..nn.networks import build_classifier
+from ..nn.sgd import train_epoch
 from ..utils.environment import measured_on
 from ..utils.io import CorruptFileError, read_checked, write_checked
-from ..utils.seeding import class_seed
+from ..utils.seeding import AUGMENT_STREAM, EVAL_SAMPLES_STREAM, class_seed
 from .protocols import AUGMENTATIONS, Protocol
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def train_network(
     rng = np.random.default_rng(seed)
     augment = None
     # A generator of its own, so augmentation never shifts the seed's other random streams.
-    augment_rng = torch.Generator().manual_seed(class_seed(seed, 3571))
+    augment_rng = torch.Generator().manual_seed(class_seed(seed, AUGMENT_STREAM))
     if protocol.augment == "dsa":
         augment = DSA()
     net = build_classifier(protocol.arch, data.image_shape, data.num_classes, protocol.depth, protocol.width).to(device)
@@ -93,18 +93,15 @@ def train_network(
     mean, std = data.normalization_tensors(device)
     epochs = progress_bar("evaluate", range(first_epoch, protocol.epochs), disable=not show_progress, leave=False,
                           initial=first_epoch, total=protocol.epochs, postfix=f"seed {seed}")
-    for epoch in epochs:
-        images, labels = train_source(epoch)
-        order = rng.permutation(len(labels))
+    def batches(images: torch.Tensor, labels: torch.Tensor, order: np.ndarray):
         for start in range(0, len(order), protocol.batch_size):
             idx = torch.from_numpy(order[start : start + protocol.batch_size])
             x = (images[idx].to(device) - mean) / std
-            if augment is not None:
-                x = augment(x, augment_rng)
-            loss = F.cross_entropy(net(x), labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            yield (augment(x, augment_rng) if augment is not None else x), labels[idx].to(device)
+
+    for epoch in epochs:
+        images, labels = train_source(epoch)
+        train_epoch(net, opt, batches(images, labels, rng.permutation(len(labels))))
         sched.step()
         if checkpoint and epoch + 1 < protocol.epochs and time.monotonic() - last_save >= checkpoint_seconds:
             state.save(checkpoint, epoch + 1)
@@ -175,18 +172,12 @@ class _TrainingState:
         return int(saved["next_epoch"])
 
 
-def train_and_test(
-    train_source: TrainSource,
-    data: ImageClassificationData,
-    protocol: Protocol,
-    seed: int,
-    device: torch.device | str = "cpu",
-    show_progress: bool = False,
-    checkpoint: str | None = None,
-) -> float:
-    """``train_network``, then the trained network's accuracy on the test split."""
+def train_and_test(train_source: TrainSource, data: ImageClassificationData, protocol: Protocol, seed: int,
+                   device: torch.device | str = "cpu", **options) -> float:
+    """``train_network`` (``options``: its keyword arguments), then the trained network's accuracy
+    on the test split."""
     device = torch.device(device)
-    net = train_network(train_source, data, protocol, seed, device, show_progress, checkpoint).net
+    net = train_network(train_source, data, protocol, seed, device, **options).net
     mean, std = data.normalization_tensors(device)
     return test_accuracy(net, data, mean, std, device)
 
@@ -196,7 +187,7 @@ def model_source(model, num_per_class: int, seed: int, with_means: bool = False)
     means = model.mean_images() if with_means else None
 
     def source(epoch: int):
-        images, labels = model.sample(num_per_class, seed=class_seed(seed, 104729, epoch))
+        images, labels = model.sample(num_per_class, seed=class_seed(seed, EVAL_SAMPLES_STREAM, epoch))
         if means is None:
             return images, labels
         return torch.cat([images, means[0]]), torch.cat([labels, means[1]])

@@ -9,6 +9,7 @@ from ..errors import ArtifactError, ConfigError
 from ..modeling.modeling_d3 import D3Model
 from ..utils.io import looks_like_local_path
 from .access import hub_errors, looks_like_repo_id
+from .cards import REQUIRED_ARTIFACT_FILES
 from .datasets import epoch_sampled_iterable, sample_dataset
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def artifact_folder(repo_id_or_path: str, revision: str | None = None) -> str:
     if os.path.isdir(path):
         if revision is not None:
             raise ConfigError(f"revision={revision!r} only applies to Hub repos; {path} is a local folder.")
-        missing = [f for f in ("config.json", "model.safetensors") if not os.path.isfile(os.path.join(path, f))]
+        missing = [f for f in REQUIRED_ARTIFACT_FILES if not os.path.isfile(os.path.join(path, f))]
         if missing:
             raise ArtifactError(f"{path} has no {' and no '.join(missing)}; it is not a complete d3hf artifact.")
         return path

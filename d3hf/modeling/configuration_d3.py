@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 from ..errors import ArtifactError
+from ..utils.ranges import range_problems
 from .decoders import DecoderSpec
 
 
@@ -79,9 +80,10 @@ class D3Config(PreTrainedConfig):
             raise ArtifactError("class_names, priors_per_class and z_dim must all be non-empty / positive")
         if len(self.image_shape) != 3 or min(self.image_shape) < 1 or self.image_shape[0] not in (1, 3):
             raise ArtifactError(f"image_shape must be (C, H, W) with C in (1, 3); got {self.image_shape}")
-        flat = sorted(c for s in self.subtasks for c in s)
-        if flat != list(range(k)):
-            raise ArtifactError(f"subtasks must cover every class id 0..{k - 1} exactly once; got {self.subtasks}")
+        problems = range_problems((c for s in self.subtasks for c in s), k)
+        if problems:
+            raise ArtifactError(f"subtasks must cover every class id 0..{k - 1} exactly once ({problems}); "
+                                f"got {self.subtasks}")
         if len(self.decoders) != len(self.subtasks):
             raise ArtifactError(f"{len(self.subtasks)} subtasks need as many decoders; got {len(self.decoders)}")
         for spec in self.decoder_specs():

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 UPSAMPLE_KINDS = ("nearest", "transpose4", "transpose3")
+STEMS = ("linear", "reshape")
+OUTPUTS = ("sigmoid", "tanh")
 
 
 @dataclass
@@ -38,11 +40,19 @@ class DecoderSpec:
     stage_sizes: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self):
+        """Every rule a spec must follow (ValueError otherwise): an artifact's specs come from its
+        config.json, so these are also the load-time checks."""
+        self.z_dim = int(self.z_dim)
         self.out_shape = [int(v) for v in self.out_shape]
         self.channels = [int(v) for v in self.channels]
         self.start_hw = [int(v) for v in self.start_hw]
-        if self.upsample not in UPSAMPLE_KINDS:
-            raise ValueError(f"upsample must be one of {UPSAMPLE_KINDS}, got {self.upsample!r}")
+        if not self.channels or len(self.out_shape) != 3 or len(self.start_hw) != 2 \
+                or min([self.z_dim, *self.channels, *self.start_hw, *self.out_shape]) < 1:
+            raise ValueError(f"every size must be a positive integer, with out_shape (C, H, W) and start_hw (H, W); "
+                             f"got {self.to_dict()}")
+        if self.stem not in STEMS or self.output not in OUTPUTS or self.upsample not in UPSAMPLE_KINDS:
+            raise ValueError(f"stem must be one of {STEMS}, upsample one of {UPSAMPLE_KINDS}, output one of "
+                             f"{OUTPUTS}; got {self.stem!r}, {self.upsample!r}, {self.output!r}")
         if self.stem == "reshape" and self.z_dim != self.channels[0] * self.start_hw[0] * self.start_hw[1]:
             raise ValueError("a 'reshape' stem needs z_dim == channels[0] * h0 * w0")
         if not self.stage_sizes:
@@ -55,6 +65,8 @@ class DecoderSpec:
                 sizes = _halving_sizes(self.out_shape[1:], len(sizes))
             self.stage_sizes = sizes
         self.stage_sizes = [[int(a), int(b)] for a, b in self.stage_sizes]
+        if len(self.stage_sizes) != len(self.channels) - 1 or any(min(size) < 1 for size in self.stage_sizes):
+            raise ValueError(f"stage_sizes must give one positive (H, W) per upsampling stage; got {self.to_dict()}")
 
     def to_dict(self) -> dict:
         return asdict(self)

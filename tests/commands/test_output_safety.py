@@ -11,12 +11,11 @@ import time
 
 import datasets
 import pytest
-from test_cli import write_config
-from test_model import make_model
 
 from d3hf.commands.cli import main
 from d3hf.distill.config import SECTIONS
 from d3hf.utils.outputs import MARKER
+from tests.helpers import make_model, write_config
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,10 @@ import os
 import signal
 
 import pytest
-from conftest import tiny_args
-from test_engine import make_distiller
 
 from d3hf.distill.distiller import read_checkpoint
 from d3hf.utils import progress
+from tests.helpers import make_distiller, tiny_args
 
 
 def test_phases_follow_the_plan_skip_what_is_done_and_estimate_from_measured_rates(monkeypatch):

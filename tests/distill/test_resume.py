@@ -8,12 +8,11 @@ import sys
 
 import pytest
 import yaml
-from conftest import TINY
-from test_subtasks import SUBTASK_RUN, assert_same_weights, launch_two_processes, weights
 
 from d3hf.commands.cli import main
 from d3hf.distill.distiller import CHECKPOINT_NAME, read_checkpoint
 from d3hf.utils.io import CorruptFileError, read_checked, write_checked
+from tests.helpers import SUBTASK_RUN, TINY, assert_same_weights, launch_two_processes, weights
 
 pytestmark = pytest.mark.integration  # SIGKILLed runs in subprocesses
 

@@ -1,16 +1,10 @@
 """Subtask decomposition: partition, budget shares, per-subtask runs, aggregation, accelerate."""
 
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import TINY
-from safetensors.torch import load_file
 
 from d3hf import D3Model
 from d3hf.commands.cli import main
@@ -18,27 +12,12 @@ from d3hf.data.image_data import PixelMoments
 from d3hf.distill.aggregation import AggregationError, aggregate, aggregate_directories
 from d3hf.distill.budget import BudgetError, plan_subtasks
 from d3hf.distill.subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ACCELERATE_CONFIGS = os.path.join(REPO, "recipes", "accelerate_configs")
-# Two subtasks of 5 digits classes each; decoder width 2 fits each subtask's share of ipc 10.
-SUBTASK_RUN = {**TINY, "num_subtasks": 2, "decoder": "2", "num_experts": 1, "expert_epochs_total": 3,
-               "max_start_epoch": 1, "syn_steps": 2, "iterations": 3, "num_threads": 1}
+from tests import helpers
+from tests.helpers import ACCELERATE_CONFIGS, SUBTASK_RUN, assert_same_weights, launch_two_processes, weights
 
 
 def write_config(path, output_dir, **overrides) -> str:
-    path.write_text(yaml.safe_dump({**SUBTASK_RUN, "output_dir": str(output_dir), **overrides}))
-    return str(path)
-
-
-def weights(output_dir) -> dict[str, torch.Tensor]:
-    return load_file(os.path.join(output_dir, "artifact", "model.safetensors"))
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert sorted(a) == sorted(b)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    return helpers.write_config(path, output_dir, base=SUBTASK_RUN, **overrides)
 
 
 # ----------------------------------------------------------------------------- partition
@@ -202,25 +181,6 @@ def test_accelerate_configs_load_with_accelerates_own_loader():
         config = load_config_from_file(os.path.join(ACCELERATE_CONFIGS, name))
         assert (str(config.distributed_type).split(".")[-1], config.num_processes, config.num_machines) == \
             (kind, processes, machines), name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_two_processes(tmp_path, *args: str, program=("-m", "d3hf")) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of ``d3hf distill ARGS`` on two CPU processes (``program``: how the
-    command is started, e.g. a script path and its own arguments)."""
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TQDM_DISABLE": "1"}
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    return subprocess.run(
-        [accelerate, "launch", "--config_file", os.path.join(ACCELERATE_CONFIGS, "cpu_2proc.yaml"),
-         "--main_process_port", str(_free_port()), *program, "distill", *args],
-        env=env, capture_output=True, text=True, timeout=240,
-    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the trap exists on machines without GPUs")

@@ -1,6 +1,6 @@
 """Hub and datasets integration over real HTTP.
 
-A Hub-compatible server runs on loopback (tests/hub_server.py); the real huggingface_hub,
+A Hub-compatible server runs on loopback (tests/hub/server.py); the real huggingface_hub,
 transformers and datasets clients talk to it through HF_ENDPOINT with HF_HUB_DISABLE_XET=1.
 Nothing in those libraries is patched.
 """
@@ -18,15 +18,14 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
-from hub_server import HubServer
 from huggingface_hub import DatasetCard, HfApi, hf_hub_download
-from test_model import make_model
 from transformers import AutoModel
 
 from d3hf import D3Model, HubAccessError, generate_dataset, load_artifact, load_distilled, save_artifact
 from d3hf.commands.cli import main
 from d3hf.hub.push import push_artifact, push_synthetic_dataset
+from tests.helpers import TINY, make_model
+from tests.hub.server import HubServer
 
 
 def reload_hf_configuration() -> None:

@@ -7,32 +7,9 @@ import yaml
 from PIL import Image as PILImage
 
 import d3hf  # noqa: F401  (registers the "d3" model type with transformers' Auto classes)
-from d3hf import D3Config, D3Model, family_spec, load_distilled
+from d3hf import D3Model, family_spec, load_distilled
 from d3hf.hub.cards import sample_grid, save_artifact
-
-CLASS_NAMES = [f"digit{i}" for i in range(10)]
-
-
-def tiny_config(**overrides) -> D3Config:
-    """Digits-shaped config: 10 classes of 1x8x8, z 4, 2 priors per class, a width-4 decoder."""
-    kw = dict(
-        class_names=CLASS_NAMES,
-        image_shape=[1, 8, 8],
-        z_dim=4,
-        priors_per_class=2,
-        decoders=[family_spec([1, 8, 8], 4, 4).to_dict()],
-        normalization_mean=[0.3],
-        normalization_std=[0.37],
-        source={"source": "digits", "split_rule": "test rule"},
-        distillation={"seed": 0},
-    )
-    kw.update(overrides)
-    return D3Config(**kw)
-
-
-def make_model(seed=0, **overrides) -> D3Model:
-    torch.manual_seed(seed)
-    return D3Model(tiny_config(**overrides)).eval()
+from tests.helpers import CLASS_NAMES, make_model, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 import torch
-from conftest import tiny_args
 
 from d3hf.distill.aggregation import subtask_config
 from d3hf.distill.runner import build_config
 from d3hf.distill.warm_start import WarmStartSettings, kmeans, warm_start
 from d3hf.modeling.modeling_d3 import D3Model
+from tests.helpers import tiny_args
 
 
 def test_kmeans_finds_separated_blobs_and_is_seeded():
