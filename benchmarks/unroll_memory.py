@@ -102,8 +102,8 @@ def main() -> None:
                   f"checkpointed {by[(hi, True)] / by[(lo, True)]:.2f}x."]
     lines += ["", "Reading: `checkpoint_steps` runs the unroll as one autograd Function that keeps only the "
               "student's parameters after each inner step and recomputes each step (decode, inner loss, gradient) in "
-              "its backward pass, so the memory of the graph no longer grows with syn_steps. An earlier version built "
-              "on torch.utils.checkpoint (non-reentrant) still grew 2.91x from 10 to 40 steps: the double-backward "
+              "its backward pass, so the memory of the graph no longer grows with syn_steps. Built on "
+              "torch.utils.checkpoint (non-reentrant) instead, the unroll still grows 2.91x from 10 to 40 steps: the double-backward "
               "graph of `autograd.grad(create_graph=True)` escapes its saved-tensor hooks. Seconds are wall time of "
               "the cell and depend on what else runs on the machine; compare them only within one run of the grid."]
     with open(os.path.join(HERE, "unroll_memory.md"), "w") as f:

@@ -52,12 +52,12 @@ def write_report(mode: Mode, command: str) -> str:
              "sets).",
              *[f"- {n} scored on {text}." for text, n in sorted(machines.items())],
              *[f"- {sum(r.get('recovered_from') == source for r in results)} recovered from {source} "
-               "(`benchmarks/recover_cells.py`): scored on an earlier machine that was not recorded; their build and "
+               "(`benchmarks/recover_cells.py`): scored on a 2-core machine whose CPU model was not recorded; their build and "
                "evaluation seconds were kept, their cell time was not." for source in recovered],
              *([f"- Cell time: {sum(timed) / 60:.1f} min over the {len(timed)} cells timed whole."] if timed else []),
              *([f"- Left out: {len(stale)} records scored under settings that have changed since (a recipe or a "
                 "baseline setting); the grid scores those cells anew."] if stale else []),
-             *([f"- {cyclic} D3 cells were scored under the earlier prior draw (sample j of a class took prior j mod "
+             *([f"- {cyclic} D3 cells were scored under the cyclic prior draw (sample j of a class took prior j mod "
                 "lpc in every epoch, so where 20 samples do not divide evenly over the priors the first ones took one "
                 "sample more every epoch; marked * in the Cells table); the grid scores them anew."]
                if (cyclic := sum(r.get("prior_draw") == EARLIER_PRIOR_DRAW for r in results)) else []),

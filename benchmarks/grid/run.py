@@ -70,7 +70,7 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
         if os.path.exists(path):
             with open(path) as f:
                 earlier_draw = json.load(f).get("prior_draw") == EARLIER_PRIOR_DRAW
-            why = "it was scored under the earlier prior draw" if earlier_draw else "the recipe changed since it was scored"
+            why = "it was scored under the cyclic prior draw" if earlier_draw else "the recipe changed since it was scored"
             print(f"{cell_name(*key)}: {why}; scoring anew", file=sys.stderr)
         if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
             print(f"stopping after {max_minutes} minutes; run again to continue", file=sys.stderr)

@@ -8,18 +8,18 @@ from typing import Sequence
 
 from ..distill.config import SECTION_OF_KEY, SECTIONS, DistillArguments, defaults, did_you_mean, field_type
 from ..errors import ConfigError
+from .parsing import command_parser, parse
 
 RECIPE_HINT = "recipes/digits/quick.yaml"
 
 
 def distill_parser():
     """``d3hf distill``'s parser: every settings section's fields as flags, with their help."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(
-        tuple(SECTIONS.values()), prog="d3hf distill",
-        description="Distil a dataset into Gaussian latent priors and decoders (D3), evaluate the result and save "
-                    "the artifact. Settings come from CONFIG.yaml; flags override them.",
+    parser = command_parser(
+        "d3hf distill",
+        "Distil a dataset into Gaussian latent priors and decoders (D3), evaluate the result and save the "
+        "artifact. Settings come from CONFIG.yaml; flags override them.",
+        *SECTIONS.values(),
         epilog=f"Example: d3hf distill {RECIPE_HINT} --output_dir outputs/quick. Under accelerate: accelerate launch "
                "[--config_file recipes/accelerate_configs/X.yaml] -m d3hf distill CONFIG.yaml",
     )
@@ -54,8 +54,7 @@ def parse_distill_args(argv: Sequence[str]) -> DistillArguments:
     values = read_recipe(argv.pop(0)) if argv and not argv[0].startswith("-") else {}
     parser = distill_parser()
     parser.set_defaults(**{k: _as_field_value(k, v) for k, v in values.items()})
-    # argparse ends a bad flag with its usage and one error line (SystemExit 2, main's return code).
-    *sections, rest = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    *sections, rest = parse(parser, argv)
     if rest.config is not None:  # a recipe after the flags would be read as nothing at all
         raise ConfigError(f"Give the recipe first: d3hf distill {rest.config} [--key value ...].")
     return DistillArguments(*sections)

@@ -2,42 +2,48 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from dataclasses import fields
-from typing import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Optional, Sequence
 
 from ..distill.config import DataArguments
 from ..errors import ConfigError
+from .parsing import command_parser, parse
 
 # The settings that say which data a run read: all that evaluate needs of an artifact's record.
 DATA_KEYS = tuple(f.name for f in fields(DataArguments))
 
 
+@dataclass
+class EvaluateOptions:
+    images: Optional[str] = field(default=None, metadata={
+        "help": "evaluate a fixed image set instead: .npz with images (N,C,H,W) and labels"})
+    dataset: Optional[str] = field(default=None, metadata={"help": "defaults to the dataset recorded in the artifact"})
+    arch: str = field(default="convnet", metadata={
+        "choices": ["convnet", "resnet", "mlp"], "help": "network trained: ConvNet-3, ResNet-18 (both instance norm) "
+        "or an MLP"})
+    augment: str = field(default="none", metadata={"choices": ["none", "dsa"], "help": "none: P-noaug; dsa: P-dsa"})
+    epochs: Optional[int] = field(default=None, metadata={"help": "default: the protocol's (300, or 1000 with dsa)"})
+    seeds: int = field(default=3, metadata={"help": "networks trained, one per seed (mean and std reported)"})
+    num_per_class: int = field(default=20, metadata={"help": "fresh samples per class per epoch"})
+    with_prior_means: bool = field(default=False, metadata={"help": "also train on every prior's mean image each epoch"})
+    allow_unverified_test: bool = field(default=False, metadata={
+        "help": "evaluate even when the test split cannot be shown disjoint from the distillation rows"})
+    device: Optional[str] = field(default=None, metadata={
+        "help": "where the networks train, e.g. cpu or cuda:0; default: cuda when available"})
+
+
 def cmd_evaluate(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="d3hf evaluate", description="Train fresh networks on an artifact's samples "
-                                "(or a fixed image set) and test them on the real test split.")
+    p = command_parser("d3hf evaluate", "Train fresh networks on an artifact's samples (or a fixed image set) and "
+                       "test them on the real test split.", EvaluateOptions)
     p.add_argument("model", nargs="?", help="artifact folder or Hub id")
-    p.add_argument("--images", help="evaluate a fixed image set instead: .npz with images (N,C,H,W) and labels")
-    p.add_argument("--dataset", default=None, help="defaults to the dataset recorded in the artifact")
-    p.add_argument("--arch", default="convnet", choices=["convnet", "resnet", "mlp"],
-                   help="network trained: ConvNet-3, ResNet-18 (both instance norm) or an MLP")
-    p.add_argument("--augment", default="none", choices=["none", "dsa"], help="none: P-noaug; dsa: P-dsa")
-    p.add_argument("--epochs", type=int, default=None, help="default: the protocol's (300, or 1000 with dsa)")
-    p.add_argument("--seeds", type=int, default=3, help="networks trained, one per seed (mean and std reported)")
-    p.add_argument("--num_per_class", "--num-per-class", type=int, default=20, help="fresh samples per class per epoch")
-    p.add_argument("--with_prior_means", "--with-prior-means", action="store_true",
-                   help="also train on every prior's mean image each epoch")
-    p.add_argument("--allow_unverified_test", "--allow-unverified-test", action="store_true",
-                   help="evaluate even when the test split cannot be shown disjoint from the distillation rows")
-    p.add_argument("--device", default=None, help="where the networks train, e.g. cpu or cuda:0; default: "
-                   "cuda when available")
-    a = p.parse_args(list(argv))
-    if a.model is None and a.images is None:
+    a, positional = parse(p, argv)
+    model_path = positional.model
+    if model_path is None and a.images is None:
         raise ConfigError("Give an artifact (MODEL) or --images FILE.npz to evaluate.")
-    if a.model is not None and a.images is not None:
+    if model_path is not None and a.images is not None:
         raise ConfigError("Give either an artifact (MODEL) or --images FILE.npz, not both.")
     for flag, value in (("--epochs", a.epochs), ("--seeds", a.seeds), ("--num_per_class", a.num_per_class)):
         if value is not None and value < 1:
@@ -69,7 +75,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     else:
         from ..hub.load import load_artifact
 
-        model = load_artifact(a.model)
+        model = load_artifact(model_path)
         # Test on the dataset, columns and split recorded in the artifact unless told otherwise.
         recorded = {k: v for k, v in model.config.distillation.items() if k in DATA_KEYS}
         recorded["dataset"] = a.dataset or recorded.get("dataset", "mnist5k")
@@ -78,7 +84,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         make_source = lambda s: model_source(model, a.num_per_class, s, with_means=a.with_prior_means)  # noqa: E731
         method = "d3hf artifact" + (" (samples + prior means)" if a.with_prior_means else "")
     verified = check_test_split_disjoint(record, data, allow_unverified=a.allow_unverified_test)
-    eval_path = os.path.join(a.model, "eval.json") if a.model and os.path.isdir(a.model) else None
+    eval_path = os.path.join(model_path, "eval.json") if model_path and os.path.isdir(model_path) else None
     earlier = _read_evaluation(eval_path) if eval_path else None  # a broken file stops us before training
     result = evaluate(make_source, data, protocol, a.seeds, device=device, show_progress=True)
     result.update(method=method, dataset=data.source_info.get("source"), test_split_check=verified)
@@ -93,7 +99,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 
         evaluation = _with_result(earlier, result, recorded_dataset=model.config.source.get("source"))
         atomic_write_json(eval_path, evaluation)
-        write_card_and_samples(model, a.model, evaluation)
+        write_card_and_samples(model, model_path, evaluation)
     return 0
 
 

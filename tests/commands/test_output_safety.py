@@ -388,13 +388,30 @@ def test_every_flag_of_every_command_has_help(command, monkeypatch):
     def capture(parser, *args, **kwargs):
         raise Parsed(parser)
 
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", capture)  # what HfArgumentParser calls
     with pytest.raises(Parsed) as parsed:
         main([command, "--help"])
     parser = parsed.value.args[0]
     assert parser.prog == f"d3hf {command}" and parser.description
+    assert type(parser).__name__ == "HfArgumentParser"
     for action in parser._actions:
         assert action.help, f"d3hf {command} {action.option_strings or action.dest} has no help text"
+
+
+def test_generate_offers_every_format_the_library_writes():
+    from d3hf.commands.generate import FORMATS
+    from d3hf.hub.generate import GENERATE_FORMATS
+
+    assert FORMATS == GENERATE_FORMATS
+
+
+def test_an_unknown_flag_ends_with_usage_and_a_close_spelling(tmp_path, capsys):
+    assert main(["distill", write_config(tmp_path / "cfg.yaml", tmp_path / "out"), "--ipc_buget", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --ipc_buget (did you mean --ipc_budget?)" in err and "Traceback" not in err
+    assert main(["info", "x", "--revison", "main"]) == 2
+    assert "did you mean --revision?" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_log_lines_go_above_progress_bars(tmp_path, monkeypatch):
