@@ -20,6 +20,9 @@ from .sources import EMBEDDED_DATASETS, load_source
 
 logger = logging.getLogger(__name__)
 
+# Decoded train images kept in memory per task at most (``keep_train_in_memory``).
+DEFAULT_MEMORY_BYTES = 2 * 2**30
+
 # ----------------------------------------------------------------------------- images
 
 
@@ -133,6 +136,7 @@ class ImageClassificationData:
     _class_rows: list | None = None
     _stats: tuple | None = None
     _parent: "ImageClassificationData | None" = None
+    _train_pixels: np.ndarray | None = None  # the train split decoded once (``keep_train_in_memory``)
 
     @property
     def num_classes(self) -> int:
@@ -170,10 +174,31 @@ class ImageClassificationData:
             self._class_rows = [np.flatnonzero(labels == c) for c in range(self.num_classes)]
         return self._class_rows
 
+    def keep_train_in_memory(self, max_bytes: int = DEFAULT_MEMORY_BYTES) -> bool:
+        """Decode the whole train split once into a uint8 array that every later read indexes
+        (experts, warm start and the MMD term read the same rows many times over). Skipped, and
+        False returned, when the array would take more than ``max_bytes``."""
+        if self._train_pixels is not None:
+            return True
+        n = len(self.labels("train"))
+        size = n * int(np.prod(self.image_shape))
+        if size > max_bytes:
+            logger.info("Train split kept on disk: its %d images take %.0f MB decoded, over the %.0f MB allowed",
+                        n, size / 1e6, max_bytes / 1e6)
+            return False
+        pixels = np.empty((n, *self.image_shape), dtype=np.uint8)
+        for start in range(0, n, 1024):
+            rows = np.arange(start, min(start + 1024, n))
+            pixels[rows] = self.images_uint8(rows)
+        self._train_pixels = pixels
+        return True
+
     def images_uint8(self, indices: Sequence[int] | np.ndarray, split: str = "train") -> np.ndarray:
         """Decode the rows ``indices`` of a split to a uint8 array (N, C, H, W)."""
-        table = self.train if split == "train" else self.test
         indices = np.asarray(indices, dtype=np.int64)
+        if split == "train" and self._train_pixels is not None:
+            return self._train_pixels[indices]
+        table = self.train if split == "train" else self.test
         if len(indices) == 0:
             return np.zeros((0, *self.image_shape), dtype=np.uint8)
         try:
@@ -253,6 +278,8 @@ class ImageClassificationData:
             pixel_scale=self.pixel_scale,
         )
         view._train_labels = np.array([remap[int(v)] for v in self.labels("train")[keep_train]], dtype=np.int64)
+        if self._train_pixels is not None:
+            view._train_pixels = self._train_pixels[keep_train]
         view._parent = self  # a view is normalised like the whole dataset (computed there, lazily)
         view._stats = self._stats
         if self.test is not None:

@@ -205,6 +205,9 @@ def distill_subtask(
     view = data.subset(config.subtasks[index])
     timings: dict = {}
     t = time.perf_counter()
+    if view.keep_train_in_memory(args.run.memory_mb * 2**20):  # decoded once, read by every phase below
+        timings["decode_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     buffer = build_expert_buffer(view, expert_settings(sub_args, view.image_shape),
                                  _buffer_dir(args, index, num_subtasks, workdir), device=device,
                                  show_progress=show_progress, callbacks=callbacks)

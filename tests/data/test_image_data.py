@@ -152,3 +152,18 @@ def test_validation_split_is_carved_from_train_and_hides_the_test_split(digits):
     assert not train_rows & set(digits.test["source_row"])
     assert np.bincount(tuned.labels("test")).min() >= 1
     assert tuned.images_uint8([0], "test").shape == (1, 1, 8, 8)
+
+
+def test_train_split_in_memory_reads_the_same_pixels_and_views_share_them():
+    from d3hf import load_image_classification
+
+    on_disk, in_memory = load_image_classification("digits"), load_image_classification("digits")
+    assert in_memory.keep_train_in_memory()
+    rows = np.array([5, 0, 1436, 7])
+    np.testing.assert_array_equal(in_memory.images_uint8(rows), on_disk.images_uint8(rows))
+    view, disk_view = in_memory.subset([3, 7]), on_disk.subset([3, 7])
+    assert view._train_pixels is not None  # sliced from the whole split's copy, not decoded again
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    assert torch.equal(view.sample_class(1, 9, rng_a), disk_view.sample_class(1, 9, rng_b))
+    np.testing.assert_array_equal(in_memory.images_uint8([2], "test"), on_disk.images_uint8([2], "test"))
+    assert not load_image_classification("digits").keep_train_in_memory(max_bytes=1000)  # over the bound: on disk
