@@ -5,6 +5,8 @@ import socket
 import subprocess
 import sys
 
+import datasets
+import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -138,3 +140,35 @@ def launch_two_processes(tmp_path, *args: str, program=("-m", "d3hf")) -> subpro
          "--main_process_port", str(_free_port()), *program, "distill", *args],
         env=env, capture_output=True, text=True, timeout=240,
     )
+
+
+# ----------------------------------------------------------------------------- datasets
+
+IMAGE_LABEL = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+
+
+def labelled_images(rng, n_per_class=10, shape=(8, 8), classes=3):
+    """Random uint8 images, ``n_per_class`` of each class, and their labels."""
+    images = rng.integers(0, 256, (n_per_class * classes, *shape), dtype=np.uint8)
+    labels = np.repeat(np.arange(classes), n_per_class)
+    return images, labels
+
+
+def image_dataset(images, labels, features=IMAGE_LABEL):
+    """A ``datasets.Dataset`` of the images with a ``row_id`` column naming each row's source index."""
+    return datasets.Dataset.from_dict(
+        {"image": list(images), "label": labels, "row_id": np.arange(len(labels))},
+        features=datasets.Features({**features, "row_id": datasets.Value("int64")}),
+    )
+
+
+def as_chw(images):
+    """(N, H, W) or (N, H, W, C) images as (N, C, H, W)."""
+    return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+
+
+def check_rows_match(data, images, split="train"):
+    """Every loaded row decodes to the original image of its ``row_id``."""
+    table = data.train if split == "train" else data.test
+    rows = np.asarray(table["row_id"])
+    np.testing.assert_array_equal(data.images_uint8(np.arange(len(rows)), split), as_chw(images)[rows])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Sequence
@@ -69,6 +70,8 @@ def _as_field_value(key: str, value):
         return value
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, (dict, list)):  # a decoder spec or a partition, written as YAML structure
+        return json.dumps(value)
     return str(value)
 
 

@@ -62,8 +62,14 @@ def budget_scalars(ipc_budget: float, num_classes: int, image_shape) -> int:
 
 
 def _decoder_for(decoder, image_shape, z_dim: int) -> DecoderSpec:
-    if isinstance(decoder, dict):
-        return DecoderSpec.from_dict(decoder)
+    if isinstance(decoder, dict):  # a spec; z_dim and out_shape default to the run's
+        try:
+            spec = DecoderSpec.from_dict({"z_dim": z_dim, "out_shape": list(image_shape), **decoder})
+        except (TypeError, ValueError) as err:
+            raise BudgetError(f"decoder spec {decoder}: {err}") from None
+        if list(spec.out_shape) != list(image_shape):
+            raise BudgetError(f"decoder spec makes {spec.out_shape} images; the data is {list(image_shape)}")
+        return spec
     if isinstance(decoder, str) and decoder in ("small", "medium", "large"):
         spec = reference_spec(decoder)
         if list(spec.out_shape) != list(image_shape):

@@ -2,8 +2,9 @@
 
 ``d3hf distill CONFIG.yaml --key value`` parses them together with one ``HfArgumentParser``
 from one flat YAML, as alignment-handbook does: each key belongs to exactly one section, so a
-recipe never names sections. ``DistillArguments`` holds the six sections; each component
-receives only its own (the distiller ``MatchingArguments``, the experts ``ExpertArguments``).
+recipe never names sections. ``DistillArguments`` holds the six sections; the runner hands each
+component only what it uses (the distiller ``MatchingArguments`` and a seed, the experts an
+``ExpertSettings`` made from ``ExpertArguments``).
 Every value is checked when its section is built, the relations between sections when
 ``DistillArguments`` is, so a refused run does no work.
 """
@@ -17,10 +18,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Optional
 
 from ..errors import ConfigError
+from ..modeling.decoders import DecoderSpec
 
 # Named decoders of the reference code (3x64x64 output).
 NAMED_DECODERS = ("small", "medium", "large")
 SWITCHES = ("auto", "true", "false", "yes", "no", "on", "off", "1", "0")
+DECODER_SPEC_KEYS = tuple(f.name for f in fields(DecoderSpec))
 
 
 def setting(default: Any, help: str, **metadata) -> Any:
@@ -95,7 +98,8 @@ class RepresentationArguments(_Section):
     AT_LEAST = {"init_steps": 0, "num_subtasks": 1}
 
     ipc_budget: float = setting(1.0, "images per class of storage, counted in scalars")
-    decoder: str = setting("auto", "auto, an integer width, or small/medium/large")
+    decoder: str = setting("auto", "auto, an integer width, small/medium/large, or a decoder spec as a YAML "
+                           "mapping, e.g. {channels: [64, 32, 16], start_hw: [7, 7], upsample: transpose4}")
     lpc: str = setting("auto", "latent priors per class, or auto")
     z_dim: str = setting("auto", "latent size, or auto")
     soft_labels: bool = setting(False, "store a teacher's soft label per prior (counted)")
@@ -105,10 +109,30 @@ class RepresentationArguments(_Section):
     num_subtasks: int = setting(1, "split the classes into this many subtasks")
     subtasks: Optional[str] = setting(None, "explicit partition, e.g. [[0, 1], [2, 3]]")
 
+    def decoder_value(self) -> str | dict:
+        """``decoder`` as the budget planner takes it: a mapping for a spec, else the string."""
+        text = str(self.decoder).strip()
+        if not text.startswith("{"):
+            return text
+        import yaml
+
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError:
+            spec = None
+        if not isinstance(spec, dict):
+            _refuse("decoder", "a YAML mapping of decoder spec fields", self.decoder)
+        unknown = sorted(set(spec) - set(DECODER_SPEC_KEYS))
+        if unknown:
+            raise ConfigError(f"Config key 'decoder': unknown spec field(s) {unknown}; a spec has "
+                              f"{', '.join(DECODER_SPEC_KEYS)} (z_dim and out_shape default to the run's).")
+        return spec
+
     def check(self) -> None:
         _auto_or_positive_int("lpc", self.lpc)
         _auto_or_positive_int("z_dim", self.z_dim)
-        _auto_or_positive_int("decoder", self.decoder, NAMED_DECODERS)
+        if not isinstance(self.decoder_value(), dict):
+            _auto_or_positive_int("decoder", self.decoder, NAMED_DECODERS)
         if self.init == "vae" and self.init_steps < 1:
             raise ConfigError("init_steps must be >= 1 with init: vae; for no warm start, set init: random.")
 

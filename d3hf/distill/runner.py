@@ -65,20 +65,22 @@ def load_data(data: DataArguments, seed: int) -> ImageClassificationData:
 
 def resolve_partition(args: DistillArguments, num_classes: int) -> list[list[int]]:
     """The run's subtasks: the explicit ``subtasks`` list, or a balanced seeded partition."""
-    if args.representation.subtasks:
-        groups = yaml.safe_load(args.representation.subtasks) if isinstance(args.representation.subtasks, str) else args.representation.subtasks
+    rep = args.representation
+    if rep.subtasks:
+        groups = yaml.safe_load(rep.subtasks) if isinstance(rep.subtasks, str) else rep.subtasks
         if not isinstance(groups, list):
-            raise ConfigError(f"subtasks must be a list of lists of class ids, e.g. [[0, 1], [2, 3]]; got {args.representation.subtasks!r}")
+            raise ConfigError(f"subtasks must be a list of lists of class ids, e.g. [[0, 1], [2, 3]]; got {rep.subtasks!r}")
         return check_partition(groups, num_classes)
-    return partition_classes(num_classes, args.representation.num_subtasks, args.run.seed)
+    return partition_classes(num_classes, rep.num_subtasks, args.run.seed)
 
 
 def build_config(args: DistillArguments, data: ImageClassificationData,
                  partition: list[list[int]] | None = None) -> D3Config:
     """The whole artifact's config for this run; refuses a representation over ``ipc_budget``."""
     partition = partition if partition is not None else resolve_partition(args, data.num_classes)
-    plan = plan_subtasks(args.representation.ipc_budget, partition, data.image_shape, args.representation.z_dim, args.representation.decoder, args.representation.lpc,
-                         soft_labels=args.representation.soft_labels)
+    rep = args.representation
+    plan = plan_subtasks(rep.ipc_budget, partition, data.image_shape, rep.z_dim, rep.decoder_value(), rep.lpc,
+                         soft_labels=rep.soft_labels)
     mean, std = data.normalization()
     config = D3Config(
         class_names=data.class_names,
@@ -89,16 +91,16 @@ def build_config(args: DistillArguments, data: ImageClassificationData,
         subtasks=partition,
         normalization_mean=mean,
         normalization_std=std,
-        soft_labels=args.representation.soft_labels,
+        soft_labels=rep.soft_labels,
         source={**data.source_info, "num_train_rows": int(len(data.labels())), "train_fingerprint": data.fingerprint(),
                 **_train_rows_record(data)},
         distillation=args.to_dict(),
     )
     ledger = estimate_storage(config)
-    overruns = subtask_overruns(plan, partition, args.representation.ipc_budget, data.image_shape)
+    overruns = subtask_overruns(plan, partition, rep.ipc_budget, data.image_shape)
     if overruns or ledger.total_scalars > plan.budget_scalars:
         raise BudgetError(
-            f"This representation needs {ledger.total_scalars:,} scalars; ipc_budget {args.representation.ipc_budget} allows "
+            f"This representation needs {ledger.total_scalars:,} scalars; ipc_budget {rep.ipc_budget} allows "
             f"{plan.budget_scalars:,}, each subtask the share of its classes:\n" + "\n".join(overruns)
             + f"\n{ledger}\nLower lpc / z_dim / decoder width, use fewer subtasks, or raise ipc_budget."
         )
@@ -351,10 +353,11 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
 
 def _planned_phases(args: DistillArguments, num_subtasks: int, evaluates: bool) -> list[tuple[str, int]]:
     """The phases this process will show, with their units (a resumed run corrects them as it goes)."""
+    rep, ev = args.representation, args.evaluation
     per_subtask = [("experts", args.experts.num_experts * args.experts.expert_epochs_total),
-                   ("warm start", args.representation.init_steps if args.representation.init == "vae" else 0), ("distill", args.matching.iterations)]
+                   ("warm start", rep.init_steps if rep.init == "vae" else 0), ("distill", args.matching.iterations)]
     # The final evaluation trains one network per seed on the artifact, then as many on random real images.
-    evaluation = [("evaluate", args.evaluation.eval_epochs)] * (2 * args.evaluation.eval_seeds) if evaluates else []
+    evaluation = [("evaluate", ev.eval_epochs)] * (2 * ev.eval_seeds) if evaluates else []
     return per_subtask * num_subtasks + evaluation
 
 
@@ -380,11 +383,12 @@ def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, ar
 
     t = time.perf_counter()
     # Through named_protocol, so a recipe's shorter training is written into the protocol's name.
-    protocol = named_protocol("P-noaug", epochs=args.evaluation.eval_epochs, num_per_class=args.evaluation.eval_num_per_class)
-    d3 = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, args.evaluation.eval_seeds,
+    ev = args.evaluation
+    protocol = named_protocol("P-noaug", epochs=ev.eval_epochs, num_per_class=ev.eval_num_per_class)
+    d3 = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, ev.eval_seeds,
                   device=device, show_progress=show_progress)
     ipc = max(1, int(round(args.representation.ipc_budget)))
-    real = evaluate(lambda s: fixed_source(*random_real_images(data, ipc, s)), data, protocol, args.evaluation.eval_seeds,
+    real = evaluate(lambda s: fixed_source(*random_real_images(data, ipc, s)), data, protocol, ev.eval_seeds,
                     device=device, show_progress=show_progress)
     real["method"] = f"random real, {ipc} image(s) per class"
     d3["method"] = "d3hf artifact"

@@ -8,40 +8,21 @@ import pytest
 import torch
 
 from d3hf import DataError, load_image_classification
-
-IMAGE_LABEL = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
-
-
-def _labelled_images(rng, n_per_class=10, shape=(8, 8), classes=3):
-    images = rng.integers(0, 256, (n_per_class * classes, *shape), dtype=np.uint8)
-    labels = np.repeat(np.arange(classes), n_per_class)
-    return images, labels
-
-
-def _image_dataset(images, labels, features=IMAGE_LABEL):
-    return datasets.Dataset.from_dict(
-        {"image": list(images), "label": labels, "row_id": np.arange(len(labels))},
-        features=datasets.Features({**features, "row_id": datasets.Value("int64")}),
-    )
-
-
-def _as_chw(images):
-    return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-
+from tests.helpers import image_dataset, labelled_images
 
 # ----------------------------------------------------------------------------- errors
 
 
 @pytest.mark.parametrize("kwargs, missing", [({"image_column": "img"}, "img"), ({"label_column": "target"}, "target")])
 def test_missing_column_is_a_data_error_naming_it(tmp_path, rng, kwargs, missing):
-    images, labels = _labelled_images(rng)
-    _image_dataset(images, labels).save_to_disk(str(tmp_path / "ds"))
+    images, labels = labelled_images(rng)
+    image_dataset(images, labels).save_to_disk(str(tmp_path / "ds"))
     with pytest.raises(DataError, match=repr(missing)):
         load_image_classification(str(tmp_path / "ds"), **kwargs)
 
 
 def test_string_label_column_is_a_data_error(tmp_path, rng):
-    images, labels = _labelled_images(rng)
+    images, labels = labelled_images(rng)
     ds = datasets.Dataset.from_dict(
         {"image": list(images), "label": [f"class{v}" for v in labels]},
         features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}),

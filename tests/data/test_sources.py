@@ -8,33 +8,7 @@ from PIL import Image as PILImage
 from sklearn.model_selection import train_test_split
 
 from d3hf import DataError, load_image_classification
-
-IMAGE_LABEL = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
-
-
-def _labelled_images(rng, n_per_class=10, shape=(8, 8), classes=3):
-    images = rng.integers(0, 256, (n_per_class * classes, *shape), dtype=np.uint8)
-    labels = np.repeat(np.arange(classes), n_per_class)
-    return images, labels
-
-
-def _image_dataset(images, labels, features=IMAGE_LABEL):
-    return datasets.Dataset.from_dict(
-        {"image": list(images), "label": labels, "row_id": np.arange(len(labels))},
-        features=datasets.Features({**features, "row_id": datasets.Value("int64")}),
-    )
-
-
-def _as_chw(images):
-    return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-
-
-def _check_rows_match(data, images, split="train"):
-    """Every loaded row decodes to the original image of its ``row_id``."""
-    table = data.train if split == "train" else data.test
-    rows = np.asarray(table["row_id"])
-    np.testing.assert_array_equal(data.images_uint8(np.arange(len(rows)), split), _as_chw(images)[rows])
-
+from tests.helpers import check_rows_match, image_dataset, labelled_images
 
 # ----------------------------------------------------------------------------- embedded
 
@@ -85,8 +59,8 @@ def test_mnist5k_without_its_extra_names_the_extra_to_install(monkeypatch):
 
 
 def test_save_to_disk_dataset_gets_a_seeded_stratified_split(tmp_path, rng):
-    images, labels = _labelled_images(rng)
-    _image_dataset(images, labels).save_to_disk(str(tmp_path / "ds"))
+    images, labels = labelled_images(rng)
+    image_dataset(images, labels).save_to_disk(str(tmp_path / "ds"))
     data = load_image_classification(str(tmp_path / "ds"))
     assert data.class_names == ["a", "b", "c"]
     assert data.image_shape == (1, 8, 8)
@@ -94,8 +68,8 @@ def test_save_to_disk_dataset_gets_a_seeded_stratified_split(tmp_path, rng):
     assert np.bincount(data.labels("test")).tolist() == [2, 2, 2]  # stratified
     train_rows, test_rows = set(data.train["row_id"]), set(data.test["row_id"])
     assert not train_rows & test_rows and len(train_rows | test_rows) == 30
-    _check_rows_match(data, images, "train")
-    _check_rows_match(data, images, "test")
+    check_rows_match(data, images, "train")
+    check_rows_match(data, images, "test")
     # the same seed gives the same split, another seed another one
     again = load_image_classification(str(tmp_path / "ds"))
     assert again.train["row_id"] == data.train["row_id"]
@@ -104,8 +78,8 @@ def test_save_to_disk_dataset_gets_a_seeded_stratified_split(tmp_path, rng):
 
 
 def test_save_to_disk_dataset_dict_uses_its_own_splits(tmp_path, rng):
-    images, labels = _labelled_images(rng)
-    full = _image_dataset(images, labels)
+    images, labels = labelled_images(rng)
+    full = image_dataset(images, labels)
     datasets.DatasetDict({"train": full.select(range(0, 30, 2)), "test": full.select(range(1, 30, 2))}).save_to_disk(
         str(tmp_path / "dd")
     )
@@ -113,32 +87,32 @@ def test_save_to_disk_dataset_dict_uses_its_own_splits(tmp_path, rng):
     assert data.train["row_id"] == list(range(0, 30, 2))
     assert data.test["row_id"] == list(range(1, 30, 2))
     assert "own" in data.source_info["split_rule"]
-    _check_rows_match(data, images, "test")
+    check_rows_match(data, images, "test")
 
 
 def test_parquet_file(tmp_path, rng):
-    images, labels = _labelled_images(rng)
+    images, labels = labelled_images(rng)
     (tmp_path / "src").mkdir()
     path = tmp_path / "src" / "data.parquet"
-    _image_dataset(images, labels).to_parquet(str(path))
+    image_dataset(images, labels).to_parquet(str(path))
     data = load_image_classification(str(path))
     assert data.class_names == ["a", "b", "c"]
     assert len(data.labels("train")) + len(data.labels("test")) == 30
-    _check_rows_match(data, images)
+    check_rows_match(data, images)
 
 
 def test_parquet_file_split_does_not_depend_on_parent_folder_name(tmp_path, rng):
-    images, labels = _labelled_images(rng)
+    images, labels = labelled_images(rng)
     (tmp_path / "testing_runs").mkdir()
     path = tmp_path / "testing_runs" / "data.parquet"
-    _image_dataset(images, labels).to_parquet(str(path))
+    image_dataset(images, labels).to_parquet(str(path))
     data = load_image_classification(str(path))
     assert len(data.labels("train")) == 24
 
 
 def test_folder_of_parquet_files_keeps_train_and_test(tmp_path, rng):
-    images, labels = _labelled_images(rng)
-    full = _image_dataset(images, labels)
+    images, labels = labelled_images(rng)
+    full = image_dataset(images, labels)
     folder = tmp_path / "pq"
     folder.mkdir()
     full.select(range(0, 24)).to_parquet(str(folder / "train-00000-of-00001.parquet"))
@@ -146,7 +120,7 @@ def test_folder_of_parquet_files_keeps_train_and_test(tmp_path, rng):
     data = load_image_classification(str(folder))
     assert data.train["row_id"] == list(range(0, 24))
     assert data.test["row_id"] == list(range(24, 30))
-    _check_rows_match(data, images, "test")
+    check_rows_match(data, images, "test")
 
 
 def test_imagefolder_directory(tmp_path):
@@ -170,7 +144,7 @@ def test_float_array_images_in_unit_range(tmp_path, rng):
     labels = np.arange(12) % 3
     feats = datasets.Features({"image": datasets.Array3D((8, 8, 1), "float32"), "label": datasets.Value("int64")})
     datasets.DatasetDict(
-        {"train": _image_dataset(images[:9], labels[:9], feats), "test": _image_dataset(images[9:], labels[9:], feats)}
+        {"train": image_dataset(images[:9], labels[:9], feats), "test": image_dataset(images[9:], labels[9:], feats)}
     ).save_to_disk(str(tmp_path / "f"))
     data = load_image_classification(str(tmp_path / "f"))
     assert data.image_shape == (1, 8, 8)
@@ -184,7 +158,7 @@ def test_uint8_array_images_channels_first(tmp_path, rng):
     labels = np.arange(9) % 3
     feats = datasets.Features({"image": datasets.Array3D((3, 8, 8), "uint8"), "label": datasets.ClassLabel(names=["x", "y", "z"])})
     datasets.DatasetDict(
-        {"train": _image_dataset(images, labels, feats), "test": _image_dataset(images[:3], labels[:3], feats)}
+        {"train": image_dataset(images, labels, feats), "test": image_dataset(images[:3], labels[:3], feats)}
     ).save_to_disk(str(tmp_path / "u"))
     data = load_image_classification(str(tmp_path / "u"))
     assert data.image_shape == (3, 8, 8)
@@ -194,9 +168,9 @@ def test_uint8_array_images_channels_first(tmp_path, rng):
 def test_rgb_non_square_images(tmp_path, rng):
     images = rng.integers(0, 256, (12, 12, 16, 3), dtype=np.uint8)
     labels = np.arange(12) % 3
-    _image_dataset(images, labels).save_to_disk(str(tmp_path / "rgb"))
+    image_dataset(images, labels).save_to_disk(str(tmp_path / "rgb"))
     data = load_image_classification(str(tmp_path / "rgb"), test_size=0.25)
     assert data.image_shape == (3, 12, 16)
     x = data.images(np.arange(3))
     assert tuple(x.shape) == (3, 3, 12, 16)
-    _check_rows_match(data, images)
+    check_rows_match(data, images)
