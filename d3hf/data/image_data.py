@@ -229,11 +229,14 @@ class ImageClassificationData:
             idx = np.arange(start, min(start + batch_size, len(labels)))
             yield self.images(idx, split), torch.from_numpy(labels[idx])
 
+    def sample_class_rows(self, class_id: int, n: int, generator: np.random.Generator) -> np.ndarray:
+        """``n`` random train rows of one class (without replacement when possible), sorted."""
+        rows = self.class_rows[class_id]
+        return np.sort(generator.choice(rows, size=n, replace=n > len(rows)))
+
     def sample_class(self, class_id: int, n: int, generator: np.random.Generator, device=None) -> torch.Tensor:
         """``n`` random train images of one class (without replacement when possible)."""
-        rows = self.class_rows[class_id]
-        pick = generator.choice(rows, size=n, replace=n > len(rows))
-        return self.images(np.sort(pick), device=device)
+        return self.images(self.sample_class_rows(class_id, n, generator), device=device)
 
     def pixel_moments(self, rows: Sequence[int] | np.ndarray | None = None) -> PixelMoments:
         """Exact per-channel pixel sums over train ``rows`` (default: all), in uint8 units."""

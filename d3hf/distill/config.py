@@ -245,8 +245,8 @@ class RunArguments(_Section):
     # No fp16: the unrolled MTT backward would need loss scaling, which bf16's range makes unnecessary.
     mixed_precision: str = setting("no", "autocast dtype", choices=["no", "bf16"])
     num_threads: int = setting(0, "torch threads per process (0 = leave as is)")
-    memory_mb: int = setting(2048, "decoded train images kept in memory per subtask, at most (MB; 0 = decode "
-                             "them on every read)")
+    memory_mb: int = setting(2048, "decoded train images, and their features for the MMD term, kept in memory "
+                             "per subtask, each at most (MB; 0 = recompute them on every read)")
 
     def selected_subtasks(self) -> list[int] | None:
         """The sorted ``subtask_ids``, or None for every subtask; ValueError if they are not integers."""

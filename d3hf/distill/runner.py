@@ -219,7 +219,7 @@ def distill_subtask(
     torch.manual_seed(sub_args.run.seed)
     part = D3Model(subtask_config(config, index))
     distiller = Distiller(part, view, buffer, sub_args.matching, seed=sub_args.run.seed, device=device,
-                          autocast=autocast, callbacks=callbacks)
+                          autocast=autocast, callbacks=callbacks, memory_bytes=args.run.memory_mb * 2**20)
     if distiller.load_checkpoint(workdir):
         logger.info("Subtask %d: resuming at iteration %d", index, distiller.iteration)
     elif sub_args.representation.init == "vae":

@@ -231,3 +231,14 @@ def test_callbacks_see_each_expert_iteration_and_the_artifact_in_order(tmp_path)
     assert model is not None
     assert events == [("expert", 0, True), ("expert", 1, True), ("iteration", 1, True), ("iteration", 2, True),
                       ("iteration", 3, True), ("artifact", True, False)]
+
+
+def test_mmd_reads_real_features_embedded_once_as_it_would_compute_them(digits, digits_buffer):
+    args = tiny_args(mtt_weight=0.0)
+    cached = make_distiller(digits, digits_buffer, args)
+    fresh = make_distiller(digits, digits_buffer, args, memory_bytes=0)  # no room: embedded every iteration
+    assert cached.real_features is not None and fresh.real_features is None
+    assert cached.real_features.shape == (len(digits.labels()), cached.feature_net.feature_dim)
+    for _ in range(3):  # the same rows drawn, the same features to float tolerance, the same losses
+        a, b = cached.step(), fresh.step()
+        assert a["mmd"] == pytest.approx(b["mmd"], rel=1e-4, abs=1e-6)
