@@ -174,6 +174,11 @@ class ImageClassificationData:
             self._class_rows = [np.flatnonzero(labels == c) for c in range(self.num_classes)]
         return self._class_rows
 
+    @property
+    def train_in_memory(self) -> bool:
+        """Whether the train split was decoded into memory (``keep_train_in_memory``)."""
+        return self._train_pixels is not None
+
     def keep_train_in_memory(self, max_bytes: int = DEFAULT_MEMORY_BYTES) -> bool:
         """Decode the whole train split once into a uint8 array that every later read indexes
         (experts, warm start and the MMD term read the same rows many times over). Skipped, and

@@ -212,7 +212,8 @@ def distill_subtask(
     t = time.perf_counter()
     buffer = build_expert_buffer(view, expert_settings(sub_args, view.image_shape),
                                  _buffer_dir(args, index, num_subtasks, workdir), device=device,
-                                 show_progress=show_progress, callbacks=callbacks)
+                                 show_progress=show_progress, callbacks=callbacks,
+                                 workers=args.run.expert_workers or torch.get_num_threads())
     timings["experts_s"] = time.perf_counter() - t
     timings["expert_buffer_bytes"] = buffer.size_on_disk()
 

@@ -32,6 +32,23 @@ def test_buffer_has_the_requested_trajectories(digits_buffer):
     assert s.depth == 2 and s.width == 8
 
 
+def test_experts_trained_at_once_equal_experts_trained_one_by_one(digits, tmp_path):
+    view = digits.subset(range(10))
+    assert view.keep_train_in_memory()
+    settings = expert_settings(tiny_args(num_experts=3))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_by_one = build_expert_buffer(view, settings, str(tmp_path / "a"), show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    at_once = build_expert_buffer(view, settings, str(tmp_path / "b"), show_progress=False, workers=3)
+    assert torch.get_num_threads() == threads  # restored
+    for i in range(3):
+        for epoch in one_by_one.kept_epochs:
+            assert torch.equal(one_by_one.snapshot(i, epoch), at_once.snapshot(i, epoch)), (i, epoch)
+
+
 def test_distillation_lowers_the_loss(digits, digits_buffer):
     args = tiny_args(iterations=50)
     distiller = make_distiller(digits, digits_buffer, args)
