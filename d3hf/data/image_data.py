@@ -174,6 +174,11 @@ class ImageClassificationData:
             self._class_rows = [np.flatnonzero(labels == c) for c in range(self.num_classes)]
         return self._class_rows
 
+    @property
+    def train_in_memory(self) -> bool:
+        """Whether the train split was decoded into memory (``keep_train_in_memory``)."""
+        return self._train_pixels is not None
+
     def keep_train_in_memory(self, max_bytes: int = DEFAULT_MEMORY_BYTES) -> bool:
         """Decode the whole train split once into a uint8 array that every later read indexes
         (experts, warm start and the MMD term read the same rows many times over). Skipped, and
@@ -229,11 +234,14 @@ class ImageClassificationData:
             idx = np.arange(start, min(start + batch_size, len(labels)))
             yield self.images(idx, split), torch.from_numpy(labels[idx])
 
+    def sample_class_rows(self, class_id: int, n: int, generator: np.random.Generator) -> np.ndarray:
+        """``n`` random train rows of one class (without replacement when possible), sorted."""
+        rows = self.class_rows[class_id]
+        return np.sort(generator.choice(rows, size=n, replace=n > len(rows)))
+
     def sample_class(self, class_id: int, n: int, generator: np.random.Generator, device=None) -> torch.Tensor:
         """``n`` random train images of one class (without replacement when possible)."""
-        rows = self.class_rows[class_id]
-        pick = generator.choice(rows, size=n, replace=n > len(rows))
-        return self.images(np.sort(pick), device=device)
+        return self.images(self.sample_class_rows(class_id, n, generator), device=device)
 
     def pixel_moments(self, rows: Sequence[int] | np.ndarray | None = None) -> PixelMoments:
         """Exact per-channel pixel sums over train ``rows`` (default: all), in uint8 units."""

@@ -228,9 +228,9 @@ class RunArguments(_Section):
     """Where and how this run executes: folders, seed, devices, checkpoints, logs."""
 
     _argument_group_name = "run (folders, seed, devices, checkpoints, logs)"  # a --help heading
-    AT_LEAST = {"checkpoint_every": 0, "log_every": 0, "num_threads": 0, "memory_mb": 0}
+    AT_LEAST = {"checkpoint_every": 0, "log_every": 0, "num_threads": 0, "expert_workers": 0, "memory_mb": 0}
     BOOKKEEPING = ("output_dir", "overwrite_output_dir", "subtask_ids", "checkpoint_every", "log_every", "num_threads",
-                   "memory_mb")
+                   "expert_workers", "memory_mb")
 
     output_dir: str = setting("outputs/d3", "may contain {process_index}: one folder per process, no shared disk")
     overwrite_output_dir: bool = setting(
@@ -245,8 +245,10 @@ class RunArguments(_Section):
     # No fp16: the unrolled MTT backward would need loss scaling, which bf16's range makes unnecessary.
     mixed_precision: str = setting("no", "autocast dtype", choices=["no", "bf16"])
     num_threads: int = setting(0, "torch threads per process (0 = leave as is)")
-    memory_mb: int = setting(2048, "decoded train images kept in memory per subtask, at most (MB; 0 = decode "
-                             "them on every read)")
+    expert_workers: int = setting(0, "experts trained at once on the CPU, one thread each (0 = as many as this "
+                                  "process has torch threads)")
+    memory_mb: int = setting(2048, "decoded train images, and their features for the MMD term, kept in memory "
+                             "per subtask, each at most (MB; 0 = recompute them on every read)")
 
     def selected_subtasks(self) -> list[int] | None:
         """The sorted ``subtask_ids``, or None for every subtask; ValueError if they are not integers."""

@@ -116,6 +116,7 @@ class Distiller:
         device: torch.device | str | None = None,
         autocast=None,
         callbacks: Sequence[DistillCallback] = (),
+        memory_bytes: int = 2 * 2**30,
     ):
         self.args = args
         self.callbacks = list(callbacks)
@@ -142,6 +143,21 @@ class Distiller:
         self.bandwidths = args.bandwidths()
         self.seconds: dict[str, float] = {}  # wall time per part of the iteration, for the speed report
         self._first_iteration = 0
+        self.real_features = self._embed_train_rows(memory_bytes) if args.mmd_weight > 0 else None
+
+    def _embed_train_rows(self, memory_bytes: int, batch_size: int = 512) -> torch.Tensor | None:
+        """Every train row's features under the fixed feature network, computed once (the MMD
+        term's real side then costs an index instead of a forward pass per iteration), or None
+        when they would take more than ``memory_bytes``."""
+        n = len(self.data.labels())
+        if n * self.feature_net.feature_dim * 4 > memory_bytes:
+            return None
+        chunks = []
+        with torch.no_grad(), self.autocast():
+            for start in range(0, n, batch_size):
+                real = self.data.images(np.arange(start, min(start + batch_size, n)), device=self.device)
+                chunks.append(self.feature_net.embed((real - self.mean) / self.std).float())
+        return torch.cat(chunks)
 
     # ------------------------------------------------------------------ one iteration
 
@@ -188,10 +204,14 @@ class Distiller:
         n = max(2, a.mmd_samples)
         ids = self._prior_choice(classes, n)
         noise = torch.randn(len(ids), self.model.config.z_dim, generator=self.generator)
-        real = torch.cat([self.data.sample_class(c, n, self.np_rng) for c in classes]).to(self.device)
+        rows = [self.data.sample_class_rows(c, n, self.np_rng) for c in classes]
         with self.autocast():
             syn_feat = self.feature_net.embed(self._decode(ids, noise)).float()
-            real_feat = self.feature_net.embed((real - self.mean) / self.std).float()
+            if self.real_features is not None:  # the network is fixed: the real side was embedded once
+                real_feat = self.real_features[torch.from_numpy(np.concatenate(rows)).to(self.device)]
+            else:
+                real = self.data.images(np.concatenate(rows), device=self.device)
+                real_feat = self.feature_net.embed((real - self.mean) / self.std).float()
         losses, stats = [], {"kxx": 0.0, "kyy": 0.0, "kxy": 0.0}
         for k in range(len(classes)):
             rows = slice(k * n, (k + 1) * n)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,6 +27,7 @@ from ..utils.seeding import EXPERT_STREAM, class_seed
 from .callbacks import DistillCallback, fire
 
 logger = logging.getLogger(__name__)
+_GLOBAL_RNG = threading.Lock()
 
 
 @dataclass
@@ -106,15 +109,17 @@ def train_one_expert(
 ) -> dict[str, torch.Tensor]:
     """Train expert ``index`` and return its kept snapshots as ``{"epoch_<e>": flat params}``."""
     seed = class_seed(settings.seed, EXPERT_STREAM, index)
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = ConvNet(data.image_shape, data.num_classes, settings.depth, settings.width).to(device)
+    with _GLOBAL_RNG:  # layer init draws from torch's global generator: one expert at a time seeds and uses it
+        torch.manual_seed(seed)
+        net = ConvNet(data.image_shape, data.num_classes, settings.depth, settings.width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=settings.momentum,
                           weight_decay=settings.weight_decay)
     mean, std = data.normalization_tensors(device)
     labels = data.labels()
     dtype = getattr(torch, settings.dtype)
     kept = {"epoch_0": flat_parameters(net).to(dtype).cpu()}
+
     def batches(order: np.ndarray):
         for start in range(0, len(order), settings.batch_size):
             idx = np.sort(order[start : start + settings.batch_size])  # sorted: Arrow reads rows in order
@@ -137,12 +142,15 @@ def build_expert_buffer(
     experts: list[int] | None = None,
     show_progress: bool = True,
     callbacks: Sequence[DistillCallback] = (),
+    workers: int = 1,
 ) -> ExpertBuffer | None:
     """Train (or reuse) the experts in ``path``; finished experts are never retrained.
 
     A buffer whose recorded settings and data fingerprint match is reused as is; otherwise
     stale files are replaced. ``experts`` limits the work to some indices (for splitting it
     across processes); the buffer is returned once every index has been built, else None.
+    With ``workers`` > 1 on the CPU (and the train split in memory), that many experts train at
+    once, each on one thread: the same experts as ``workers=1`` at one torch thread.
     """
     from ..utils.progress import bar as progress_bar
 
@@ -163,14 +171,31 @@ def build_expert_buffer(
     todo = [i for i in (experts if experts is not None else range(settings.num_experts)) if i not in done["finished"]]
     device = torch.device(device)
     bar = progress_bar("experts", total=len(todo) * settings.epochs, disable=not show_progress or not todo)
-    for i in todo:
-        kept = train_one_expert(data, settings, i, device, progress=bar)
+
+    def save(i: int, kept: dict[str, torch.Tensor]) -> None:
         with atomic_path(os.path.join(path, f"expert_{i}.safetensors")) as tmp:
             save_file(kept, tmp, metadata={"epochs": str(settings.epochs)})
             done["sha256"][str(i)] = file_sha256(tmp)
         done["finished"].append(i)
         atomic_write_json(meta_path, done)
         fire(callbacks, "on_expert_saved", i, os.path.join(path, f"expert_{i}.safetensors"))
+
+    workers = min(workers, len(todo))
+    if workers > 1 and device.type == "cpu" and data.train_in_memory:
+        # Small networks use a core each far better than two cores together: one thread per
+        # expert, several experts at once (torch releases the GIL inside its kernels).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                futures = {pool.submit(train_one_expert, data, settings, i, device, bar): i for i in todo}
+                for future in as_completed(futures):
+                    save(futures[future], future.result())
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        for i in todo:
+            save(i, train_one_expert(data, settings, i, device, progress=bar))
     bar.close()
     if sorted(done["finished"]) == list(range(settings.num_experts)):
         kept_epochs = list(range(settings.keep_epochs + 1)) + (

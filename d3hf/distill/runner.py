@@ -212,14 +212,15 @@ def distill_subtask(
     t = time.perf_counter()
     buffer = build_expert_buffer(view, expert_settings(sub_args, view.image_shape),
                                  _buffer_dir(args, index, num_subtasks, workdir), device=device,
-                                 show_progress=show_progress, callbacks=callbacks)
+                                 show_progress=show_progress, callbacks=callbacks,
+                                 workers=args.run.expert_workers or torch.get_num_threads())
     timings["experts_s"] = time.perf_counter() - t
     timings["expert_buffer_bytes"] = buffer.size_on_disk()
 
     torch.manual_seed(sub_args.run.seed)
     part = D3Model(subtask_config(config, index))
     distiller = Distiller(part, view, buffer, sub_args.matching, seed=sub_args.run.seed, device=device,
-                          autocast=autocast, callbacks=callbacks)
+                          autocast=autocast, callbacks=callbacks, memory_bytes=args.run.memory_mb * 2**20)
     if distiller.load_checkpoint(workdir):
         logger.info("Subtask %d: resuming at iteration %d", index, distiller.iteration)
     elif sub_args.representation.init == "vae":

@@ -32,6 +32,23 @@ def test_buffer_has_the_requested_trajectories(digits_buffer):
     assert s.depth == 2 and s.width == 8
 
 
+def test_experts_trained_at_once_equal_experts_trained_one_by_one(digits, tmp_path):
+    view = digits.subset(range(10))
+    assert view.keep_train_in_memory()
+    settings = expert_settings(tiny_args(num_experts=3))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_by_one = build_expert_buffer(view, settings, str(tmp_path / "a"), show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    at_once = build_expert_buffer(view, settings, str(tmp_path / "b"), show_progress=False, workers=3)
+    assert torch.get_num_threads() == threads  # restored
+    for i in range(3):
+        for epoch in one_by_one.kept_epochs:
+            assert torch.equal(one_by_one.snapshot(i, epoch), at_once.snapshot(i, epoch)), (i, epoch)
+
+
 def test_distillation_lowers_the_loss(digits, digits_buffer):
     args = tiny_args(iterations=50)
     distiller = make_distiller(digits, digits_buffer, args)
@@ -231,3 +248,14 @@ def test_callbacks_see_each_expert_iteration_and_the_artifact_in_order(tmp_path)
     assert model is not None
     assert events == [("expert", 0, True), ("expert", 1, True), ("iteration", 1, True), ("iteration", 2, True),
                       ("iteration", 3, True), ("artifact", True, False)]
+
+
+def test_mmd_reads_real_features_embedded_once_as_it_would_compute_them(digits, digits_buffer):
+    args = tiny_args(mtt_weight=0.0)
+    cached = make_distiller(digits, digits_buffer, args)
+    fresh = make_distiller(digits, digits_buffer, args, memory_bytes=0)  # no room: embedded every iteration
+    assert cached.real_features is not None and fresh.real_features is None
+    assert cached.real_features.shape == (len(digits.labels()), cached.feature_net.feature_dim)
+    for _ in range(3):  # the same rows drawn, the same features to float tolerance, the same losses
+        a, b = cached.step(), fresh.step()
+        assert a["mmd"] == pytest.approx(b["mmd"], rel=1e-4, abs=1e-6)
