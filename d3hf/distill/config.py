@@ -18,12 +18,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Optional
 
 from ..errors import ConfigError
-from ..modeling.decoders import DecoderSpec
 
 # Named decoders of the reference code (3x64x64 output).
 NAMED_DECODERS = ("small", "medium", "large")
 SWITCHES = ("auto", "true", "false", "yes", "no", "on", "off", "1", "0")
-DECODER_SPEC_KEYS = tuple(f.name for f in fields(DecoderSpec))
 
 
 def setting(default: Any, help: str, **metadata) -> Any:
@@ -122,10 +120,13 @@ class RepresentationArguments(_Section):
             spec = None
         if not isinstance(spec, dict):
             _refuse("decoder", "a YAML mapping of decoder spec fields", self.decoder)
-        unknown = sorted(set(spec) - set(DECODER_SPEC_KEYS))
+        from ..modeling.decoders import DecoderSpec  # here, not above: the command line's help loads no torch
+
+        known = [f.name for f in fields(DecoderSpec)]
+        unknown = sorted(set(spec) - set(known))
         if unknown:
             raise ConfigError(f"Config key 'decoder': unknown spec field(s) {unknown}; a spec has "
-                              f"{', '.join(DECODER_SPEC_KEYS)} (z_dim and out_shape default to the run's).")
+                              f"{', '.join(known)} (z_dim and out_shape default to the run's).")
         return spec
 
     def check(self) -> None:
