@@ -65,15 +65,10 @@ class DownstreamArguments:
 
 def recorded_data(artifact: D3Model) -> ImageClassificationData:
     """The real dataset, columns and train/test split the artifact was distilled from."""
-    from dataclasses import fields
-
-    from d3hf.distill.config import DataArguments
-    from d3hf.distill.runner import load_data
+    from d3hf.distill.runner import load_recorded_data
 
     recorded = artifact.config.distillation
-    keys = {f.name: recorded[f.name] for f in fields(DataArguments) if f.name in recorded}
-    keys.setdefault("dataset", artifact.config.source.get("source"))
-    return load_data(DataArguments(**keys), seed=recorded.get("seed", 0))
+    return load_recorded_data(recorded, None if "dataset" in recorded else artifact.config.source.get("source"))
 
 
 def real_training_set(data: ImageClassificationData, ipc: int, rows_per_class: int, seed: int):

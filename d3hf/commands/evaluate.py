@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..distill.config import DataArguments
 from ..errors import ConfigError
 from .parsing import command_parser, parse
-
-# The settings that say which data a run read: all that evaluate needs of an artifact's record.
-DATA_KEYS = tuple(f.name for f in fields(DataArguments))
 
 
 @dataclass
@@ -50,7 +47,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
             raise ConfigError(f"{flag} must be at least 1; got {value}.")
     device = _device(a.device)
     from ..data.provenance import check_test_split_disjoint
-    from ..distill.runner import load_data
+    from ..distill.runner import load_data, load_recorded_data
     from ..errors import DataError
     from ..evaluation.protocols import named_protocol
     from ..evaluation.training import evaluate, fixed_source, model_source
@@ -77,9 +74,8 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 
         model = load_artifact(model_path)
         # Test on the dataset, columns and split recorded in the artifact unless told otherwise.
-        recorded = {k: v for k, v in model.config.distillation.items() if k in DATA_KEYS}
-        recorded["dataset"] = a.dataset or recorded.get("dataset", "mnist5k")
-        data = load_data(DataArguments(**recorded), seed=model.config.distillation.get("seed", 0))
+        recorded = model.config.distillation
+        data = load_recorded_data(recorded, a.dataset or recorded.get("dataset", "mnist5k"))
         record = model.config.source
         make_source = lambda s: model_source(model, a.num_per_class, s, with_means=a.with_prior_means)  # noqa: E731
         method = "d3hf artifact" + (" (samples + prior means)" if a.with_prior_means else "")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.image_data import ImageClassificationData
+from ..data.image_data import DEFAULT_MEMORY_BYTES, ImageClassificationData
 from ..errors import D3HFError
 from ..modeling.modeling_d3 import D3Model
 from ..nn.networks import ConvNet
@@ -116,7 +116,7 @@ class Distiller:
         device: torch.device | str | None = None,
         autocast=None,
         callbacks: Sequence[DistillCallback] = (),
-        memory_bytes: int = 2 * 2**30,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
     ):
         self.args = args
         self.callbacks = list(callbacks)
@@ -152,12 +152,9 @@ class Distiller:
         n = len(self.data.labels())
         if n * self.feature_net.feature_dim * 4 > memory_bytes:
             return None
-        chunks = []
         with torch.no_grad(), self.autocast():
-            for start in range(0, n, batch_size):
-                real = self.data.images(np.arange(start, min(start + batch_size, n)), device=self.device)
-                chunks.append(self.feature_net.embed((real - self.mean) / self.std).float())
-        return torch.cat(chunks)
+            return torch.cat([self.feature_net.embed((real.to(self.device) - self.mean) / self.std).float()
+                              for real, _ in self.data.iter_batches("train", batch_size)])
 
     # ------------------------------------------------------------------ one iteration
 

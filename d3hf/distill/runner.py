@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -61,6 +62,15 @@ def load_data(data: DataArguments, seed: int) -> ImageClassificationData:
         revision=data.dataset_revision,
     )
     return loaded.with_validation_split(data.validation_size, seed) if data.validation_size > 0 else loaded
+
+
+def load_recorded_data(distillation: dict, dataset: str | None = None) -> ImageClassificationData:
+    """The dataset, columns and split an artifact records in ``config.distillation`` (its flat
+    settings), with ``dataset`` instead of the recorded one when given."""
+    keys = {f.name: distillation[f.name] for f in fields(DataArguments) if f.name in distillation}
+    if dataset is not None:
+        keys["dataset"] = dataset
+    return load_data(DataArguments(**keys), seed=distillation.get("seed", 0))
 
 
 def resolve_partition(args: DistillArguments, num_classes: int) -> list[list[int]]:
