@@ -5,7 +5,7 @@ B = ipc_budget * K * C * H * W scalars:
 
 1. ``z_dim``: the largest of 4, 8, 16, 32, 64 whose priors at one prior per class
    (K * 2 * z_dim scalars) take at most 10 % of B (at least 4).
-2. ``decoder``: the default family (``decoders.family_spec``) at the largest integer width for
+2. ``decoder``: the chosen family (``decoders.family_spec``) at the largest integer width for
    which S decoders plus a target number of priors fit in B; the target is one prior per
    class, or as many as 25 % of B holds (at most ``MAX_AUTO_LPC``) when that is more.
 3. ``lpc``: then fill what the decoders leave: floor((B - decoders) / prior_cost), at most
@@ -61,7 +61,7 @@ def budget_scalars(ipc_budget: float, num_classes: int, image_shape) -> int:
     return int(ipc_budget * num_classes * c * h * w)
 
 
-def _decoder_for(decoder, image_shape, z_dim: int) -> DecoderSpec:
+def _decoder_for(decoder, image_shape, z_dim: int, family: str) -> DecoderSpec:
     if isinstance(decoder, dict):  # a spec; z_dim and out_shape default to the run's
         try:
             spec = DecoderSpec.from_dict({"z_dim": z_dim, "out_shape": list(image_shape), **decoder})
@@ -81,7 +81,7 @@ def _decoder_for(decoder, image_shape, z_dim: int) -> DecoderSpec:
         raise BudgetError(f"decoder must be 'auto', an integer width, or small/medium/large; got {decoder!r}")
     if width < 1:
         raise BudgetError(f"decoder width must be >= 1; got {width}")
-    return family_spec(image_shape, z_dim, width)
+    return family_spec(image_shape, z_dim, width, family)
 
 
 def plan_representation(
@@ -94,11 +94,13 @@ def plan_representation(
     lpc="auto",
     soft_labels: bool = False,
     label_dim: int | None = None,
+    family: str = "nearest",
 ) -> Plan:
     """Resolve ``auto`` values by the module's rule; refuse what cannot fit ``ipc_budget``.
 
     With ``soft_labels`` each prior also costs ``label_dim`` (default ``num_classes``)
-    scalars: its stored soft label.
+    scalars: its stored soft label. ``family`` names the decoder family an ``auto`` or integer
+    ``decoder`` is taken from.
     """
     budget = budget_scalars(ipc_budget, num_classes, image_shape)
     if z_dim == "auto":
@@ -115,18 +117,18 @@ def plan_representation(
             target = int(lpc)
         room = budget - target * per_prior
         width = 0
-        while num_subtasks * family_spec(image_shape, z_dim, width + 1).num_parameters() <= room:
+        while num_subtasks * family_spec(image_shape, z_dim, width + 1, family).num_parameters() <= room:
             width += 1
         if width == 0:
-            smallest = num_subtasks * family_spec(image_shape, z_dim, 1).num_parameters() + target * per_prior
+            smallest = num_subtasks * family_spec(image_shape, z_dim, 1, family).num_parameters() + target * per_prior
             raise BudgetError(
                 f"ipc_budget {ipc_budget} gives {budget:,} scalars, but the smallest decoder"
                 f"{'s' if num_subtasks > 1 else ''} plus {target} prior(s) per class need {smallest:,}. "
                 "Raise ipc_budget, lower z_dim, or use fewer subtasks."
             )
-        spec = family_spec(image_shape, z_dim, width)
+        spec = family_spec(image_shape, z_dim, width, family)
     else:
-        spec = _decoder_for(decoder, image_shape, z_dim)
+        spec = _decoder_for(decoder, image_shape, z_dim, family)
         if spec.z_dim != z_dim:
             z_dim = spec.z_dim
             per_prior = prior_cost(num_classes, z_dim, soft_labels, label_dim)
@@ -146,6 +148,7 @@ def plan_subtasks(
     decoder="auto",
     lpc="auto",
     soft_labels: bool = False,
+    family: str = "nearest",
 ) -> Plan:
     """One representation for every subtask: each subtask's decoder and priors must fit the
     share of ``ipc_budget`` its classes bring (``ipc_budget`` images per class).
@@ -158,7 +161,7 @@ def plan_subtasks(
     smallest = min(range(len(subtasks)), key=lambda k: len(subtasks[k]))
     try:
         one = plan_representation(ipc_budget, len(subtasks[smallest]), image_shape, 1, z_dim, decoder, lpc,
-                                  soft_labels, label_dim=num_classes)
+                                  soft_labels, label_dim=num_classes, family=family)
     except BudgetError as err:
         raise BudgetError(f"Subtask {smallest} ({len(subtasks[smallest])} classes) gets "
                           f"{budget_scalars(ipc_budget, len(subtasks[smallest]), image_shape):,} scalars of the "

@@ -27,7 +27,7 @@ from ..utils.progress import run_progress
 from .aggregation import aggregate, subtask_config
 from .budget import BudgetError, plan_subtasks, subtask_overruns
 from .callbacks import DistillCallback, fire
-from .config import DataArguments, DistillArguments
+from .config import DataArguments, DistillArguments, defaults
 from .distiller import Distiller
 from .experts import ExpertSettings, build_expert_buffer
 from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
@@ -90,7 +90,7 @@ def build_config(args: DistillArguments, data: ImageClassificationData,
     partition = partition if partition is not None else resolve_partition(args, data.num_classes)
     rep = args.representation
     plan = plan_subtasks(rep.ipc_budget, partition, data.image_shape, rep.z_dim, rep.decoder_value(), rep.lpc,
-                         soft_labels=rep.soft_labels)
+                         soft_labels=rep.soft_labels, family=rep.decoder_family)
     mean, std = data.normalization()
     config = D3Config(
         class_names=data.class_names,
@@ -152,6 +152,8 @@ def _check_run_dir(args: DistillArguments) -> str:
         check_output(path, "run", flag="--overwrite_output_dir")  # a file, a foreign folder, the current directory
         return "new"
     previous = _read_json(run_file) if os.path.exists(run_file) else None
+    if isinstance(previous, dict):  # a key added since that run was written had its default there
+        previous = {**{k: v for k, v in defaults().items() if k in args.run_identity()}, **previous}
     if previous == args.run_identity():
         return "resume"
     changed = sorted(k for k in set(previous or {}) | set(args.run_identity())

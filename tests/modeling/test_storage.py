@@ -6,7 +6,7 @@ from safetensors import safe_open
 
 from d3hf import D3Config, D3Model, estimate_storage, family_spec, reference_spec
 from d3hf.distill.budget import BudgetError, plan_representation
-from d3hf.modeling.decoders import build_decoder
+from d3hf.modeling.decoders import FAMILIES, DecoderSpec, build_decoder
 
 IMAGENET_CLASSES = [f"n{i:04d}" for i in range(1000)]
 
@@ -50,15 +50,43 @@ def test_reference_decoder_parameter_counts(name, params):
     assert tuple(out.shape) == (2, 3, 64, 64)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 12, 16), (1, 5, 7)])
-def test_family_decoder_counts_and_output_shape(shape):
-    spec = family_spec(shape, 8, 3)
+def test_family_decoder_counts_and_output_shape(shape, family):
+    spec = family_spec(shape, 8, 3, family)
+    assert DecoderSpec.from_dict(spec.to_dict()) == spec
     decoder = build_decoder(spec)
     assert spec.num_parameters() == sum(p.numel() for p in decoder.parameters())
     with torch.no_grad():
         out = decoder(torch.randn(2, 8))
     assert tuple(out.shape) == (2, *shape)
     assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_transpose_family_is_the_reference_layout_at_an_eighth_of_the_flops():
+    """At 32x32x3, z 64, width 16 the family is the reference code's small CIFAR decoder
+    (Linear to 128x2x2, transposed convs 128-64-32-16-16, 3x3 conv to the image: 210,227
+    parameters); the nearest family of about that size costs ~8x its FLOPs per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(spec):
+        with FlopCounterMode(display=False) as counter:
+            build_decoder(spec)(torch.zeros(1, 64))
+        return counter.get_total_flops()
+
+    transpose = family_spec((3, 32, 32), 64, 16, "transpose")
+    assert transpose.channels == [128, 64, 32, 16, 16] and transpose.num_parameters() == 210_227
+    nearest = family_spec((3, 32, 32), 64, 22, "nearest")
+    assert abs(nearest.num_parameters() / transpose.num_parameters() - 1) < 0.02
+    assert flops(nearest) > 7 * flops(transpose)
+
+
+def test_a_transposed_stage_may_only_double_its_input():
+    with pytest.raises(ValueError, match="at most doubles"):
+        DecoderSpec(8, [1, 28, 28], [4, 4], [7, 7], upsample="transpose4", stage_sizes=[[15, 14]])
+    # an odd size is cropped from the doubled map: 4 -> 8 -> 7
+    spec = DecoderSpec(8, [1, 14, 14], [4, 4, 4], [4, 4], upsample="transpose4", stage_sizes=[[7, 7], [14, 14]])
+    assert tuple(build_decoder(spec)(torch.zeros(1, 8)).shape) == (1, 1, 14, 14)
 
 
 def _imagenet_config(name: str, num_decoders: int, z_dim: int, lpc: int) -> D3Config:
@@ -100,14 +128,15 @@ def test_reference_imagenet_meta_model_matches_estimate():
 GRID_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64)]
 
 
-def test_auto_plan_fills_at_least_80_percent_and_never_exceeds_the_budget():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_auto_plan_fills_at_least_80_percent_and_never_exceeds_the_budget(family):
     checked = 0
     for shape in GRID_SHAPES:
         for ipc in (1, 2, 10, 50):
             for classes in (10, 100):
                 for subtasks in (1, 2):
                     try:
-                        plan = plan_representation(ipc, classes, shape, subtasks)
+                        plan = plan_representation(ipc, classes, shape, subtasks, family=family)
                     except BudgetError:
                         continue
                     where = (shape, ipc, classes, subtasks)
@@ -115,6 +144,7 @@ def test_auto_plan_fills_at_least_80_percent_and_never_exceeds_the_budget():
                     assert plan.used_scalars <= plan.budget_scalars, where
                     assert plan.used_scalars >= 0.8 * plan.budget_scalars, where
                     assert len(plan.decoder_specs) == subtasks
+                    assert plan.decoder_specs[0].upsample == ("nearest" if family == "nearest" else "transpose4")
                     # the ledger of the planned config agrees with the plan
                     cfg = D3Config(class_names=[str(i) for i in range(classes)], image_shape=list(shape),
                                    z_dim=plan.z_dim, priors_per_class=plan.lpc,
