@@ -70,7 +70,7 @@ def train_feature_network(
 
     settings = ExpertSettings(num_experts=1, epochs=epochs, keep_epochs=0, depth=depth, width=width, seed=seed)
     with tqdm(total=epochs, desc="feature net", disable=not show_progress, leave=False) as bar:
-        flat = train_one_expert(data, settings, 0, torch.device(device), progress=bar)[f"epoch_{epochs}"]
+        flat = train_one_expert(data, settings, 0, torch.device(device), progress=bar)[0][f"epoch_{epochs}"]
     net = ConvNet(data.image_shape, data.num_classes, depth, width).to(device)
     net.load_state_dict(unflatten(net, flat.to(device)), strict=True)
     return net.eval().requires_grad_(False)

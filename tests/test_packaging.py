@@ -38,7 +38,7 @@ def test_package_metadata_is_pep_621_with_an_spdx_license():
     assert project["dynamic"] == ["version"]
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "d3hf._version.__version__"}
     assert project["scripts"] == {"d3hf": "d3hf.commands.cli:main"}
-    assert set(project["optional-dependencies"]) == {"test", "bench", "mnist5k", "digits"}
+    assert set(project["optional-dependencies"]) == {"test", "bench", "mnist5k", "digits", "tracking"}
     # Ranges for users; the exact versions CI installs are pinned in .ci/constraints.txt.
     assert not [r for r in project["dependencies"] if "==" in r and not r.startswith("torch")]
     with open(os.path.join(ROOT, ".ci", "constraints.txt")) as f:

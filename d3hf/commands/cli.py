@@ -18,6 +18,7 @@ from .distill import RECIPE_HINT, cmd_distill
 from .evaluate import cmd_evaluate
 from .generate import cmd_generate
 from .info import cmd_info
+from .plot import cmd_plot
 from .push import cmd_push
 
 
@@ -35,6 +36,7 @@ COMMANDS = {
     "distill": (cmd_distill, "distil a dataset into priors and decoders, evaluate and save the artifact"),
     "evaluate": (cmd_evaluate, "train fresh networks on an artifact's samples and test them on real data"),
     "info": (cmd_info, "print an artifact's shape and storage ledger"),
+    "plot": (cmd_plot, "draw a run's curves (loss terms, step size, accuracies) into curves.png"),
     "aggregate": (cmd_aggregate, "merge subtasks distilled separately into one artifact"),
     "push": (cmd_push, "upload an artifact (and optionally samples from it) to the Hugging Face Hub"),
     "generate": (cmd_generate, "write samples of an artifact to a folder (arrow, parquet or imagefolder)"),

@@ -13,6 +13,10 @@ from collections.abc import Sequence
 class DistillCallback:
     """No-op events; a subclass overrides the ones it needs."""
 
+    def on_expert_trained(self, index: int, history: list[dict]) -> None:
+        """Expert ``index`` finished training: ``history`` has one ``{"epoch", "loss", "accuracy"}``
+        per epoch (on its training batches). ``on_expert_saved`` follows once it is on disk."""
+
     def on_expert_saved(self, index: int, path: str) -> None:
         """Expert ``index``'s trajectory is on disk at ``path``."""
 

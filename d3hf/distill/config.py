@@ -235,7 +235,7 @@ class RunArguments(_Section):
     _argument_group_name = "run (folders, seed, devices, checkpoints, logs)"  # a --help heading
     AT_LEAST = {"checkpoint_every": 0, "log_every": 0, "num_threads": 0, "expert_workers": 0, "memory_mb": 0}
     BOOKKEEPING = ("output_dir", "overwrite_output_dir", "subtask_ids", "checkpoint_every", "log_every", "num_threads",
-                   "expert_workers", "memory_mb")
+                   "expert_workers", "memory_mb", "report_to")
 
     output_dir: str = setting("outputs/d3", "may contain {process_index}: one folder per process, no shared disk")
     overwrite_output_dir: bool = setting(
@@ -252,6 +252,9 @@ class RunArguments(_Section):
     num_threads: int = setting(0, "torch threads per process (0 = leave as is)")
     expert_workers: int = setting(0, "experts trained at once on the CPU, one thread each (0 = as many as this "
                                   "process has torch threads)")
+    report_to: str = setting("auto", "where the run's curves go besides metrics.jsonl: none, auto (TensorBoard "
+                             "when installed), all (every installed tracker), or names, e.g. tensorboard,wandb "
+                             "(trackio, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab)")
     memory_mb: int = setting(2048, "decoded train images, and their features for the MMD term, kept in memory "
                              "per subtask, each at most (MB; 0 = recompute them on every read)")
 
@@ -270,6 +273,13 @@ class RunArguments(_Section):
             ids = []
         if ids is not None and (not ids or ids[0] < 0):
             _refuse("subtask_ids", "comma-separated subtask indices >= 0, e.g. 0,2", self.subtask_ids)
+        self.trackers()
+
+    def trackers(self) -> list[str]:
+        """``report_to`` resolved: the installed trackers this run reports to (ConfigError otherwise)."""
+        from .tracking import resolve_report_to
+
+        return resolve_report_to(self.report_to)
 
 
 SECTIONS: dict[str, type[_Section]] = {

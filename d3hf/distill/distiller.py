@@ -99,6 +99,12 @@ def read_checkpoint(directory: str) -> dict:
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    """L2 norm of the parameters' gradients (0 when none has one)."""
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
 class Distiller:
     """Owns the optimisation state of one distillation task; ``step()`` runs one iteration.
 
@@ -190,7 +196,9 @@ class Distiller:
         with self.autocast():
             theta_n = unroll_student(self.student, theta0.clone(), make_batch, step_size, a.syn_steps,
                                      self.checkpoint_steps, [p for p in self.model.parameters() if p.requires_grad])
-        return trajectory_matching_loss(theta_n.float(), theta0, target)
+        loss = trajectory_matching_loss(theta_n.float(), theta0, target)
+        self._mtt_distance = float((theta_n.detach().float() - target).pow(2).sum())
+        return loss
 
     def mmd_term(self) -> tuple[torch.Tensor, dict]:
         a = self.args
@@ -225,9 +233,10 @@ class Distiller:
         it = self.iteration
         terms: dict[str, torch.Tensor] = {}
         record: dict = {"iteration": it}
-        t = time.perf_counter()
+        t = started = time.perf_counter()
         if a.mtt_weight > 0:
             terms["mtt"] = self.mtt_term()
+            record["mtt_distance"] = self._mtt_distance  # ||theta_N - target||^2 before normalising
         self._time("mtt_forward_s", t)
         t = time.perf_counter()
         if a.mmd_weight > 0:
@@ -246,6 +255,8 @@ class Distiller:
         if total.requires_grad:
             total.backward()
         self._time("backward_s", t)
+        record["grad_norm_priors"] = _grad_norm([self.model.prior_means, self.model.prior_logvars])
+        record["grad_norm_decoder"] = _grad_norm(list(self.model.decoders.parameters()))
         for opt in (self.opt_priors, self.opt_step_size, self.opt_decoder):
             opt.step()
         for name, p in [("prior_means", self.model.prior_means), ("prior_logvars", self.model.prior_logvars),
@@ -255,6 +266,10 @@ class Distiller:
                                      f"{'+'.join(terms)} update; the last checkpoint is intact.")
         record["step_size"] = float(self.log_step_size.detach().exp())
         record["loss"] = float(total.detach())
+        record["lr_priors"] = self.opt_priors.param_groups[0]["lr"]
+        record["lr_decoder"] = self.opt_decoder.param_groups[0]["lr"]
+        record["prior_logvar_mean"] = float(self.model.prior_logvars.detach().mean())
+        record["seconds"] = time.perf_counter() - started
         self.history.append(record)
         self.iteration += 1
         return record
@@ -345,7 +360,7 @@ class Distiller:
             bar.update(1)
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("mtt", "mmd", "step_size") if k in record})
             if log_every and self.iteration % log_every == 0:
-                logger.info("iteration %d: %s", self.iteration,
-                            ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"))
+                logger.info("iteration %d: %s", self.iteration, ", ".join(
+                    f"{k}={record[k]:.4g}" for k in ("mtt", "mmd", "loss", "step_size", "seconds") if k in record))
             if checkpoint_dir and checkpoint_every and self.iteration % checkpoint_every == 0:
                 self.save_checkpoint(checkpoint_dir)

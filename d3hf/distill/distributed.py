@@ -20,8 +20,10 @@ def threads_per_process(requested: int = 0) -> int:
     return max(1, (os.cpu_count() or 1) // local) if local > 1 else torch.get_num_threads()
 
 
-def make_accelerator(cpu: bool = False, mixed_precision: str = "no", num_threads: int = 0):
-    """An ``Accelerator`` whose world size is the one the launcher started.
+def make_accelerator(cpu: bool = False, mixed_precision: str = "no", num_threads: int = 0,
+                     log_with: list[str] | None = None, project_dir: str | None = None):
+    """An ``Accelerator`` whose world size is the one the launcher started, with the experiment
+    trackers ``log_with`` (accelerate's names) writing under ``project_dir``.
 
     ``accelerate launch --multi_gpu`` on a machine without GPUs starts processes that each
     believe they are alone unless the script asks for CPU (gloo): they would all redo the
@@ -36,7 +38,8 @@ def make_accelerator(cpu: bool = False, mixed_precision: str = "no", num_threads
         logger.warning("The launcher config asks for mixed_precision %s; d3hf uses the recipe's %r. "
                        "Set mixed_precision in the recipe or pass --mixed_precision %s.", launcher, mixed_precision,
                        launcher)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=log_with or None,
+                              project_dir=project_dir)
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched != accelerator.num_processes:
         raise ConfigError(

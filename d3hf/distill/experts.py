@@ -55,6 +55,8 @@ class ExpertBuffer:
         self.settings = ExpertSettings(**meta["settings"])
         self.fingerprint = meta["data_fingerprint"]
         self.kept_epochs: list[int] = meta["kept_epochs"]
+        # Per expert (str index): one {"epoch", "loss", "accuracy"} per epoch; absent in older buffers.
+        self.history: dict[str, list[dict]] = meta.get("history", {})
 
     def __len__(self) -> int:
         return self.settings.num_experts
@@ -106,8 +108,9 @@ def _intact(path: str, experts, checksums: dict) -> list[int]:
 
 def train_one_expert(
     data: ImageClassificationData, settings: ExpertSettings, index: int, device: torch.device, progress=None
-) -> dict[str, torch.Tensor]:
-    """Train expert ``index`` and return its kept snapshots as ``{"epoch_<e>": flat params}``."""
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Train expert ``index``; returns its kept snapshots as ``{"epoch_<e>": flat params}`` and
+    its history, one ``{"epoch", "loss", "accuracy"}`` (training batches) per epoch."""
     seed = class_seed(settings.seed, EXPERT_STREAM, index)
     rng = np.random.default_rng(seed)
     with _GLOBAL_RNG:  # layer init draws from torch's global generator: one expert at a time seeds and uses it
@@ -125,13 +128,14 @@ def train_one_expert(
             idx = np.sort(order[start : start + settings.batch_size])  # sorted: Arrow reads rows in order
             yield (data.images(idx, device=device) - mean) / std, torch.from_numpy(labels[idx]).to(device)
 
+    history = []
     for epoch in range(1, settings.epochs + 1):
-        train_epoch(net, opt, batches(rng.permutation(len(labels))))
+        history.append({"epoch": epoch, **train_epoch(net, opt, batches(rng.permutation(len(labels))))})
         if epoch <= settings.keep_epochs or epoch == settings.epochs:
             kept[f"epoch_{epoch}"] = flat_parameters(net).to(dtype).cpu()
         if progress is not None:
             progress.update(1)
-    return kept
+    return kept, history
 
 
 def build_expert_buffer(
@@ -172,11 +176,14 @@ def build_expert_buffer(
     device = torch.device(device)
     bar = progress_bar("experts", total=len(todo) * settings.epochs, disable=not show_progress or not todo)
 
-    def save(i: int, kept: dict[str, torch.Tensor]) -> None:
+    def save(i: int, trained: tuple[dict[str, torch.Tensor], list[dict]]) -> None:
+        kept, history = trained
+        fire(callbacks, "on_expert_trained", i, history)
         with atomic_path(os.path.join(path, f"expert_{i}.safetensors")) as tmp:
             save_file(kept, tmp, metadata={"epochs": str(settings.epochs)})
             done["sha256"][str(i)] = file_sha256(tmp)
         done["finished"].append(i)
+        done.setdefault("history", {})[str(i)] = history
         atomic_write_json(meta_path, done)
         fire(callbacks, "on_expert_saved", i, os.path.join(path, f"expert_{i}.safetensors"))
 
@@ -205,7 +212,7 @@ def build_expert_buffer(
         atomic_write_json(
             os.path.join(path, "settings.json"),
             {"settings": asdict(settings), "data_fingerprint": fingerprint, "kept_epochs": kept_epochs,
-             "sha256": done["sha256"]},
+             "sha256": done["sha256"], "history": done.get("history", {})},
         )
         buffer = ExpertBuffer(path)
         logger.info("Expert buffer %s: %d experts, %.2f MB on disk", path, len(buffer), buffer.size_on_disk() / 1e6)

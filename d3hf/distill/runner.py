@@ -22,26 +22,22 @@ from ..modeling.modeling_d3 import D3Model
 from ..modeling.storage import estimate_storage
 from ..nn.networks import auto_depth
 from ..utils.io import atomic_directory, atomic_write_json, remove_stale_temporaries
-from ..utils.outputs import MARKER, check_output, read_marker, write_marker
+from ..utils.outputs import check_output, read_marker, write_marker
 from ..utils.progress import run_progress
 from .aggregation import aggregate, subtask_config
 from .budget import BudgetError, plan_subtasks, subtask_overruns
 from .callbacks import DistillCallback, fire
 from .config import DataArguments, DistillArguments, defaults
+from .curves import write_curves
 from .distiller import Distiller
 from .experts import ExpertSettings, build_expert_buffer
+from .layout import ARTIFACT_DIR, FINISHED_FILE, RUN_ENTRIES, RUN_FILE, SUBTASKS_DIR, SUMMARY_FILE
 from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
+from .tracking import RunTracker, last_values, read_metrics
 from .warm_start import WarmStartSettings, warm_start
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "run_config.json"
-ARTIFACT_DIR = "artifact"
-SUBTASKS_DIR = "subtasks"
-FINISHED_FILE = "finished.json"
-SUMMARY_FILE = "summary.json"
-# Everything a run folder may hold; an --overwrite_output_dir restart removes exactly these.
-RUN_ENTRIES = (RUN_FILE, ARTIFACT_DIR, SUBTASKS_DIR, SUMMARY_FILE, MARKER)
 
 
 class RunConflictError(D3HFError, ValueError):
@@ -201,8 +197,10 @@ def distill_subtask(
     autocast=None,
     show_progress: bool = True,
     callbacks: Sequence[DistillCallback] = (),
+    tracker: RunTracker | None = None,
 ) -> tuple[D3Model, dict]:
-    """Distil subtask ``index`` of ``config`` on its own rows and experts.
+    """Distil subtask ``index`` of ``config`` on its own rows and experts, its records going to
+    ``tracker`` (a ``metrics.jsonl`` in the subtask's folder, and the run's trackers).
 
     Resumes from the subtask's checkpoint; a subtask already finished for ``args.matching.iterations``
     is loaded from its artifact, not redone. Returns the subtask artifact (local class ids)
@@ -217,6 +215,8 @@ def distill_subtask(
     num_subtasks = len(config.subtasks)
     sub_args = subtask_arguments(args, index, num_subtasks)
     view = data.subset(config.subtasks[index])
+    task = (tracker or RunTracker(args.run.output_dir, [])).task(index, workdir, args.run.log_every)
+    callbacks = [task, *callbacks]  # first: a callback that stops the run finds this step recorded
     timings: dict = {}
     t = time.perf_counter()
     if view.keep_train_in_memory(args.run.memory_mb * 2**20):  # decoded once, read by every phase below
@@ -228,12 +228,15 @@ def distill_subtask(
                                  workers=args.run.expert_workers or torch.get_num_threads())
     timings["experts_s"] = time.perf_counter() - t
     timings["expert_buffer_bytes"] = buffer.size_on_disk()
+    task.log_experts(buffer.history)  # those trained by an earlier, interrupted run too
 
     torch.manual_seed(sub_args.run.seed)
     part = D3Model(subtask_config(config, index))
     distiller = Distiller(part, view, buffer, sub_args.matching, seed=sub_args.run.seed, device=device,
                           autocast=autocast, callbacks=callbacks, memory_bytes=args.run.memory_mb * 2**20)
-    if distiller.load_checkpoint(workdir):
+    resumed = distiller.load_checkpoint(workdir)
+    task.resume_at(distiller.iteration)
+    if resumed:
         logger.info("Subtask %d: resuming at iteration %d", index, distiller.iteration)
     elif sub_args.representation.init == "vae":
         timings.update(warm_start(distiller.model, view, WarmStartSettings(steps=sub_args.representation.init_steps,
@@ -318,6 +321,7 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     os.makedirs(args.run.output_dir, exist_ok=True)
     write_marker(args.run.output_dir, "run", RUN_ENTRIES)
     atomic_write_json(os.path.join(args.run.output_dir, RUN_FILE), args.run_identity())
+    tracker = RunTracker(args.run.output_dir, args.run.trackers(), accelerator, args.to_dict(), device)
     if is_main:
         logger.info("%d subtask(s) %s on %d process(es); representation for ipc_budget %s:\n%s", len(partition),
                     partition, world, args.representation.ipc_budget, estimate_storage(config))
@@ -328,10 +332,12 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-    with run_progress(_planned_phases(args, len(mine), evaluates)) if show_progress else contextlib.nullcontext():
+    with (run_progress(_planned_phases(args, len(mine), evaluates)) if show_progress else contextlib.nullcontext(),
+          contextlib.closing(tracker)):
         local = []
         for k in mine:
-            part, sub_timings = distill_subtask(args, data, config, k, device, autocast, show_progress, callbacks)
+            part, sub_timings = distill_subtask(args, data, config, k, device, autocast, show_progress, callbacks,
+                                                tracker)
             state = {name: tensor.detach().cpu() for name, tensor in part.state_dict().items()}
             local.append({"index": k, "classes": partition[k], "process": rank, "state": state, "timings": sub_timings})
         results = sorted(_gather(accelerator, local), key=lambda r: r["index"])
@@ -344,6 +350,9 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
                 logger.info("Distilled subtasks %s; merge all subtasks with `d3hf aggregate`.", wanted)
             return None, summary
 
+        for r in results:
+            if r["process"] != rank:  # its records reached this process's service trackers only now
+                tracker.replay(r["index"], subtask_dir(args, r["index"]))
         parts = []
         for r in results:
             part = D3Model(subtask_config(config, r["index"]))
@@ -355,8 +364,10 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         evaluation = _evaluate_after_distilling(model, data, args, timings, show_progress, device)
         if evaluation is not None:
             summary["evaluation"] = evaluation
+            tracker.log_evaluation(evaluation)
+        curves = write_curves(args.run.output_dir)
         with atomic_directory(os.path.join(args.run.output_dir, ARTIFACT_DIR)) as tmp:
-            save_artifact(model, tmp, evaluation)
+            save_artifact(model, tmp, evaluation, curves, last_values(read_metrics(args.run.output_dir)))
             write_marker(tmp, "artifact")
             fire(callbacks, "on_artifact_written", tmp)
         timings["total_s"] = time.perf_counter() - t0

@@ -3,7 +3,9 @@ dataset card of sampled datasets."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +18,11 @@ if TYPE_CHECKING:
     from ..modeling.modeling_d3 import D3Model
 
 # The files of an artifact: only these are uploaded, whatever else the folder holds.
-ARTIFACT_FILES = ["config.json", "model.safetensors", "README.md", "samples.png", "eval.json"]
+ARTIFACT_FILES = ["config.json", "model.safetensors", "README.md", "samples.png", "eval.json", "curves.png",
+                  "training.json"]
+# The run's curves and its last recorded figures, when the artifact was written by a run.
+CURVES_FILE = "curves.png"
+TRAINING_FILE = "training.json"
 # What an artifact folder must hold to be pushed.
 REQUIRED_ARTIFACT_FILES = ("config.json", "model.safetensors")
 CARD_METADATA_KEY = "d3hf"
@@ -85,8 +91,10 @@ def _eval_table(evaluation: dict) -> str:
     return "\n".join(rows)
 
 
-def card_text(model: "D3Model", evaluation: dict | None = None) -> str:
-    """The model card: metadata header, what it is, ledger, evaluation, samples, how to load."""
+def card_text(model: "D3Model", evaluation: dict | None = None, training: dict | None = None,
+              curves: bool = False) -> str:
+    """The model card: metadata header, what it is, ledger, evaluation, samples, training curves
+    (``curves``: curves.png is in the folder; ``training``: the run's last figures), how to load."""
     from huggingface_hub import ModelCard, ModelCardData
 
     cfg = model.config
@@ -128,6 +136,12 @@ def card_text(model: "D3Model", evaluation: dict | None = None) -> str:
         "",
         "One row per class, fresh samples (seed 0).",
         "",
+    ]
+    if curves or training:
+        body += ["## Training", ""]
+        body += ["![training curves](curves.png)", ""] if curves else []
+        body += _training_table(training) if training else []
+    body += [
         "## Use",
         "",
         "```python",
@@ -143,19 +157,49 @@ def card_text(model: "D3Model", evaluation: dict | None = None) -> str:
     return str(ModelCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body) + "\n"))
 
 
+def _training_table(training: dict) -> list[str]:
+    """The last recorded matching figures, one row per subtask."""
+    rows = [(name, v) for name, v in sorted(training.items()) if name.startswith("subtask") and "iteration" in v]
+    if not rows:
+        return []
+    lines = ["Last recorded values of the matching phase:", "",
+             "| subtask | iteration | MTT (normalised) | MMD | inner step size |", "|---|---:|---:|---:|---:|"]
+    for name, v in rows:
+        cells = [f"{v[k]:.4g}" if isinstance(v.get(k), (int, float)) else "n/a" for k in ("mtt", "mmd", "step_size")]
+        lines.append(f"| {int(name.removeprefix('subtask_'))} | {v['iteration']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def training_record(directory: str) -> dict | None:
+    """The artifact's training.json (the run's last figures), if it has one."""
+    path = os.path.join(directory, TRAINING_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_card_and_samples(model: "D3Model", directory: str, evaluation: dict | None = None) -> None:
-    """Write README.md and samples.png into ``directory``."""
+    """Write README.md and samples.png into ``directory`` (the card shows the folder's curves.png
+    and training.json when they are there)."""
     sample_grid(model).save(os.path.join(directory, "samples.png"))
     with open(os.path.join(directory, "README.md"), "w") as f:
-        f.write(card_text(model, evaluation))
+        f.write(card_text(model, evaluation, training_record(directory),
+                          os.path.isfile(os.path.join(directory, CURVES_FILE))))
 
 
-def save_artifact(model: "D3Model", directory: str, evaluation: dict | None = None) -> None:
+def save_artifact(model: "D3Model", directory: str, evaluation: dict | None = None, curves: str | None = None,
+                  training: dict | None = None) -> None:
     """``model.save_pretrained(directory)`` plus what makes the folder a d3hf artifact: the model
-    card (README.md, with the evaluation table if given), samples.png, and eval.json."""
+    card (README.md, with the evaluation table if given), samples.png, eval.json, and a run's
+    ``curves`` (a PNG, copied in as curves.png) and last figures (``training``, as training.json)."""
     model.save_pretrained(directory)
     if evaluation is not None:
         atomic_write_json(os.path.join(directory, "eval.json"), evaluation)
+    if curves is not None:
+        shutil.copyfile(curves, os.path.join(directory, CURVES_FILE))
+    if training:
+        atomic_write_json(os.path.join(directory, TRAINING_FILE), training)
     write_card_and_samples(model, directory, evaluation)
 
 

@@ -16,6 +16,7 @@ from .cards import (
     card_text,
     generation_record,
     sample_grid,
+    training_record,
     updated_dataset_card,
 )
 from .datasets import sample_dataset
@@ -77,7 +78,8 @@ def _artifact_operations(model_dir: str) -> list:
         if "eval.json" in present:
             with open(os.path.join(model_dir, "eval.json")) as f:
                 evaluation = json.load(f)
-        ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_text(model, evaluation).encode()))
+        ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_text(
+            model, evaluation, training_record(model_dir), "curves.png" in present).encode()))
         if "samples.png" not in present:
             png = io.BytesIO()
             sample_grid(model).save(png, format="PNG")

@@ -11,12 +11,14 @@ import yaml
 
 from d3hf.commands.cli import main
 from d3hf.distill.distiller import CHECKPOINT_NAME, read_checkpoint
+from d3hf.distill.tracking import read_jsonl
 from d3hf.utils.io import CorruptFileError, read_checked, write_checked
 from tests.helpers import SUBTASK_RUN, TINY, assert_same_weights, launch_two_processes, weights
 
 pytestmark = pytest.mark.integration  # SIGKILLed runs in subprocesses
 
-RUN = {**TINY, "num_experts": 2, "iterations": 4, "checkpoint_every": 1, "eval_epochs": 0, "num_threads": 1}
+RUN = {**TINY, "num_experts": 2, "iterations": 4, "checkpoint_every": 1, "eval_epochs": 0, "num_threads": 1,
+       "log_every": 1, "report_to": "tensorboard"}
 
 
 KILL_RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_run.py")
@@ -27,6 +29,20 @@ def distill_subprocess(cfg, kill_at=None) -> subprocess.CompletedProcess:
     program = [KILL_RUN, kill_at] if kill_at else ["-m", "d3hf"]
     return subprocess.run([sys.executable, *program, "distill", str(cfg)], env=env, capture_output=True,
                           text=True, timeout=180)
+
+
+def assert_whole_record(out, subtask: int, iterations: int, experts: int, epochs: int) -> None:
+    """A subtask's metrics.jsonl and TensorBoard curve hold every log step exactly once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    records = read_jsonl(str(out / "subtasks" / str(subtask) / "metrics.jsonl"))
+    assert [r["iteration"] for r in records if r["phase"] == "distill"] == list(range(1, iterations + 1))
+    assert sorted((r["expert"], r["epoch"]) for r in records if r["phase"] == "experts") == \
+        [(e, k) for e in range(experts) for k in range(1, epochs + 1)]
+    accumulator = EventAccumulator(str(out / "tensorboard" / f"subtask_{subtask:02d}"))
+    accumulator.Reload()
+    steps = [e.step for e in accumulator.Scalars(f"subtask_{subtask:02d}/mtt_normalised")]
+    assert steps == list(range(1, iterations + 1))
 
 
 def temporaries(out) -> list:
@@ -57,11 +73,13 @@ def test_killed_at_every_stage_resumes_to_the_uninterrupted_result(tmp_path, fre
     assert "finished earlier" in proc.stderr  # the subtask artifact survived the last kill
     assert not temporaries(out)
     assert_same_weights(weights(out), weights(reference))
+    # killed after iteration 2's metrics line and before its checkpoint: the line was redone once
+    assert_whole_record(out, 0, RUN["iterations"], RUN["num_experts"], RUN["expert_epochs_total"])
 
 
 def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path, fresh_accelerate_state):
     reference = tmp_path / "reference"
-    settings = {**SUBTASK_RUN, "checkpoint_every": 1}
+    settings = {**SUBTASK_RUN, "checkpoint_every": 1, "log_every": 1, "report_to": "tensorboard"}
     (tmp_path / "ref.yaml").write_text(yaml.safe_dump({**settings, "output_dir": str(reference)}))
     assert main(["distill", str(tmp_path / "ref.yaml")]) == 0
 
@@ -78,6 +96,8 @@ def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path, fres
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stderr.count("resuming at iteration 1") == 2
     assert_same_weights(weights(tmp_path / "out"), weights(reference))
+    for k in (0, 1):  # each process logged its own subtask under its own tags
+        assert_whole_record(tmp_path / "out", k, settings["iterations"], 1, settings["expert_epochs_total"])
 
 
 def test_checked_files_detect_truncation_and_changes(tmp_path):

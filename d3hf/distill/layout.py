@@ -1,0 +1,16 @@
+"""What a run folder holds (``OUTPUT_DIR``), by name."""
+
+from __future__ import annotations
+
+from ..utils.outputs import MARKER
+
+RUN_FILE = "run_config.json"
+ARTIFACT_DIR = "artifact"
+SUBTASKS_DIR = "subtasks"
+FINISHED_FILE = "finished.json"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+CURVES_FILE = "curves.png"
+# Everything a run folder may hold; an --overwrite_output_dir restart removes exactly these.
+RUN_ENTRIES = (RUN_FILE, ARTIFACT_DIR, SUBTASKS_DIR, SUMMARY_FILE, METRICS_FILE, TENSORBOARD_DIR, CURVES_FILE, MARKER)
