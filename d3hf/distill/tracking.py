@@ -196,12 +196,12 @@ class RunTracker:
         self.output_dir = output_dir
         self.tensorboard = "tensorboard" in report_to
         self.services = [n for n in report_to if n != "tensorboard"]
-        self.accelerator = accelerator if self.services else None
-        if self.services and (accelerator is None or not getattr(accelerator, "log_with", None)):
+        # accelerate's trackers: those report_to asked d3hf distill to create, or a caller's own.
+        self.accelerator = accelerator if accelerator is not None and getattr(accelerator, "log_with", None) else None
+        if self.services and self.accelerator is None:
             logger.warning("report_to names %s, but this run's Accelerator has no trackers: make it with "
                            "Accelerator(log_with=...) (d3hf distill does). Only metrics.jsonl%s are written.",
                            ", ".join(self.services), " and TensorBoard files" if self.tensorboard else "")
-            self.accelerator = None
         self.device = device
         self.hyperparameters = hyperparameters or {}
         self._writers: dict[str, object] = {}

@@ -113,3 +113,57 @@ def test_a_run_writes_metrics_tensorboard_curves_and_its_card_shows_them(tmp_pat
     assert "last recorded values" in printed and '"iteration": 3' in printed
     assert main(["plot", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+class Recorder:
+    """An accelerate tracker that keeps what it is given."""
+
+    def __new__(cls):
+        from accelerate.tracking import GeneralTracker
+
+        class _Recorder(GeneralTracker):
+            name = "recorder"
+            requires_logging_directory = False
+
+            def __init__(self):
+                super().__init__()
+                self.config, self.logged = None, []
+
+            @property
+            def tracker(self):
+                return self
+
+            def store_init_configuration(self, values):
+                self.config = values
+
+            def log(self, values, step=None, **kwargs):
+                self.logged.append((step, dict(values)))
+
+        return _Recorder()
+
+
+def test_accelerate_trackers_get_the_config_and_every_subtask_tag_on_one_increasing_step(
+        tmp_path, fresh_accelerate_state):
+    from accelerate import Accelerator
+
+    from d3hf.distill.runner import run_distillation
+    from d3hf.distill.tracking import RunTracker
+    from tests.helpers import tiny_args
+
+    recorder = Recorder()
+    accelerator = Accelerator(cpu=True, log_with=[recorder])
+    args = tiny_args(iterations=3, log_every=1, report_to="none", output_dir=str(tmp_path / "run"))
+    run_distillation(args, accelerator=accelerator, show_progress=False)
+    assert recorder.config["ipc_budget"] == args.representation.ipc_budget
+    steps = [step for step, _ in recorder.logged]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    tags = {tag for _, values in recorder.logged for tag in values}
+    assert {"subtask_00/mtt_normalised", "subtask_00/mmd", "subtask_00/expert_0/accuracy"} <= tags
+    assert not (tmp_path / "run" / "tensorboard").exists()  # report_to none: no event files
+
+    # a subtask another process distilled reaches these trackers from its metrics file
+    task_dir = tmp_path / "other"
+    MetricsLog(str(task_dir / "metrics.jsonl")).append({"phase": "distill", "iteration": 5, "mtt": 0.5})
+    before = len(recorder.logged)
+    RunTracker(str(tmp_path / "run"), [], accelerator).replay(1, str(task_dir))
+    assert recorder.logged[before][1] == {"subtask_01/mtt_normalised": 0.5}
