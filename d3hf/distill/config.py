@@ -190,6 +190,8 @@ class MatchingArguments(_Section):
         choices=["median", "absolute"])
     mmd_classes_per_iter: int = setting(0, "classes in the MMD term per iteration (0 = all)")
     checkpoint_steps: str = setting("auto", "recompute inner steps in backward: auto/true/false")
+    compile_inner_step: bool = setting(False, "torch.compile the student's inner step (for GPUs: on CPU it was "
+                                       "measured slower; not with checkpoint_steps)")
     lr_priors: float = setting(1.0, "SGD learning rate of the prior means and log-variances")
     lr_decoder: float = setting(1e-3, "Adam learning rate of the decoders")
     lr_step_size: float = setting(1e-2, "SGD learning rate of the learned inner step size")

@@ -25,7 +25,13 @@ from ..utils.io import CorruptFileError, read_checked, write_checked
 from .callbacks import DistillCallback, fire
 from .config import MatchingArguments
 from .experts import ExpertBuffer, expert_network
-from .objectives import median_sq_distance, mmd2_unbiased, trajectory_matching_loss, unroll_student
+from .objectives import (
+    compiled_inner_step,
+    median_sq_distance,
+    mmd2_unbiased,
+    trajectory_matching_loss,
+    unroll_student,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +152,12 @@ class Distiller:
         self.iteration = 0
         self.history: list[dict] = []
         self.checkpoint_steps = use_step_checkpointing(args, s.width, data.image_shape, data.num_classes, self.device)
+        self.step_fn = None
+        if args.compile_inner_step:
+            if self.checkpoint_steps:
+                logger.warning("compile_inner_step is ignored: the unroll recomputes its steps (checkpoint_steps)")
+            else:
+                self.step_fn = compiled_inner_step(self.student)
         self.bandwidths = args.bandwidths()
         self.seconds: dict[str, float] = {}  # wall time per part of the iteration, for the speed report
         self._first_iteration = 0
@@ -195,7 +207,8 @@ class Distiller:
 
         with self.autocast():
             theta_n = unroll_student(self.student, theta0.clone(), make_batch, step_size, a.syn_steps,
-                                     self.checkpoint_steps, [p for p in self.model.parameters() if p.requires_grad])
+                                     self.checkpoint_steps, [p for p in self.model.parameters() if p.requires_grad],
+                                     self.step_fn)
         loss = trajectory_matching_loss(theta_n.float(), theta0, target)
         self._mtt_distance = float((theta_n.detach().float() - target).pow(2).sum())
         return loss

@@ -21,6 +21,27 @@ def _inner_loss(student: nn.Module, theta: torch.Tensor, images: torch.Tensor, l
     return F.cross_entropy(logits, labels)
 
 
+StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def compiled_inner_step(student: nn.Module) -> StepFn:
+    """One differentiable SGD step of ``student``, ``(theta, images, labels, step_size) ->
+    theta - step_size * grad``, compiled with ``torch.compile``.
+
+    The gradient is taken with ``torch.func.grad`` inside the compiled function, so the graph
+    compiled is first-order (the step, gradient included) and the outer backward pass is its
+    ordinary backward: ``torch.compile`` does not support the double backward that
+    ``autograd.grad(create_graph=True)`` would need. The same loss and gradients as the eager
+    step, to float tolerance (tested). On CPU it was measured slower (1.27 against 1.18 s per
+    10-step unroll of ConvNet-3 width 32 at 28x28 on a 2-thread AMD EPYC, plus about 40 s of
+    compilation), so it is off by default; it is meant for GPUs.
+    """
+    def step(theta, images, labels, step_size):
+        return theta - step_size * torch.func.grad(_inner_loss, argnums=1)(student, theta, images, labels)
+
+    return torch.compile(step, dynamic=False)
+
+
 def unroll_student(
     student: nn.Module,
     theta0: torch.Tensor,
@@ -29,6 +50,7 @@ def unroll_student(
     syn_steps: int,
     checkpoint_steps: bool = False,
     batch_inputs: Sequence[torch.Tensor] = (),
+    step_fn: StepFn | None = None,
 ) -> torch.Tensor:
     """``syn_steps`` differentiable SGD steps of ``student`` from flat parameters ``theta0``.
 
@@ -36,7 +58,8 @@ def unroll_student(
     only the student's parameters of each step are kept and every step is recomputed in the
     backward pass, so memory no longer grows with the step's graph; then ``make_batch`` must
     be deterministic in ``step`` and ``batch_inputs`` must list the tensors it depends on
-    differentiably (priors, decoder weights): gradients reach exactly those.
+    differentiably (priors, decoder weights): gradients reach exactly those. ``step_fn``
+    (e.g. ``compiled_inner_step(student)``) replaces the eager step; not with ``checkpoint_steps``.
     """
     if checkpoint_steps:
         if not batch_inputs:
@@ -45,6 +68,9 @@ def unroll_student(
     theta = theta0 if theta0.requires_grad else theta0.requires_grad_(True)
     for step in range(syn_steps):
         images, labels = make_batch(step)
+        if step_fn is not None:
+            theta = step_fn(theta, images, labels, step_size)
+            continue
         (grad,) = torch.autograd.grad(_inner_loss(student, theta, images, labels), theta, create_graph=True)
         theta = theta - step_size * grad
     return theta

@@ -60,6 +60,18 @@ def test_distillation_lowers_the_loss(digits, digits_buffer):
     assert all({"mtt", "mmd", "step_size", "kxx", "kyy", "kxy"} <= set(h) for h in history)
 
 
+def test_compile_inner_step_installs_a_compiled_step_unless_steps_are_recomputed(digits, digits_buffer, monkeypatch):
+    import d3hf.distill.distiller as distiller_module
+
+    built = []
+    monkeypatch.setattr(distiller_module, "compiled_inner_step", lambda student: built.append(student) or "step")
+    assert make_distiller(digits, digits_buffer, tiny_args(compile_inner_step=True, checkpoint_steps="false")).step_fn \
+        == "step" and len(built) == 1
+    assert make_distiller(digits, digits_buffer, tiny_args(compile_inner_step=True, checkpoint_steps="true")).step_fn \
+        is None
+    assert make_distiller(digits, digits_buffer, tiny_args()).step_fn is None
+
+
 def test_matched_segments_start_inside_the_start_epoch_window(digits, digits_buffer, monkeypatch):
     args = tiny_args(min_start_epoch=2, max_start_epoch=3)
     distiller = make_distiller(digits, digits_buffer, args)

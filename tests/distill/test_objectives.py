@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from d3hf.distill.objectives import mmd2_unbiased, trajectory_matching_loss, unroll_student
+from d3hf.distill.objectives import compiled_inner_step, mmd2_unbiased, trajectory_matching_loss, unroll_student
 from d3hf.modeling.decoders import build_decoder, family_spec
 from d3hf.nn.networks import ConvNet, flat_parameters
 
@@ -106,7 +106,7 @@ def _mtt_problem():
     noise = torch.randn(SYN_STEPS, 6, 3, dtype=f64)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
 
-    def loss(means, stem_weight, step_size, checkpoint_steps=False):
+    def loss(means, stem_weight, step_size, checkpoint_steps=False, step_fn=None):
         params = {**base, "stem.weight": stem_weight}
 
         def make_batch(step):
@@ -114,9 +114,10 @@ def _mtt_problem():
             return functional_call(decoder, params, (z,)), labels
 
         theta_n = unroll_student(student, theta0.clone(), make_batch, step_size, SYN_STEPS, checkpoint_steps,
-                                 [means, stem_weight])
+                                 [means, stem_weight], step_fn)
         return trajectory_matching_loss(theta_n, theta0, target)
 
+    loss.student = student
     inputs = (
         torch.randn(3, 3, dtype=f64, requires_grad=True),
         base["stem.weight"].clone().requires_grad_(True),
@@ -162,6 +163,18 @@ def test_checkpointed_unroll_equals_plain_unroll():
     torch.testing.assert_close(ckpt, plain, atol=1e-6, rtol=0)
     for a, b in zip(ckpt_grads, plain_grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.integration  # torch.compile takes tens of seconds
+def test_compiled_inner_step_gives_the_eager_loss_and_gradients():
+    loss, inputs = _mtt_problem()
+    eager = loss(*inputs)
+    eager_grads = torch.autograd.grad(eager, inputs)
+    compiled = loss(*inputs, step_fn=compiled_inner_step(loss.student))
+    compiled_grads = torch.autograd.grad(compiled, inputs)
+    torch.testing.assert_close(compiled, eager, atol=1e-9, rtol=1e-7)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
 
 
 def test_checkpointed_unroll_needs_the_batch_inputs():
