@@ -1,5 +1,6 @@
-"""Where images come from: the embedded datasets, ``save_to_disk`` folders, Parquet files,
-``imagefolder`` directories and Hub dataset ids, each opened as a ``datasets`` object."""
+"""Where images come from: the built-in datasets, ``save_to_disk`` folders, Parquet files, folders
+of MNIST-format idx files, ``imagefolder`` directories and Hub dataset ids, each opened as a
+``datasets`` object."""
 
 from __future__ import annotations
 
@@ -11,8 +12,42 @@ import numpy as np
 
 from ..errors import DataError
 from ..utils.io import looks_like_local_path
+from .idx import is_idx_folder, load_idx_folder
 
-EMBEDDED_DATASETS = ("mnist5k", "digits")
+# Built-in names: mnist5k and digits ship inside Python packages; fashion_mnist is read from its
+# original files (see ``_fashion_mnist``).
+EMBEDDED_DATASETS = ("mnist5k", "digits", "fashion_mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # apt-get install -y dataset-fashion-mnist
+FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
+
+
+def _fashion_mnist(data_dir: str | None):
+    """Fashion-MNIST's official 60,000 train / 10,000 test images, from the first of: ``data_dir``
+    (a folder of its idx files), the Debian package's files, the Hub dataset (when online)."""
+    rule = "the official Fashion-MNIST split: train = the 60,000 train images, test = the 10,000 t10k images"
+    if data_dir:
+        folder = os.path.expanduser(data_dir)
+        if not is_idx_folder(folder):
+            raise DataError(f"data_dir {data_dir!r} holds no Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], "
+                            "train-labels-idx1-ubyte[.gz], t10k-...).")
+        return load_idx_folder(folder, FASHION_MNIST_CLASSES), f"{rule} (idx files in {data_dir})"
+    if is_idx_folder(FASHION_MNIST_DEBIAN_DIR):
+        return (load_idx_folder(FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_CLASSES),
+                f"{rule} (Debian package dataset-fashion-mnist)")
+    import datasets
+
+    try:
+        return datasets.load_dataset(FASHION_MNIST_HUB_ID), f"{rule} (Hub dataset {FASHION_MNIST_HUB_ID})"
+    except Exception as err:  # offline, or the Hub refused: the user needs the three ways, not a traceback
+        raise DataError(
+            "fashion_mnist needs its files; give them one of three ways: (1) data_dir: a folder holding "
+            "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+            "t10k-labels-idx1-ubyte.gz; (2) on Debian or Ubuntu, apt-get install -y dataset-fashion-mnist (files in "
+            f"{FASHION_MNIST_DEBIAN_DIR}); (3) online, the Hub dataset {FASHION_MNIST_HUB_ID} is downloaded "
+            f"(here it failed: {type(err).__name__}: {err})."
+        ) from None
 
 
 def _embedded(name: str):
@@ -66,16 +101,20 @@ def load_source(
     *,
     config_name: str | None = None,
     revision: str | None = None,
+    data_dir: str | None = None,
 ):
     """Open ``source`` as a ``datasets.DatasetDict`` (or ``Dataset``).
 
-    ``source`` is an embedded name (``mnist5k``, ``digits``), a ``save_to_disk`` folder,
-    a Parquet file or folder of Parquet files, an ``imagefolder`` directory, or a Hub
-    dataset id (read through the ``datasets`` cache, so it works offline once cached).
-    Returns ``(dataset, split_rule)``; ``split_rule`` is None unless the split is built here.
+    ``source`` is a built-in name (``mnist5k``, ``digits``, ``fashion_mnist``: its files from
+    ``data_dir``, the Debian package or the Hub), a ``save_to_disk`` folder, a Parquet file or
+    folder of Parquet files, a folder of MNIST-format idx files, an ``imagefolder`` directory,
+    or a Hub dataset id (read through the ``datasets`` cache, so it works offline once cached).
+    Returns ``(dataset, split_rule)``; ``split_rule`` is None unless the split is fixed here.
     """
     import datasets
 
+    if source == "fashion_mnist":
+        return _fashion_mnist(data_dir)
     if source in EMBEDDED_DATASETS:
         return _embedded(source)
     path = os.path.expanduser(source)
@@ -88,6 +127,8 @@ def load_source(
         parquet = _parquet_files(path)
         if parquet:
             return _load_parquet(parquet), None
+        if is_idx_folder(path):
+            return load_idx_folder(path), None
         if os.path.isdir(path):
             return datasets.load_dataset("imagefolder", data_dir=path), None
         raise DataError(

@@ -69,9 +69,11 @@ class DataArguments(_Section):
     """Which data is distilled and which split it is evaluated on."""
 
     _argument_group_name = "data (what is distilled, what it is tested on)"  # a --help heading
-    dataset: str = setting("mnist5k", "embedded name, local path or Hub dataset id")
+    dataset: str = setting("mnist5k", "built-in name (mnist5k, digits, fashion_mnist), local path or Hub dataset id")
     dataset_config: Optional[str] = setting(None, "Hub dataset config name")
     dataset_revision: Optional[str] = setting(None, "Hub dataset revision")
+    data_dir: Optional[str] = setting(None, "folder holding a built-in dataset's files (fashion_mnist: its idx "
+                                      "files; else the Debian package's, else the Hub's)")
     image_column: str = setting("image", "column holding the images")
     label_column: str = setting("label", "column holding the class labels")
     train_split: str = setting("train", "split to distil")

@@ -56,6 +56,7 @@ def load_data(data: DataArguments, seed: int) -> ImageClassificationData:
         split_seed=seed,
         config_name=data.dataset_config,
         revision=data.dataset_revision,
+        data_dir=data.data_dir,
     )
     return loaded.with_validation_split(data.validation_size, seed) if data.validation_size > 0 else loaded
 
