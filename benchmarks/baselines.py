@@ -187,8 +187,10 @@ class DistributionMatching:
         self.iteration = 0
         _per_class_ipc(data, ipc)
         self._mean, self._std = data.normalization_tensors(self.device)
-        # Real images as uint8 per class: decoding PNGs every iteration would dominate the cost.
-        self._real = [torch.from_numpy(data.images_uint8(rows)) for rows in data.class_rows]
+        # Real images as uint8: the train split's one decoded copy when the data keeps it in memory,
+        # else a copy per class here (decoding PNGs every iteration would dominate the cost).
+        self._real = None if data.train_in_memory else [torch.from_numpy(data.images_uint8(rows))
+                                                        for rows in data.class_rows]
         self._rng = np.random.default_rng(class_seed(self.settings.seed, 1))
         self._augment_rng = torch.Generator().manual_seed(class_seed(self.settings.seed, 2))
         self._dsa = DSA() if self.settings.dsa else None
@@ -208,10 +210,11 @@ class DistributionMatching:
     def real_batches(self) -> list[torch.Tensor]:
         """``batch_real`` random normalised real images per class (fewer if the class is smaller)."""
         batches = []
-        for images in self._real:
-            pick = self._rng.permutation(len(images))[: self.settings.batch_real]
-            batch = images[torch.from_numpy(pick)].to(self.device).float().div_(255.0)
-            batches.append((batch - self._mean) / self._std)
+        for c, rows in enumerate(self.data.class_rows):
+            pick = self._rng.permutation(len(rows))[: self.settings.batch_real]
+            images = torch.from_numpy(self.data.images_uint8(rows[pick])) if self._real is None \
+                else self._real[c][torch.from_numpy(pick)]
+            batches.append((images.to(self.device).float().div_(255.0) - self._mean) / self._std)
         return batches
 
     def synthetic_batches(self) -> list[torch.Tensor]:

@@ -150,3 +150,17 @@ def test_dm_is_seeded(digits):
         dm.run(2)
         runs.append(dm.image_set().images)
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+def test_dm_reads_the_datas_own_decoded_copy_and_draws_the_same_batches(digits):
+    """With the train split kept in memory DM holds no second copy of it, and its real batches
+    are those of the per-class copy it keeps otherwise."""
+    from d3hf.data.image_data import load_image_classification
+
+    on_disk = DistributionMatching(digits, 1, DMSettings(width=8, batch_real=16, seed=3))
+    in_memory_data = load_image_classification("digits")
+    assert in_memory_data.keep_train_in_memory()
+    in_memory = DistributionMatching(in_memory_data, 1, DMSettings(width=8, batch_real=16, seed=3))
+    assert on_disk._real is not None and in_memory._real is None
+    for a, b in zip(on_disk.real_batches(), in_memory.real_batches()):
+        assert torch.equal(a, b)
