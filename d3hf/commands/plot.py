@@ -13,7 +13,7 @@ from .parsing import command_parser, parse
 
 @dataclass
 class PlotOptions:
-    output: Optional[str] = field(default=None, metadata={"help": "PNG to write (default: RUN_DIR/curves.png)"})
+    output: Optional[str] = field(default=None, metadata={"help": "PNG to write instead of RUN_DIR/curves.png"})
 
 
 def cmd_plot(argv: Sequence[str]) -> int:

@@ -50,6 +50,12 @@ def _to_uint8_array(image: Any, scale: float) -> np.ndarray:
     return arr
 
 
+def _whole_column(table, column: str) -> np.ndarray:
+    """One column of every row, read in one piece (``table[column]`` iterates row by row: 12 s
+    for Fashion-MNIST's 70,000 labels against 0.02 s)."""
+    return np.asarray(table.select_columns([column])[:][column])
+
+
 def _decode_row(table, index: int, column: str, split: str):
     try:
         return table[index][column]
@@ -158,12 +164,12 @@ class ImageClassificationData:
         """Class ids of every row of a split (read from the label column only)."""
         if split == "train":
             if self._train_labels is None:
-                self._train_labels = self._map_labels(self.train[self.label_column])
+                self._train_labels = self._map_labels(_whole_column(self.train, self.label_column))
             return self._train_labels
         if self.test is None:
             raise DataError("This dataset has no test split.")
         if self._test_labels is None:
-            self._test_labels = self._map_labels(self.test[self.label_column])
+            self._test_labels = self._map_labels(_whole_column(self.test, self.label_column))
         return self._test_labels
 
     @property
@@ -383,7 +389,7 @@ def load_image_classification(
     if isinstance(label_feature, datasets.ClassLabel):
         class_names = list(label_feature.names)
     elif isinstance(label_feature, datasets.Value) and label_feature.dtype.startswith(("int", "uint")):
-        values = sorted(set(np.asarray(train[label_column]).tolist()))
+        values = sorted(set(_whole_column(train, label_column).tolist()))
         class_names = [str(v) for v in values]
         if values != list(range(len(values))):
             label_map = {v: i for i, v in enumerate(values)}
@@ -404,7 +410,7 @@ def load_image_classification(
     elif test_size > 0:
         from sklearn.model_selection import train_test_split
 
-        labels = np.asarray(train[label_column])
+        labels = _whole_column(train, label_column)
         counts = np.bincount(np.unique(labels, return_inverse=True)[1])
         stratify = labels if counts.min() >= 2 else None
         try:
