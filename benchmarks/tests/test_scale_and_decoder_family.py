@@ -26,6 +26,6 @@ def test_scale_report_shows_each_figure_and_its_growth():
              "peak_rss_mb": 1000.0}
     large = {**small, "rows": 60000, "load_cold_s": 6.0, "s_per_iteration": 1.1, "peak_rss_mb": 1500.0}
     text = scale.report({"mnist5k": small, "fashion_mnist": large})
-    assert "| train rows | 4,000 | 60,000 | 15.0x |" in text
+    assert "| train rows | 4,000 | 60,000 | 15x |" in text
     assert "| one matching iteration (s) | 1.00 | 1.10 | 1.1x |" in text
     assert "| one DM iteration, 10 per class (s) | n/a | n/a |" in text
