@@ -1,9 +1,10 @@
 """Where a run's numbers go while it runs: ``metrics.jsonl``, TensorBoard, accelerate's trackers.
 
 Every task (subtask) keeps its own ``metrics.jsonl`` in its folder (``OUTPUT_DIR/subtasks/K/``)
-and, when TensorBoard is wanted, its own event files (``OUTPUT_DIR/tensorboard/subtask_K/``), so
-no two processes ever write one file and a task's record moves with its checkpoint: on resume
-the lines after the checkpoint are dropped and written again, never twice. The run's own
+and, when TensorBoard is wanted, its own event files (``OUTPUT_DIR/tensorboard/subtask_KK/``, its
+experts' in ``subtask_KK_experts/``), so no two processes ever write one file and a task's record
+moves with its checkpoint: on resume the lines after the checkpoint are dropped and written
+again, never twice. The run's own
 records (the final evaluation) go to ``OUTPUT_DIR/metrics.jsonl``. Service trackers (Trackio,
 W&B, MLflow, ...) are accelerate's, on the main process: its tasks are logged as they run, the
 other processes' tasks when their results arrive.
@@ -212,20 +213,23 @@ class RunTracker:
 
     # ------------------------------------------------------------------ sinks
 
-    def _writer(self, run: str):
+    def _writer(self, run: str, purge_step: int | None = None):
+        """``run``'s TensorBoard writer; ``purge_step`` (on its first opening) hides the events a
+        killed process wrote at that step or later."""
         if run not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(os.path.join(self.output_dir, TENSORBOARD_DIR, run))
+            writer = SummaryWriter(os.path.join(self.output_dir, TENSORBOARD_DIR, run), purge_step=purge_step)
             writer.add_text("config", "```\n" + json.dumps(self.hyperparameters, indent=1, default=str) + "\n```")
             self._writers[run] = writer
         return self._writers[run]
 
-    def scalars(self, run: str, values: dict[str, float], step: int) -> None:
-        """``values`` under ``run/`` tags, at ``step`` (TensorBoard) or the next run step (services)."""
+    def scalars(self, run: str, values: dict[str, float], step: int, folder: str | None = None) -> None:
+        """``values`` under ``run/`` tags, at ``step`` (TensorBoard, in ``folder``, default ``run``)
+        or at the next run step (services)."""
         values = {f"{run}/{k}": float(v) for k, v in values.items() if v is not None}
         if self.tensorboard:
-            writer = self._writer(run)
+            writer = self._writer(folder or run)
             for tag, value in values.items():
                 writer.add_scalar(tag, value, step)
             writer.flush()
@@ -295,13 +299,8 @@ class TaskTracker(DistillCallback):
     def resume_at(self, iteration: int) -> None:
         """The task continues after ``iteration``: later distill records were never checkpointed."""
         self.log.truncate("distill", iteration)
-        if self.run.tensorboard:  # hide the events a killed run wrote past the checkpoint
-            from torch.utils.tensorboard import SummaryWriter
-
-            run = task_run(self.index)
-            if run not in self.run._writers:
-                self.run._writers[run] = SummaryWriter(os.path.join(self.run.output_dir, TENSORBOARD_DIR, run),
-                                                       purge_step=iteration + 1)
+        if self.run.tensorboard:
+            self.run._writer(task_run(self.index), purge_step=iteration + 1)
 
     def log_experts(self, history: dict[str, list[dict]]) -> None:
         """Every expert epoch in ``history`` not yet recorded (all of them for a fresh buffer)."""
@@ -312,8 +311,9 @@ class TaskTracker(DistillCallback):
         for e in epochs:
             record = {"phase": "experts", "subtask": self.index, "expert": expert, "epoch": e["epoch"],
                       "loss": e["loss"], "accuracy": e["accuracy"], "time": time.time()}
-            if self.log.append(record):
-                self.run.scalars(task_run(self.index), _tracker_values(record), e["epoch"])
+            if self.log.append(record):  # a folder of their own: a resumed matching phase purges only its own
+                self.run.scalars(task_run(self.index), _tracker_values(record), e["epoch"],
+                                 folder=task_run(self.index) + "_experts")
 
     def on_expert_trained(self, index: int, history: list[dict]) -> None:
         self._log_expert(index, history)

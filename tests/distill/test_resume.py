@@ -43,6 +43,11 @@ def assert_whole_record(out, subtask: int, iterations: int, experts: int, epochs
     accumulator.Reload()
     steps = [e.step for e in accumulator.Scalars(f"subtask_{subtask:02d}/mtt_normalised")]
     assert steps == list(range(1, iterations + 1))
+    accumulator = EventAccumulator(str(out / "tensorboard" / f"subtask_{subtask:02d}_experts"))
+    accumulator.Reload()  # not purged by the resumed matching phase
+    for expert in range(experts):
+        steps = [e.step for e in accumulator.Scalars(f"subtask_{subtask:02d}/expert_{expert}/accuracy")]
+        assert steps == list(range(1, epochs + 1)), expert
 
 
 def temporaries(out) -> list:
