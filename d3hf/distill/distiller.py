@@ -189,7 +189,8 @@ class Distiller:
         images = self.model(prior_ids.to(self.device), noise.to(self.device))
         return (images - self.mean) / self.std
 
-    def mtt_term(self) -> torch.Tensor:
+    def mtt_term(self) -> tuple[torch.Tensor, dict]:
+        """The normalised trajectory-matching loss of one unroll, and its raw squared distance."""
         a = self.args
         num_classes = self.data.num_classes
         expert = int(torch.randint(len(self.buffer), (1,), generator=self.generator))
@@ -210,8 +211,7 @@ class Distiller:
                                      self.checkpoint_steps, [p for p in self.model.parameters() if p.requires_grad],
                                      self.step_fn)
         loss = trajectory_matching_loss(theta_n.float(), theta0, target)
-        self._mtt_distance = float((theta_n.detach().float() - target).pow(2).sum())
-        return loss
+        return loss, {"mtt_distance": float((theta_n.detach().float() - target).pow(2).sum())}
 
     def mmd_term(self) -> tuple[torch.Tensor, dict]:
         a = self.args
@@ -248,8 +248,8 @@ class Distiller:
         record: dict = {"iteration": it}
         t = started = time.perf_counter()
         if a.mtt_weight > 0:
-            terms["mtt"] = self.mtt_term()
-            record["mtt_distance"] = self._mtt_distance  # ||theta_N - target||^2 before normalising
+            terms["mtt"], mtt_stats = self.mtt_term()
+            record.update(mtt_stats)  # ||theta_N - target||^2 before normalising
         self._time("mtt_forward_s", t)
         t = time.perf_counter()
         if a.mmd_weight > 0:

@@ -207,7 +207,7 @@ def test_non_finite_loss_stops_before_the_update(digits, digits_buffer, tmp_path
     saved = checkpoint.read_bytes()
     before = _snapshot(distiller)
 
-    monkeypatch.setattr(Distiller, "mtt_term", lambda self: torch.tensor(float("nan")))
+    monkeypatch.setattr(Distiller, "mtt_term", lambda self: (torch.tensor(float("nan")), {}))
     with pytest.raises(NonFiniteError, match=r"iteration 2\b.*mtt"):
         distiller.run(4, checkpoint_dir=str(tmp_path), show_progress=False)
     assert checkpoint.read_bytes() == saved
