@@ -117,6 +117,9 @@ def _build(files: dict[str, tuple[str, str]], class_names: list[str] | None, cac
     datasets.disable_progress_bars()  # a run shows one progress line of its own
     try:
         built.save_to_disk(tmp)
+    except BaseException:  # a full disk or Ctrl-C: no half-written copy is left in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         if bars:
             datasets.enable_progress_bars()
