@@ -87,10 +87,11 @@ def plot_curves(records: list[dict], path: str, title: str = "") -> str:
     return path
 
 
-def write_curves(run_dir: str, path: str | None = None) -> str | None:
-    """``run_dir``'s curves into ``path`` (default ``run_dir/curves.png``); None, with a log line,
-    when the run has no records yet or matplotlib is not installed."""
-    records = read_metrics(run_dir)
+def write_curves(run_dir: str, path: str | None = None, records: list[dict] | None = None) -> str | None:
+    """``run_dir``'s curves (``records``, read from it when not given) into ``path`` (default
+    ``run_dir/curves.png``); None, with a log line, when the run has no records yet or matplotlib
+    is not installed."""
+    records = read_metrics(run_dir) if records is None else records
     if not records:
         logger.info("%s has no metrics yet: no curves drawn", run_dir)
         return None

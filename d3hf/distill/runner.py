@@ -366,9 +366,10 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         if evaluation is not None:
             summary["evaluation"] = evaluation
             tracker.log_evaluation(evaluation)
-        curves = write_curves(args.run.output_dir)
+        records = read_metrics(args.run.output_dir)
+        curves = write_curves(args.run.output_dir, records=records)
         with atomic_directory(os.path.join(args.run.output_dir, ARTIFACT_DIR)) as tmp:
-            save_artifact(model, tmp, evaluation, curves, last_values(read_metrics(args.run.output_dir)))
+            save_artifact(model, tmp, evaluation, curves, last_values(records))
             write_marker(tmp, "artifact")
             fire(callbacks, "on_artifact_written", tmp)
         timings["total_s"] = time.perf_counter() - t0

@@ -106,6 +106,12 @@ def test_a_run_writes_metrics_tensorboard_curves_and_its_card_shows_them(tmp_pat
 
     assert main(["plot", str(out), "--output", str(tmp_path / "again.png")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "again.png")
+    (tmp_path / "mine.png").write_bytes(b"a user's file")
+    assert main(["plot", str(out), "--output", str(tmp_path / "mine.png")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "mine.png").read_bytes() == b"a user's file"
+    assert main(["plot", str(out), "--output", str(tmp_path / "mine.png"), "--overwrite"]) == 0
+    capsys.readouterr()
     with Image.open(tmp_path / "again.png") as image:
         assert image.format == "PNG"
     assert main(["info", str(out)]) == 0
