@@ -25,7 +25,7 @@ ACCELERATE_CONFIGS = os.path.join(REPO, "recipes", "accelerate_configs")
 TINY = dict(
     dataset="digits",
     ipc_budget=10.0,
-    decoder="4",
+    decoder="2",
     num_experts=2,
     expert_epochs_total=4,
     max_start_epoch=2,
@@ -59,8 +59,8 @@ CLI_TINY = {k: v for k, v in TINY.items() if k != "iterations"} | dict(
     log_every=1,
 )
 
-# Two subtasks of 5 digits classes each; decoder width 2 fits each subtask's share of ipc 10.
-SUBTASK_RUN = {**TINY, "num_subtasks": 2, "decoder": "2", "num_experts": 1, "expert_epochs_total": 3,
+# Two subtasks of 5 digits classes each; decoder width 1 fits each subtask's share of ipc 10.
+SUBTASK_RUN = {**TINY, "num_subtasks": 2, "decoder": "1", "num_experts": 1, "expert_epochs_total": 3,
                "max_start_epoch": 1, "syn_steps": 2, "iterations": 3, "num_threads": 1}
 
 

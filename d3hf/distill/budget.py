@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import D3HFError
-from ..modeling.decoders import DecoderSpec, family_spec, reference_spec
+from ..modeling.decoders import DEFAULT_FAMILY, DecoderSpec, family_spec, reference_spec
 from ..modeling.storage import prior_scalars
 
 Z_CHOICES = (4, 8, 16, 32, 64)
@@ -94,7 +94,7 @@ def plan_representation(
     lpc="auto",
     soft_labels: bool = False,
     label_dim: int | None = None,
-    family: str = "nearest",
+    family: str = DEFAULT_FAMILY,
 ) -> Plan:
     """Resolve ``auto`` values by the module's rule; refuse what cannot fit ``ipc_budget``.
 
@@ -148,7 +148,7 @@ def plan_subtasks(
     decoder="auto",
     lpc="auto",
     soft_labels: bool = False,
-    family: str = "nearest",
+    family: str = DEFAULT_FAMILY,
 ) -> Plan:
     """One representation for every subtask: each subtask's decoder and priors must fit the
     share of ``ipc_budget`` its classes bring (``ipc_budget`` images per class).

@@ -100,10 +100,10 @@ class RepresentationArguments(_Section):
     ipc_budget: float = setting(1.0, "images per class of storage, counted in scalars")
     decoder: str = setting("auto", "auto, an integer width, small/medium/large, or a decoder spec as a YAML "
                            "mapping, e.g. {channels: [64, 32, 16], start_hw: [7, 7], upsample: transpose4}")
-    decoder_family: str = setting("nearest", "the family an auto or integer-width decoder comes from: nearest "
-                                  "(upsample + 3x3 conv) or transpose (4x4 transposed convs, the reference's "
-                                  "layout; about 8x fewer FLOPs at the same parameters)",
-                                  choices=["nearest", "transpose"])
+    decoder_family: str = setting("transpose", "the family an auto or integer-width decoder comes from: "
+                                  "transpose (4x4 transposed convs, the reference's layout) or nearest (upsample "
+                                  "+ 3x3 conv; about 8x the FLOPs at the same parameters)",
+                                  choices=["transpose", "nearest"])  # modeling.decoders' (torch-free here)
     lpc: str = setting("auto", "latent priors per class, or auto")
     z_dim: str = setting("auto", "latent size, or auto")
     soft_labels: bool = setting(False, "store a teacher's soft label per prior (counted)")

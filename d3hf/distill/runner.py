@@ -138,6 +138,11 @@ def expert_settings(args: DistillArguments, image_shape=None) -> ExpertSettings:
     )
 
 
+# Settings whose default changed after they were added: a run folder written before the setting
+# existed ran with this value, not with today's default.
+FIRST_DEFAULTS = {"decoder_family": "nearest"}
+
+
 def _check_run_dir(args: DistillArguments) -> str:
     """What ``output_dir`` allows, read-only: ``"new"`` (missing or empty), ``"resume"`` (this
     run, same settings) or ``"restart"`` (a d3hf run with other settings, and
@@ -149,8 +154,9 @@ def _check_run_dir(args: DistillArguments) -> str:
         check_output(path, "run", flag="--overwrite_output_dir")  # a file, a foreign folder, the current directory
         return "new"
     previous = _read_json(run_file) if os.path.exists(run_file) else None
-    if isinstance(previous, dict):  # a key added since that run was written had its default there
-        previous = {**{k: v for k, v in defaults().items() if k in args.run_identity()}, **previous}
+    if isinstance(previous, dict):  # a key added since that run was written had its first default there
+        first = {**defaults(), **FIRST_DEFAULTS}
+        previous = {**{k: v for k, v in first.items() if k in args.run_identity()}, **previous}
     if previous == args.run_identity():
         return "resume"
     changed = sorted(k for k in set(previous or {}) | set(args.run_identity())

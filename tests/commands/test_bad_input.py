@@ -38,7 +38,7 @@ def small_dataset(tmp_path, rng, n=30, **kwargs) -> str:
 def run(tmp_path, capsys, dataset, **overrides):
     """``d3hf distill`` on ``dataset`` with tiny settings; returns (exit code, stderr)."""
     out = tmp_path / "out"
-    settings = {**TINY, "dataset": dataset, "output_dir": str(out), "ipc_budget": 10, "decoder": "2",
+    settings = {**TINY, "dataset": dataset, "output_dir": str(out), "ipc_budget": 10, "decoder": "1",
                 "test_size": 0.3, "iterations": 2, **overrides}
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(settings))

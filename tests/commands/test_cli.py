@@ -64,7 +64,7 @@ def test_dash_and_underscore_spellings(first_run):
     assert parse_distill_args([cfg, "--ipc_budget", "7"]).representation.ipc_budget == 7.0
     assert parse_distill_args([cfg, "--syn-steps", "5"]).matching.syn_steps == 5
     args = parse_distill_args([cfg, "--mixed-precision", "bf16"])
-    assert args.run.mixed_precision == "bf16" and args.representation.decoder == "4"  # YAML values stay unless overridden
+    assert args.run.mixed_precision == "bf16" and args.representation.decoder == "2"  # YAML values stay unless overridden
 
 
 def test_yaml_mixed_precision_no_means_no(tmp_path):

@@ -189,17 +189,19 @@ def test_distill_starts_over_in_its_own_run_only_with_overwrite(tmp_path, capsys
     assert json.loads((out / "run_config.json").read_text())["syn_steps"] == 3
 
 
-def test_a_run_written_before_a_setting_existed_resumes_when_that_setting_is_at_its_default(tmp_path):
+def test_a_run_written_before_a_setting_existed_resumes_when_that_setting_is_at_its_first_default(tmp_path):
     from d3hf.distill.config import DistillArguments
     from d3hf.distill.runner import RUN_FILE, _check_run_dir
 
-    args = DistillArguments(output_dir=str(tmp_path / "run"))
+    args = DistillArguments(output_dir=str(tmp_path / "run"), report_to="none")
     os.makedirs(args.run.output_dir)
-    older = {k: v for k, v in args.run_identity().items() if k != "decoder_family"}  # as an earlier d3hf wrote it
-    (tmp_path / "run" / RUN_FILE).write_text(json.dumps(older))
-    assert _check_run_dir(args) == "resume"
+    older = {k: v for k, v in args.run_identity().items() if k != "decoder_family"}
+    (tmp_path / "run" / RUN_FILE).write_text(json.dumps(older))  # as a d3hf before the setting wrote it
+    # decoder_family's default changed after it was added: such a run used the first one, nearest.
+    assert args.representation.decoder_family == "transpose"
     with pytest.raises(Exception, match="decoder_family"):
-        _check_run_dir(args.replace(decoder_family="transpose"))
+        _check_run_dir(args)
+    assert _check_run_dir(args.replace(decoder_family="nearest")) == "resume"
 
 
 @pytest.mark.parametrize("flags, message", [
