@@ -43,6 +43,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file: the repo root
+from benchmarks import synthetic  # noqa: E402
+
 T0 = time.perf_counter()  # this process's start, for the setup time of a measurement
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -134,43 +137,21 @@ class Paths:
 
 
 def generate_images(shape, n: int, seed: int = DATA_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` uint8 images (N, C, H, W) of 10 classes and their labels, the same for a seed on every
-    machine: each class is a smooth random pattern (4x4 Gaussian noise, upsampled), drawn with a
-    random contrast and pixel noise, so experts learn something; classes come in a shuffled order
-    with equal counts (to within one)."""
-    c, h, w = shape
-    rng = np.random.default_rng(seed)
-    coarse = rng.normal(size=(NUM_CLASSES, c, 4, 4))
-    rows = np.minimum(np.arange(h) * 4 // h, 3)
-    cols = np.minimum(np.arange(w) * 4 // w, 3)
-    templates = coarse[:, :, rows][:, :, :, cols]  # nearest upsampling to (C, H, W)
-    labels = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.int64)
-    contrast = rng.uniform(0.6, 1.4, size=(n, 1, 1, 1))
-    pixels = 128 + 40 * templates[labels] * contrast + rng.normal(0, 24, size=(n, c, h, w))
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), labels
+    """``n`` uint8 images (N, C, H, W) of the benchmark's 10 classes and their labels
+    (``benchmarks.synthetic.generate_images``)."""
+    return synthetic.generate_images(shape, n, NUM_CLASSES, seed)
 
 
 def write_data(folder: str, shape, train_images: int, test_images: int, seed: int = DATA_SEED) -> dict:
     """The generated data twice over, the same pixels: ``dataset/`` (a ``datasets.DatasetDict``
     written by ``save_to_disk``, PNG images, as d3hf reads any image dataset) and ``arrays.npz``
     (uint8 arrays, what the official side is given); ``info.json`` describes them."""
-    import datasets
-
     from d3hf.utils.io import atomic_write_json
 
     images, labels = generate_images(shape, train_images + test_images, seed)
     split = {"train": slice(0, train_images), "test": slice(train_images, None)}
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=[f"class{i}" for i in range(NUM_CLASSES)])})
-
-    def as_image(chw: np.ndarray) -> np.ndarray:
-        return chw[0] if chw.shape[0] == 1 else chw.transpose(1, 2, 0)  # PIL's L or RGB
-
-    dd = datasets.DatasetDict({name: datasets.Dataset.from_dict(
-        {"image": [as_image(x) for x in images[rows]], "label": labels[rows]}, features=features)
-        for name, rows in split.items()})
     os.makedirs(folder, exist_ok=True)
-    dd.save_to_disk(os.path.join(folder, "dataset"))
+    synthetic.save_image_dataset(os.path.join(folder, "dataset"), images, labels, split, NUM_CLASSES)
     np.savez(os.path.join(folder, "arrays.npz"), train_x=images[split["train"]], train_y=labels[split["train"]],
              test_x=images[split["test"]], test_y=labels[split["test"]])
     import hashlib

@@ -149,8 +149,8 @@ class ExpertArguments(_Section):
     """The expert trajectories trained on the real data, and the network they train."""
 
     _argument_group_name = "experts (trajectories on the real data)"  # a --help heading
-    AT_LEAST = {"num_experts": 1, "expert_epochs_total": 1, "expert_batch_size": 1, "student_depth": 0,
-                "student_width": 1}
+    AT_LEAST = {"num_experts": 1, "expert_epochs_total": 1, "expert_batch_size": 1, "expert_epoch_rows": 0,
+                "student_depth": 0, "student_width": 1}
     ABOVE = {"expert_lr": 0}
     BOOKKEEPING = ("buffer_dir",)
 
@@ -158,6 +158,8 @@ class ExpertArguments(_Section):
     expert_epochs_total: int = setting(10, "epochs each expert trains")
     expert_lr: float = setting(0.01, "SGD learning rate of the experts")
     expert_batch_size: int = setting(256, "batch size of the experts")
+    expert_epoch_rows: int = setting(0, "rows an expert 'epoch' (one snapshot) trains on, drawn on through the "
+                                     "whole train split; 0 = one pass over the split")
     expert_dtype: str = setting("float32", "snapshot dtype", choices=["float32", "float16"])
     buffer_dir: Optional[str] = setting(None, "defaults to OUTPUT_DIR/experts")
     student_depth: int = setting(
@@ -191,6 +193,9 @@ class MatchingArguments(_Section):
         "median", "median: distances in units of the real features' median squared distance; absolute: raw",
         choices=["median", "absolute"])
     mmd_classes_per_iter: int = setting(0, "classes in the MMD term per iteration (0 = all)")
+    mmd_chunk_classes: str = setting("auto", "classes the MMD term decodes and embeds at once, each chunk "
+                                     "backpropagated before the next (bounds its memory): auto (what fits a "
+                                     "quarter of the free memory) or a number")
     checkpoint_steps: str = setting("auto", "recompute inner steps in backward: auto/true/false")
     compile_inner_step: bool = setting(False, "torch.compile the student's inner step (for GPUs: on CPU it was "
                                        "measured slower; not with checkpoint_steps)")
@@ -209,6 +214,7 @@ class MatchingArguments(_Section):
             bandwidths = []
         if not bandwidths or min(bandwidths) <= 0:
             _refuse("mmd_bandwidths", "comma-separated numbers > 0, e.g. 1,2,4,8,16", self.mmd_bandwidths)
+        _auto_or_positive_int("mmd_chunk_classes", self.mmd_chunk_classes)
         if str(self.checkpoint_steps).lower() not in SWITCHES:
             raise ConfigError(f"Config key 'checkpoint_steps' must be auto, true or false; got {self.checkpoint_steps!r}.")
         if self.iterations > 0 and self.mtt_weight == 0 and self.mmd_weight == 0:

@@ -98,6 +98,33 @@ def use_step_checkpointing(args: MatchingArguments, student_width: int, image_sh
     return value in ("1", "true", "yes", "on")
 
 
+# RSS the MMD term keeps per activation scalar of one decoded image (decoder feature maps plus the
+# feature network's, ``mmd_activation_scalars``) while its graph waits for the backward pass;
+# measured at 64x64x3 in benchmarks/mmd_memory.md.
+MMD_BYTES_PER_SCALAR = 40
+
+
+def mmd_activation_scalars(model: D3Model, feature_net: ConvNet, image_shape) -> int:
+    """Activation scalars of one image of the MMD term: through the largest decoder, then the
+    feature network."""
+    specs = [decoder.spec for decoder in model.decoders if hasattr(decoder, "spec")]
+    decoding = max((spec.activation_scalars() for spec in specs), default=0)
+    return decoding + feature_net.activation_scalars(image_shape)
+
+
+def mmd_chunk_classes(args: MatchingArguments, num_classes: int, bytes_per_class: int, device: torch.device) -> int:
+    """``auto``: as many classes per chunk as fit a quarter of the device's free memory (all of
+    them when they do); otherwise the number given, at most the classes there are."""
+    value = str(args.mmd_chunk_classes)
+    if value != "auto":
+        return max(1, min(num_classes, int(value)))
+    free = available_memory(device)
+    chunk = max(1, min(num_classes, (free // 4) // max(1, bytes_per_class)))
+    logger.info("MMD term: ~%.2f GB for all %d classes at once, %.1f GB free on %s: %d class(es) per chunk",
+                bytes_per_class * num_classes / 1e9, num_classes, free / 1e9, device, chunk)
+    return chunk
+
+
 def read_checkpoint(directory: str) -> dict:
     """The state saved by ``Distiller.save_checkpoint`` in ``directory`` (checksum verified;
     plain tensors and containers only, ``weights_only`` loading)."""
@@ -162,6 +189,10 @@ class Distiller:
         self.seconds: dict[str, float] = {}  # wall time per part of the iteration, for the speed report
         self._first_iteration = 0
         self.real_features = self._embed_train_rows(memory_bytes) if args.mmd_weight > 0 else None
+        classes = args.mmd_classes_per_iter if 0 < args.mmd_classes_per_iter < data.num_classes else data.num_classes
+        per_class = MMD_BYTES_PER_SCALAR * max(2, args.mmd_samples) * mmd_activation_scalars(
+            self.model, self.feature_net, data.image_shape)
+        self.mmd_chunk_classes = mmd_chunk_classes(args, classes, per_class, self.device) if args.mmd_weight > 0 else 1
 
     def _embed_train_rows(self, memory_bytes: int, batch_size: int = 512) -> torch.Tensor | None:
         """Every train row's features under the fixed feature network, computed once (the MMD
@@ -213,7 +244,9 @@ class Distiller:
         loss = trajectory_matching_loss(theta_n.float(), theta0, target)
         return loss, {"mtt_distance": float((theta_n.detach().float() - target).pow(2).sum())}
 
-    def mmd_term(self) -> tuple[torch.Tensor, dict]:
+    def _mmd_draw(self) -> tuple[list[int], int, torch.Tensor, torch.Tensor, np.ndarray]:
+        """This iteration's random draws for the MMD term, all at once, so that how the classes are
+        chunked never changes them: classes, samples per class, prior ids, noise, real rows."""
         a = self.args
         num_classes = self.data.num_classes
         classes = list(range(num_classes))
@@ -222,52 +255,88 @@ class Distiller:
         n = max(2, a.mmd_samples)
         ids = self._prior_choice(classes, n)
         noise = torch.randn(len(ids), self.model.config.z_dim, generator=self.generator)
-        rows = [self.data.sample_class_rows(c, n, self.np_rng) for c in classes]
+        rows = np.stack([self.data.sample_class_rows(c, n, self.np_rng) for c in classes])
+        return classes, n, ids, noise, rows
+
+    def _mmd_chunk(self, n: int, ids: torch.Tensor, noise: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, dict]:
+        """The MMD^2 terms of some classes (``n`` decoded and ``n`` real images each, in order),
+        summed over those classes, with their kernel means summed too."""
         with self.autocast():
             syn_feat = self.feature_net.embed(self._decode(ids, noise)).float()
             if self.real_features is not None:  # the network is fixed: the real side was embedded once
-                real_feat = self.real_features[torch.from_numpy(np.concatenate(rows)).to(self.device)]
+                real_feat = self.real_features[torch.from_numpy(rows.reshape(-1)).to(self.device)]
             else:
-                real = self.data.images(np.concatenate(rows), device=self.device)
+                real = self.data.images(rows.reshape(-1), device=self.device)
                 real_feat = self.feature_net.embed((real - self.mean) / self.std).float()
+        total, stats = torch.zeros((), device=self.device), {"kxx": 0.0, "kyy": 0.0, "kxy": 0.0}
+        for k in range(len(rows)):
+            part = slice(k * n, (k + 1) * n)
+            scale = median_sq_distance(real_feat[part]) if self.args.mmd_kernel_scale == "median" else 1.0
+            loss, st = mmd2_unbiased(syn_feat[part], real_feat[part], self.bandwidths, scale)
+            total = total + loss
+            for key in stats:
+                stats[key] += st[key]
+        return total, stats
+
+    def mmd_chunks(self) -> Iterator[tuple[torch.Tensor, dict]]:
+        """The MMD term (the mean over classes of MMD^2) in parts that add up to it, each part
+        ``mmd_chunk_classes`` classes decoded and embedded together with their kernel means
+        (shares of the whole's): a caller that backpropagates each part before asking for the next
+        holds one part's graph at a time, so the term's memory is bounded by the chunk size."""
+        classes, n, ids, noise, rows = self._mmd_draw()
+        chunk = self.mmd_chunk_classes
+        for start in range(0, len(classes), chunk):
+            part = slice(start * n, (start + chunk) * n)
+            loss, stats = self._mmd_chunk(n, ids[part], noise[part], rows[start : start + chunk])
+            yield loss / len(classes), {key: value / len(classes) for key, value in stats.items()}
+
+    def mmd_term(self) -> tuple[torch.Tensor, dict]:
+        """The whole MMD term and its kernel means (every chunk's graph kept: for tests and tools;
+        ``step`` backpropagates chunk by chunk)."""
         losses, stats = [], {"kxx": 0.0, "kyy": 0.0, "kxy": 0.0}
-        for k in range(len(classes)):
-            rows = slice(k * n, (k + 1) * n)
-            scale = median_sq_distance(real_feat[rows]) if self.args.mmd_kernel_scale == "median" else 1.0
-            loss, st = mmd2_unbiased(syn_feat[rows], real_feat[rows], self.bandwidths, scale)
+        for loss, st in self.mmd_chunks():
             losses.append(loss)
             for key in stats:
-                stats[key] += st[key] / len(classes)
-        return torch.stack(losses).mean(), stats
+                stats[key] += st[key]
+        return torch.stack(losses).sum(), stats
+
+    def _backward(self, name: str, value: torch.Tensor, weight: float, record: dict) -> None:
+        """Refuse a non-finite loss (before any update), add it to ``record``, backpropagate it."""
+        if not torch.isfinite(value):
+            raise NonFiniteError(f"iteration {self.iteration}: the {name} loss is {float(value)}; stopped before the "
+                                 "update (the last checkpoint is intact). Lower the learning rates or step size.")
+        record[name] = record.get(name, 0.0) + float(value.detach())
+        record["loss"] = record.get("loss", 0.0) + weight * float(value.detach())
+        t = time.perf_counter()
+        if value.requires_grad and weight != 0:
+            (weight * value).backward()
+        self._time("backward_s", t)
 
     def step(self) -> dict:
-        """One iteration: both terms, one backward pass, one step of each optimiser."""
+        """One iteration: both terms, each backpropagated as soon as it is computed (the MMD term
+        chunk by chunk), then one step of each optimiser."""
         a = self.args
         it = self.iteration
-        terms: dict[str, torch.Tensor] = {}
-        record: dict = {"iteration": it}
-        t = started = time.perf_counter()
-        if a.mtt_weight > 0:
-            terms["mtt"], mtt_stats = self.mtt_term()
-            record.update(mtt_stats)  # ||theta_N - target||^2 before normalising
-        self._time("mtt_forward_s", t)
-        t = time.perf_counter()
-        if a.mmd_weight > 0:
-            terms["mmd"], kernel_stats = self.mmd_term()
-            record.update(kernel_stats)
-        self._time("mmd_forward_s", t)
-        for name, value in terms.items():
-            if not torch.isfinite(value):
-                raise NonFiniteError(f"iteration {it}: the {name} loss is {float(value)}; stopped before the update "
-                                     "(the last checkpoint is intact). Lower the learning rates or step size.")
-            record[name] = float(value.detach())
-        total = sum((getattr(a, f"{name}_weight") * value for name, value in terms.items()), torch.zeros((), device=self.device))
+        record: dict = {"iteration": it, "loss": 0.0}
+        started = time.perf_counter()
         for opt in (self.opt_priors, self.opt_step_size, self.opt_decoder):
             opt.zero_grad(set_to_none=True)
-        t = time.perf_counter()
-        if total.requires_grad:
-            total.backward()
-        self._time("backward_s", t)
+        if a.mtt_weight > 0:
+            t = time.perf_counter()
+            mtt, mtt_stats = self.mtt_term()
+            record.update(mtt_stats)  # ||theta_N - target||^2 before normalising
+            self._time("mtt_forward_s", t)
+            self._backward("mtt", mtt, a.mtt_weight, record)
+        if a.mmd_weight > 0:
+            stats = {"kxx": 0.0, "kyy": 0.0, "kxy": 0.0}
+            t = time.perf_counter()
+            for mmd, chunk_stats in self.mmd_chunks():
+                self._time("mmd_forward_s", t)
+                self._backward("mmd", mmd, a.mmd_weight, record)
+                for key in stats:
+                    stats[key] += chunk_stats[key]
+                t = time.perf_counter()
+            record.update(stats)
         record["grad_norm_priors"] = _grad_norm([self.model.prior_means, self.model.prior_logvars])
         record["grad_norm_decoder"] = _grad_norm(list(self.model.decoders.parameters()))
         for opt in (self.opt_priors, self.opt_step_size, self.opt_decoder):
@@ -276,9 +345,9 @@ class Distiller:
                         ("step_size", self.log_step_size)] + list(self.model.decoders.named_parameters()):
             if not torch.isfinite(p).all():
                 raise NonFiniteError(f"iteration {it}: parameter {name} became non-finite after the "
-                                     f"{'+'.join(terms)} update; the last checkpoint is intact.")
+                                     f"{'+'.join(k for k in ('mtt', 'mmd') if k in record)} update; the last "
+                                     "checkpoint is intact.")
         record["step_size"] = float(self.log_step_size.detach().exp())
-        record["loss"] = float(total.detach())
         record["lr_priors"] = self.opt_priors.param_groups[0]["lr"]
         record["lr_decoder"] = self.opt_decoder.param_groups[0]["lr"]
         record["prior_logvar_mean"] = float(self.model.prior_logvars.detach().mean())

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 
@@ -28,6 +28,7 @@ from .callbacks import DistillCallback, fire
 
 logger = logging.getLogger(__name__)
 _GLOBAL_RNG = threading.Lock()
+ADDED_SINCE = {"epoch_rows": 0}  # settings added after buffers were first written: the value those had
 
 
 @dataclass
@@ -43,6 +44,7 @@ class ExpertSettings:
     width: int = 32
     dtype: str = "float32"
     seed: int = 0
+    epoch_rows: int = 0  # rows between snapshots, drawn on through the whole split; 0: one pass over it
 
 
 class ExpertBuffer:
@@ -89,7 +91,8 @@ def _matches(path: str, settings: ExpertSettings, fingerprint: str) -> bool:
         return False
     with open(meta_path) as f:
         meta = json.load(f)
-    if meta.get("settings") != asdict(settings) or meta.get("data_fingerprint") != fingerprint:
+    stored = {**ADDED_SINCE, **meta.get("settings", {})}  # a buffer written before a setting existed
+    if stored != asdict(settings) or meta.get("data_fingerprint") != fingerprint:
         return False
     return _intact(path, range(settings.num_experts), meta.get("sha256", {})) == list(range(settings.num_experts))
 
@@ -129,13 +132,29 @@ def train_one_expert(
             yield (data.images(idx, device=device) - mean) / std, torch.from_numpy(labels[idx]).to(device)
 
     history = []
+    orders = epoch_orders(rng, len(labels), settings.epoch_rows)
     for epoch in range(1, settings.epochs + 1):
-        history.append({"epoch": epoch, **train_epoch(net, opt, batches(rng.permutation(len(labels))))})
+        history.append({"epoch": epoch, **train_epoch(net, opt, batches(next(orders)))})
         if epoch <= settings.keep_epochs or epoch == settings.epochs:
             kept[f"epoch_{epoch}"] = flat_parameters(net).to(dtype).cpu()
         if progress is not None:
             progress.update(1)
     return kept, history
+
+
+def epoch_orders(rng: np.random.Generator, num_rows: int, epoch_rows: int = 0) -> Iterator[np.ndarray]:
+    """Each epoch's rows: a fresh permutation of all ``num_rows``; with ``epoch_rows`` > 0, the next
+    ``epoch_rows`` of a stream of permutations instead, so that successive epochs sweep the whole
+    split and a snapshot is taken every ``epoch_rows`` rows."""
+    if epoch_rows <= 0:
+        while True:
+            yield rng.permutation(num_rows)
+    pending = np.empty(0, dtype=np.int64)
+    while True:
+        while len(pending) < epoch_rows:
+            pending = np.concatenate([pending, rng.permutation(num_rows)])
+        yield pending[:epoch_rows]
+        pending = pending[epoch_rows:]
 
 
 def build_expert_buffer(

@@ -135,6 +135,7 @@ def expert_settings(args: DistillArguments, image_shape=None) -> ExpertSettings:
         width=args.experts.student_width,
         dtype=args.experts.expert_dtype,
         seed=args.run.seed,
+        epoch_rows=args.experts.expert_epoch_rows,
     )
 
 

@@ -89,6 +89,13 @@ class DecoderSpec:
     def from_dict(cls, data: dict) -> "DecoderSpec":
         return cls(**data)
 
+    def activation_scalars(self) -> int:
+        """Scalars of the feature maps one image makes on its way through the decoder (stem,
+        every stage, output): what its saved activations scale with."""
+        c, h, w = self.out_shape
+        maps = [self.channels[0] * self.start_hw[0] * self.start_hw[1], c * h * w]
+        return sum(maps) + sum(cout * a * b for cout, (a, b) in zip(self.channels[1:], self.stage_sizes))
+
     def num_parameters(self) -> int:
         """Stored scalars of the decoder, without building it."""
         c0, (h0, w0) = self.channels[0], self.start_hw

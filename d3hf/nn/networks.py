@@ -37,6 +37,18 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
 
+    def activation_scalars(self, image_shape) -> int:
+        """Scalars of the feature maps one image makes on its way through ``features`` (each
+        block's convolution output): what its saved activations scale with."""
+        _, h, w = image_shape
+        total = 0
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):
+                total += layer.out_channels * h * w
+            elif isinstance(layer, nn.AvgPool2d):
+                h, w = h // 2, w // 2
+        return total
+
 
 class MLP(nn.Module):
     """Two hidden layers of ``width`` with ReLU: a second architecture family for evaluation."""

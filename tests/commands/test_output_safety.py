@@ -207,6 +207,8 @@ def test_a_run_written_before_a_setting_existed_resumes_when_that_setting_is_at_
 @pytest.mark.parametrize("flags, message", [
     (["--iterations", "-5"], "'iterations' must be an integer >= 0"),
     (["--init_steps", "-1"], "'init_steps' must be an integer >= 0"),
+    (["--mmd_chunk_classes", "0"], "'mmd_chunk_classes' must be 'auto' or an integer >= 1"),
+    (["--expert_epoch_rows", "-1"], "'expert_epoch_rows' must be an integer >= 0"),
     (["--init_steps", "0"], "init: random"),
     (["--max_start_epoch", "9", "--expert_epochs_total", "2"], "expert_epochs_total is 2"),
     (["--num_experts", "0"], "'num_experts' must be an integer >= 1"),

@@ -11,7 +11,7 @@ import torch
 from d3hf.distill.budget import BudgetError
 from d3hf.distill.config import MatchingArguments
 from d3hf.distill.distiller import CHECKPOINT_NAME, Distiller, NonFiniteError
-from d3hf.distill.experts import ExpertBuffer, build_expert_buffer
+from d3hf.distill.experts import ExpertBuffer, build_expert_buffer, epoch_orders
 from d3hf.distill.runner import build_config, expert_settings, run_distillation
 from tests.helpers import make_distiller, tiny_args
 
@@ -146,6 +146,44 @@ def test_expert_buffer_is_reused_rebuilt_and_fp16_is_half_size(digits, tmp_path)
     torch.testing.assert_close(rebuilt.snapshot(0, 0), fp32_first, atol=2e-3, rtol=1e-3)  # same seed, fp16 storage
 
 
+def test_epoch_orders_sweep_the_whole_split_in_epochs_of_the_given_rows():
+    whole = epoch_orders(np.random.default_rng(0), 10)
+    reference = np.random.default_rng(0)
+    for _ in range(3):  # 0: a fresh permutation per epoch, as experts always drew
+        assert np.array_equal(next(whole), reference.permutation(10))
+    orders = epoch_orders(np.random.default_rng(0), 10, epoch_rows=4)
+    epochs = [next(orders) for _ in range(5)]  # 20 rows: two whole permutations
+    assert all(len(e) == 4 for e in epochs)
+    stream = np.concatenate(epochs)
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
+
+
+def test_experts_snapshot_every_epoch_rows_and_old_buffers_still_match(digits, tmp_path):
+    path = str(tmp_path / "buf")
+    args = tiny_args(num_experts=1, expert_epochs_total=3, max_start_epoch=1, expert_epoch_rows=512)
+    buffer = build_expert_buffer(digits, expert_settings(args), path, show_progress=False)
+    batches = -(-512 // args.experts.expert_batch_size)
+    assert buffer.settings.epoch_rows == 512 and len(buffer.history["0"]) == 3
+    assert not torch.equal(buffer.snapshot(0, 0), buffer.snapshot(0, 1))
+    # One "epoch" of 512 rows is two batches of 256: the expert moved less than after a full pass.
+    full = build_expert_buffer(digits, expert_settings(args.replace(expert_epoch_rows=0)), str(tmp_path / "full"),
+                               show_progress=False)
+    assert batches == 2 and len(digits.class_rows[0]) * 10 > 512
+    moved = (buffer.snapshot(0, 1) - buffer.snapshot(0, 0)).norm()
+    assert moved < (full.snapshot(0, 1) - full.snapshot(0, 0)).norm()
+    # A buffer written before expert_epoch_rows existed is still reused by a run at its default (0).
+    meta_path = os.path.join(str(tmp_path / "full"), "settings.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    del meta["settings"]["epoch_rows"]
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    mtime = os.stat(os.path.join(str(tmp_path / "full"), "expert_0.safetensors")).st_mtime_ns
+    build_expert_buffer(digits, expert_settings(args.replace(expert_epoch_rows=0)), str(tmp_path / "full"),
+                        show_progress=False)
+    assert os.stat(os.path.join(str(tmp_path / "full"), "expert_0.safetensors")).st_mtime_ns == mtime
+
+
 def test_expert_buffer_is_rebuilt_when_the_data_changes(digits, tmp_path):
     path = str(tmp_path / "buf")
     settings = expert_settings(tiny_args(num_experts=1, expert_epochs_total=3, max_start_epoch=1))
@@ -271,3 +309,47 @@ def test_mmd_reads_real_features_embedded_once_as_it_would_compute_them(digits, 
     for _ in range(3):  # the same rows drawn, the same features to float tolerance, the same losses
         a, b = cached.step(), fresh.step()
         assert a["mmd"] == pytest.approx(b["mmd"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("chunk", ["3", "1"])
+def test_mmd_in_chunks_gives_the_loss_and_gradients_of_the_whole_term(digits, digits_buffer, chunk):
+    args = tiny_args(mmd_weight=5.0, samples_per_class=2)
+    whole = make_distiller(digits, digits_buffer, args.replace(mmd_chunk_classes="10"))
+    parts = make_distiller(digits, digits_buffer, args.replace(mmd_chunk_classes=chunk))
+    assert (whole.mmd_chunk_classes, parts.mmd_chunk_classes) == (10, int(chunk))
+    for _ in range(2):  # the same draws, losses and updates: the chunks add up to the term
+        a, b = whole.step(), parts.step()
+        for key in ("mtt", "mmd", "loss", "kxx", "kyy", "kxy", "grad_norm_priors", "grad_norm_decoder"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+    for (name, p), q in zip(whole.model.named_parameters(), parts.model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+    # The whole term as one graph (for tools) is the sum of the chunks, drawn alike.
+    chunked = make_distiller(digits, digits_buffer, args.replace(mmd_chunk_classes=chunk))
+    one = make_distiller(digits, digits_buffer, args.replace(mmd_chunk_classes=chunk))
+    values = [float(value) for value, _ in chunked.mmd_chunks()]
+    assert len(values) == -(-10 // int(chunk))
+    assert float(one.mmd_term()[0]) == pytest.approx(sum(values), rel=1e-5)
+
+
+def test_auto_mmd_chunks_fit_a_quarter_of_the_free_memory(digits, digits_buffer, monkeypatch):
+    from d3hf.distill import distiller as module
+
+    args = tiny_args()
+    roomy = make_distiller(digits, digits_buffer, args)
+    assert roomy.mmd_chunk_classes == 10  # digits' MMD term is a few MB
+    per_class = module.MMD_BYTES_PER_SCALAR * args.matching.mmd_samples * module.mmd_activation_scalars(
+        roomy.model, roomy.feature_net, digits.image_shape)
+    monkeypatch.setattr(module, "available_memory", lambda device: 4 * 3 * per_class + 5)
+    assert make_distiller(digits, digits_buffer, args).mmd_chunk_classes == 3
+    monkeypatch.setattr(module, "available_memory", lambda device: 0)
+    assert make_distiller(digits, digits_buffer, args).mmd_chunk_classes == 1
+
+
+def test_activation_scalars_count_every_feature_map():
+    from d3hf.modeling.decoders import DecoderSpec
+    from d3hf.nn.networks import ConvNet
+
+    spec = DecoderSpec(z_dim=4, out_shape=[1, 8, 8], channels=[4, 2], start_hw=[4, 4], upsample="transpose4")
+    assert spec.activation_scalars() == 4 * 16 + 2 * 64 + 1 * 64
+    net = ConvNet((1, 8, 8), 10, depth=2, width=3)
+    assert net.activation_scalars((1, 8, 8)) == 3 * 64 + 3 * 16

@@ -1,0 +1,179 @@
+"""Choosing a recipe's settings on a validation split: the recipe and a few variants of it (some
+keys changed), each distilled by ``d3hf distill`` in a fresh process with ``validation_size``
+and scored by the run's own final evaluation on that split (the test split is never read).
+
+A cell is one (variant, seed). Its run folder, log and JSON record live in
+benchmarks/cache/recipe_sweep/<dataset>_<recipe>/; variants whose experts are the same share one
+expert buffer. A stopped sweep resumes (the record is cached; the run resumes from its
+checkpoint). The report, benchmarks/recipe_sweep.md, is made from every cached record:
+
+    python benchmarks/recipe_sweep.py recipes/fashion_mnist/ipc1.yaml \\
+        --variants "expert_epoch_rows=0;iterations=0" --seeds 0
+
+The empty variant (always run first) is the recipe itself. Run it on an otherwise idle machine
+when the seconds matter; the accuracies do not depend on the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)  # run as a file: the repo root
+
+from benchmarks.cells import cached, records  # noqa: E402
+
+CACHE_ROOT = os.path.join(HERE, "cache", "recipe_sweep")
+D3HF = os.path.join(os.path.dirname(sys.executable), "d3hf")
+SET_BY_THE_SWEEP = ("seed", "validation_size", "eval_seeds", "output_dir", "buffer_dir", "overwrite_output_dir")
+
+
+def parse_variant(text: str) -> dict[str, str]:
+    """``"expert_epoch_rows=0,syn_steps=20"`` -> {key: value as written}; keys are checked by
+    ``d3hf distill``'s own parser in ``arguments``."""
+    from d3hf.distill.config import SECTION_OF_KEY
+
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in SECTION_OF_KEY:
+            raise SystemExit(f"--variants: {item!r} is not KEY=VALUE with a distillation key (e.g. syn_steps=20)")
+        if key in SET_BY_THE_SWEEP:
+            raise SystemExit(f"--variants: {key} is set by the sweep")
+        out[key] = value
+    return out
+
+
+def variant_name(variant: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(variant.items())) or "recipe"
+
+
+def arguments(recipe: str, variant: dict[str, str]):
+    """The variant's settings as ``d3hf distill RECIPE --key value ...`` parses them."""
+    from d3hf.commands.distill import parse_distill_args
+
+    return parse_distill_args([recipe, *[a for k, v in variant.items() for a in (f"--{k}", v)]])
+
+
+def experts_key(args) -> str:
+    """Equal for two variants whose experts are the same (the expert settings, the snapshots kept,
+    the seed and the data)."""
+    from dataclasses import asdict
+
+    identity = {**{k: v for k, v in asdict(args.experts).items() if k != "buffer_dir"},
+                "keep": args.matching.max_start_epoch + args.matching.expert_epochs, "seed": args.run.seed,
+                "data": asdict(args.data)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def command(recipe: str, variant: dict[str, str], seed: int, root: str, validation_size: float,
+            eval_seeds: int) -> list[str]:
+    args = arguments(recipe, variant).replace(seed=seed, validation_size=validation_size)
+    cell = f"{variant_name(variant)}_seed{seed}"
+    return [D3HF, "distill", recipe, *[a for k, v in sorted(variant.items()) for a in (f"--{k}", v)],
+            "--seed", str(seed), "--validation_size", str(validation_size), "--eval_seeds", str(eval_seeds),
+            "--output_dir", os.path.join(root, "runs", cell),
+            "--buffer_dir", os.path.join(root, "experts", experts_key(args))]
+
+
+def run_cell(cmd: list[str], log_path: str) -> dict:
+    from d3hf.utils.environment import cpu_model
+
+    with open(log_path, "a") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    out = cmd[cmd.index("--output_dir") + 1]
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(out, "artifact", "config.json")) as f:
+        config = json.load(f)
+    row = next(r for r in summary["evaluation"]["results"] if r["method"] == "d3hf artifact")
+    if row["split"] != "validation":
+        raise RuntimeError(f"{out} was scored on {row['split']!r}: the sweep only reads the validation split")
+    timings = summary["subtasks"][0]["timings"]
+    return {"split": row["split"], "accuracies": row["accuracies"], "protocol": row["notes"],
+            "lpc": config["priors_per_class"], "z_dim": config["z_dim"],
+            "channels": [d["channels"] for d in config["decoders"]], "ipc_equivalent": summary["ledger"]["ipc_equivalent"],
+            "experts_s": timings.get("experts_s"), "warm_start_s": timings.get("warm_start_s"),
+            "s_per_iteration": timings.get("s_per_iteration"), "distill_s": timings.get("distill_s"),
+            "evaluate_s": summary["timings"].get("evaluate_s"), "total_s": summary["timings"]["total_s"],
+            "cpu": f"{cpu_model()}, {os.cpu_count()} threads",
+            "command": shlex.join(["d3hf", *[os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd[1:]]])}
+
+
+def report(sweeps: dict[str, list[dict]]) -> str:
+    lines = ["# Recipe settings chosen on validation", "",
+             "Each row: `d3hf distill` on the recipe with the variant's keys changed, a validation split carved "
+             "from train (`validation_size`), scored by the run's final evaluation on it (P-noaug ConvNet-3, "
+             "final epoch); accuracy is the mean +- std over the evaluation networks (and seeds). Seconds are "
+             "wall time, comparable only between rows that had the machine to themselves.", ""]
+    for name, recs in sorted(sweeps.items()):
+        first = recs[0]
+        lines += [f"## {name}", "", f"Validation split: {first['validation_size']:.0%} of train; measured on "
+                  f"{first['cpu']}.", "",
+                  "| variant | seeds | validation accuracy | priors per class | decoder channels | IPC-eq | experts s "
+                  "| warm start s | s / iteration | evaluation s | total s |",
+                  "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        by_variant: dict[str, list[dict]] = {}
+        for r in recs:
+            by_variant.setdefault(r["variant"], []).append(r)
+        for variant, rows in sorted(by_variant.items(), key=lambda kv: (kv[0] != "recipe", kv[0])):
+            accs = [100 * a for r in rows for a in r["accuracies"]]
+            std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
+            mean = lambda key: statistics.mean(r[key] for r in rows if r.get(key) is not None) \
+                if any(r.get(key) is not None for r in rows) else float("nan")  # noqa: E731
+            lines.append(f"| {variant} | {', '.join(str(r['seed']) for r in rows)} | {statistics.mean(accs):.2f} +- "
+                         f"{std:.2f} | {rows[0]['lpc']} | {rows[0]['channels'][0]} | {rows[0]['ipc_equivalent']:.3f} | "
+                         f"{mean('experts_s'):.0f} | {mean('warm_start_s'):.0f} | {mean('s_per_iteration'):.2f} | "
+                         f"{mean('evaluate_s'):.0f} | {mean('total_s'):.0f} |")
+        lines += ["", "Cells:", ""] + [f"    {r['command']}" for r in recs] + [""]
+    lines += ["Command: `python benchmarks/recipe_sweep.py RECIPE --variants ...` (see its docstring).", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("recipe", nargs="?", help="a recipe YAML; without it, only the report is redrawn")
+    p.add_argument("--variants", default="", help="';'-separated variants, each KEY=VALUE,...")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--validation_size", type=float, default=0.1)
+    p.add_argument("--eval_seeds", type=int, default=2)
+    p.add_argument("--out", default=HERE, help="folder for the cache and recipe_sweep.md")
+    a = p.parse_args(argv)
+    cache = os.path.join(a.out, "cache", "recipe_sweep")
+    if a.recipe:
+        recipe = os.path.abspath(a.recipe)
+        dataset = arguments(recipe, {}).data.dataset
+        root = os.path.join(cache, f"{os.path.basename(dataset)}_{os.path.splitext(os.path.basename(recipe))[0]}")
+        variants = [{}] + [parse_variant(v) for v in a.variants.split(";") if v.strip()]
+        for seed in [int(s) for s in a.seeds.split(",")]:
+            for variant in variants:
+                cell = f"{variant_name(variant)}_seed{seed}"
+                cmd = command(recipe, variant, seed, root, a.validation_size, a.eval_seeds)
+                os.makedirs(os.path.join(root, "records"), exist_ok=True)
+                record = cached(os.path.join(root, "records", cell + ".json"), lambda: {
+                    "recipe": os.path.relpath(recipe, REPO), "variant": variant_name(variant), "seed": seed,
+                    "validation_size": a.validation_size, **run_cell(cmd, os.path.join(root, cell + ".log"))})
+                print(f"{record['variant']} seed {seed}: {[round(100 * x, 2) for x in record['accuracies']]}",
+                      file=sys.stderr, flush=True)
+    sweeps = {}
+    if os.path.isdir(cache):
+        for name in sorted(os.listdir(cache)):
+            found = records(os.path.join(cache, name, "records"))
+            if found:
+                sweeps[name] = found
+    text = report(sweeps)
+    with open(os.path.join(a.out, "recipe_sweep.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
