@@ -36,7 +36,7 @@ def settings(chunk: int) -> dict:
     return dict(dataset=os.path.join(CACHE, "data"), ipc_budget=1.0, mtt_weight=0.0, mmd_weight=1.0,
                 mmd_samples=MMD_SAMPLES, mmd_chunk_classes=str(chunk), student_width=WIDTH, student_depth=DEPTH,
                 num_experts=1, expert_epochs_total=2, max_start_epoch=1, min_start_epoch=0, expert_epochs=1,
-                test_size=0.0, init="random", iterations=1, num_threads=2)
+                init="random", iterations=1, num_threads=2)
 
 
 def _rss() -> int:
@@ -60,7 +60,7 @@ def measure(chunk: int) -> dict:
     from d3hf.utils.environment import cpu_model
 
     torch.set_num_threads(2)
-    write_synthetic(os.path.join(CACHE, "data"), SHAPE, CLASSES, TRAIN_PER_CLASS, 0)
+    write_synthetic(os.path.join(CACHE, "data"), SHAPE, CLASSES, TRAIN_PER_CLASS, 2)
     args = DistillArguments(**settings(chunk))
     data = load_data(args.data, 0)
     data.keep_train_in_memory()
@@ -76,15 +76,16 @@ def measure(chunk: int) -> dict:
         f.write("5")
     distiller.step()
     growth = _peak() - before
-    estimate = engine.MMD_BYTES_PER_SCALAR * MMD_SAMPLES * chunk * per_image
     return {"chunk_classes": distiller.mmd_chunk_classes, "classes": CLASSES, "mmd_samples": MMD_SAMPLES,
             "images_at_once": MMD_SAMPLES * distiller.mmd_chunk_classes, "activation_scalars_per_image": per_image,
-            "growth_mb": growth / 2**20, "estimate_mb": estimate / 2**20, "rss_before_mb": before / 2**20,
+            "growth_mb": growth / 2**20, "rss_before_mb": before / 2**20,
             "bytes_per_scalar": growth / (MMD_SAMPLES * distiller.mmd_chunk_classes * per_image),
             "decoder": model.config.decoders[0]["channels"], "cpu": f"{cpu_model()}, {os.cpu_count()} threads"}
 
 
 def report(rows: list[dict]) -> str:
+    from d3hf.distill.distiller import MMD_BYTES_PER_SCALAR
+
     first = rows[0]
     lines = ["# MMD term memory at 64x64x3", "",
              f"Command: `python benchmarks/mmd_memory.py`; {first['cpu']}. {first['classes']} classes x "
@@ -94,9 +95,12 @@ def report(rows: list[dict]) -> str:
              "| classes per chunk | images decoded at once | RSS growth MB | rule's estimate MB | bytes per activation "
              "scalar |", "|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: -r["chunk_classes"]):
-        lines.append(f"| {r['chunk_classes']} | {r['images_at_once']} | {r['growth_mb']:.0f} | {r['estimate_mb']:.0f} "
+        estimate = MMD_BYTES_PER_SCALAR * r["images_at_once"] * r["activation_scalars_per_image"] / 2**20
+        lines.append(f"| {r['chunk_classes']} | {r['images_at_once']} | {r['growth_mb']:.0f} | {estimate:.0f} "
                      f"| {r['bytes_per_scalar']:.1f} |")
-    lines += ["", f"Activation scalars per image (decoder + feature network): {first['activation_scalars_per_image']:,}.",
+    lines += ["", f"Activation scalars per image (decoder + feature network): {first['activation_scalars_per_image']:,}; "
+              f"the rule counts {MMD_BYTES_PER_SCALAR} bytes for each (`MMD_BYTES_PER_SCALAR`, rounded up from the "
+              "largest measured here).",
               "`mmd_chunk_classes: auto` takes as many classes per chunk as the estimate fits in a quarter of the "
               "free memory; each chunk is backpropagated before the next is decoded, so only one chunk's graph is "
               "held (the chunks' losses and gradients add up to the whole term's: tests/distill/test_distiller.py).",

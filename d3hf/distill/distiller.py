@@ -100,8 +100,8 @@ def use_step_checkpointing(args: MatchingArguments, student_width: int, image_sh
 
 # RSS the MMD term keeps per activation scalar of one decoded image (decoder feature maps plus the
 # feature network's, ``mmd_activation_scalars``) while its graph waits for the backward pass;
-# measured at 64x64x3 in benchmarks/mmd_memory.md.
-MMD_BYTES_PER_SCALAR = 40
+# measured at 64x64x3 in benchmarks/mmd_memory.md (12 to 17 bytes, by chunk size; the largest rounded up).
+MMD_BYTES_PER_SCALAR = 18
 
 
 def mmd_activation_scalars(model: D3Model, feature_net: ConvNet, image_shape) -> int:
