@@ -346,6 +346,23 @@ class ImageClassificationData:
         return h.hexdigest()[:16]
 
 
+# Names of a held-out split, in the order they are looked for when the source has no "test" split.
+HELD_OUT_NAMES = ("test", "validation", "valid")
+CHANNELS = ("auto", "L", "RGB")
+
+
+def _held_out_split(raw, source: str, train_split: str, test_split: str | None) -> str | None:
+    """The split ``test_split`` resolves to in ``raw``, or None (carve one off train)."""
+    if not test_split:
+        return None
+    if test_split in raw:
+        return test_split
+    if test_split != HELD_OUT_NAMES[0]:  # named by the user: it must exist
+        raise DataError(f"Dataset {source!r} has no split {test_split!r}; its splits are {sorted(raw)}. Set "
+                        "test_split to one of them, or to 'test' to hold out a share of train (test_size).")
+    return next((name for name in HELD_OUT_NAMES if name in raw and name != train_split), None)
+
+
 def load_image_classification(
     source: str,
     *,
@@ -358,11 +375,19 @@ def load_image_classification(
     config_name: str | None = None,
     revision: str | None = None,
     data_dir: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    channels: str = "auto",
 ) -> ImageClassificationData:
     """Open an image-classification dataset with a train and a test split.
 
-    Sources without a test split get a seeded stratified split (``test_size``,
-    ``split_seed``), recorded in ``source_info``.
+    The held-out split is ``test_split``; when that is the default ``"test"`` and the source has
+    none, its ``validation`` or ``valid`` split is taken, and only a source with none of them gets
+    a seeded stratified share of train (``test_size``, ``split_seed``); the choice is logged and
+    recorded in ``source_info``. A ``test_split`` named otherwise must exist.
+
+    Every image is converted to ``channels`` (``L``, ``RGB``, or ``auto``: the first training
+    image's) and resized (bilinear, Pillow) to ``image_size`` (H, W; None: the first training
+    image's size).
     """
     import datasets
 
@@ -401,13 +426,18 @@ def load_image_classification(
     test = None
     info: dict[str, Any] = {"source": source, "train_split": train_split, "config_name": config_name,
                             "revision": revision}
+    held_out = _held_out_split(raw, source, train_split, test_split) if split_rule is None else None
     if split_rule is not None:
         test = raw["test"]
         info.update(test_split="test", split_rule=split_rule)
-    elif test_split and test_split in raw:
-        test = raw[test_split]
-        info.update(test_split=test_split, split_rule=f"the dataset's own {train_split!r}/{test_split!r} splits")
+    elif held_out is not None:
+        test = raw[held_out]
+        info.update(test_split=held_out, split_rule=f"the dataset's own {train_split!r}/{held_out!r} splits")
+        if held_out != test_split:
+            logger.info("%s has no %r split: its %r split is the held-out split", source, test_split, held_out)
     elif test_size > 0:
+        logger.info("%s has no held-out split (none of %s): %.0f%% of %r is held out, stratified, seed %d", source,
+                    ", ".join(HELD_OUT_NAMES), 100 * test_size, train_split, split_seed)
         from sklearn.model_selection import train_test_split
 
         labels = _whole_column(train, label_column)
@@ -443,6 +473,16 @@ def load_image_classification(
             scale = 1.0 if max(float(np.nanmax(a)) for a in arrs) > 1.0 + 1e-6 else 255.0
     hwc = _to_uint8_array(first, scale)
     shape = (int(hwc.shape[2]), int(hwc.shape[0]), int(hwc.shape[1]))
+    if channels not in CHANNELS:
+        raise DataError(f"channels must be one of {', '.join(CHANNELS)}; got {channels!r}.")
+    if channels != "auto" or image_size is not None:
+        first_shape = shape
+        h, w = (int(v) for v in image_size) if image_size is not None else shape[1:]
+        shape = ({"L": 1, "RGB": 3}.get(channels, shape[0]), h, w)
+        if shape != first_shape:
+            info["image_transform"] = (f"converted to {channels if channels != 'auto' else 'its own channels'} and "
+                                       f"resized (bilinear) to {h}x{w} from the first image's "
+                                       f"{first_shape[1]}x{first_shape[2]}x{first_shape[0]}")
     data = ImageClassificationData(
         train=train,
         test=test,

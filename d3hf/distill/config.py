@@ -12,6 +12,7 @@ Every value is checked when its section is built, the relations between sections
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -77,12 +78,28 @@ class DataArguments(_Section):
     image_column: str = setting("image", "column holding the images")
     label_column: str = setting("label", "column holding the class labels")
     train_split: str = setting("train", "split to distil")
-    test_split: str = setting("test", "held-out split for the final evaluation")
+    test_split: str = setting("test", "held-out split for the final evaluation (test: else the source's "
+                              "validation or valid split, else test_size of train)")
     test_size: float = setting(0.2, "held-out share when the source has no test split")
     validation_size: float = setting(
         0.0, "tune on a stratified share of train held out as the evaluation split (test unused)")
+    image_size: Optional[str] = setting(None, "resize every image (bilinear) to this size: 64 or 64,48 (H,W); "
+                                        "default: the first training image's")
+    channels: str = setting("auto", "convert every image: L (grayscale), RGB, or auto (the first training "
+                            "image's)", choices=["auto", "L", "RGB"])
+
+    def image_hw(self) -> tuple[int, int] | None:
+        """``image_size`` as (H, W), or None."""
+        if self.image_size is None:
+            return None
+        sides = [int(v) for v in re.findall(r"\d+", str(self.image_size))]
+        return (sides[0], sides[0]) if len(sides) == 1 else (sides[0], sides[1])
 
     def check(self) -> None:
+        if self.image_size is not None:
+            text = str(self.image_size).strip("[]() ")
+            if not re.fullmatch(r"\s*\d+\s*([,x]\s*\d+\s*)?", text) or min(int(v) for v in re.findall(r"\d+", text)) < 1:
+                _refuse("image_size", "a size >= 1 (64) or H,W (64,48)", self.image_size)
         if not 0 <= self.test_size < 1:
             _refuse("test_size", "a share in [0, 1) (0: no held-out split when the source has none)", self.test_size)
         if not 0 <= self.validation_size < 1:

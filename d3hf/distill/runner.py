@@ -57,6 +57,8 @@ def load_data(data: DataArguments, seed: int) -> ImageClassificationData:
         config_name=data.dataset_config,
         revision=data.dataset_revision,
         data_dir=data.data_dir,
+        image_size=data.image_hw(),
+        channels=data.channels,
     )
     return loaded.with_validation_split(data.validation_size, seed) if data.validation_size > 0 else loaded
 

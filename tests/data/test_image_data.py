@@ -148,3 +148,67 @@ def test_train_split_in_memory_reads_the_same_pixels_and_views_share_them():
     assert torch.equal(view.sample_class(1, 9, rng_a), disk_view.sample_class(1, 9, rng_b))
     np.testing.assert_array_equal(in_memory.images_uint8([2], "test"), on_disk.images_uint8([2], "test"))
     assert not load_image_classification("digits").keep_train_in_memory(max_bytes=1000)  # over the bound: on disk
+
+
+def _dataset_dict(tmp_path, rng, splits: dict[str, int], shape=(8, 8)) -> str:
+    parts = {}
+    for name, per_class in splits.items():
+        images, labels = labelled_images(rng, per_class, shape)
+        parts[name] = image_dataset(images, labels)
+    datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "data"))
+    return str(tmp_path / "data")
+
+
+@pytest.mark.parametrize("held_out", ["validation", "valid"])
+def test_a_validation_or_valid_split_is_the_held_out_split_before_any_is_carved(tmp_path, rng, caplog, held_out):
+    path = _dataset_dict(tmp_path, rng, {"train": 6, held_out: 2})
+    with caplog.at_level("INFO", logger="d3hf.data.image_data"):
+        data = load_image_classification(path)
+    assert data.source_info["test_split"] == held_out and len(data.labels("test")) == 6
+    assert len(data.labels()) == 18  # nothing carved off train
+    assert f"its {held_out!r} split is the held-out split" in caplog.text
+
+
+def test_a_test_split_wins_and_a_source_without_one_is_carved_with_a_log(tmp_path, rng, caplog):
+    both = load_image_classification(_dataset_dict(tmp_path / "a", rng, {"train": 6, "validation": 2, "test": 3}))
+    assert both.source_info["test_split"] == "test" and len(both.labels("test")) == 9
+    with caplog.at_level("INFO", logger="d3hf.data.image_data"):
+        carved = load_image_classification(_dataset_dict(tmp_path / "b", rng, {"train": 10}), test_size=0.2)
+    assert carved.source_info["test_split"] == "train[stratified 0.2]" and len(carved.labels("test")) == 6
+    assert "no held-out split (none of test, validation, valid)" in caplog.text
+
+
+def test_a_test_split_named_by_the_user_must_exist(tmp_path, rng):
+    path = _dataset_dict(tmp_path, rng, {"train": 6, "validation": 2})
+    with pytest.raises(DataError, match=r"no split 'heldout'; its splits are \['train', 'validation'\]"):
+        load_image_classification(path, test_split="heldout")
+
+
+def test_image_size_and_channels_convert_every_image(tmp_path, rng):
+    path = _dataset_dict(tmp_path, rng, {"train": 4, "test": 1})
+    plain = load_image_classification(path)
+    small = load_image_classification(path, image_size=(4, 6), channels="RGB")
+    assert plain.image_shape == (1, 8, 8) and small.image_shape == (3, 4, 6)
+    batch = small.images_uint8(np.arange(3))
+    assert batch.shape == (3, 3, 4, 6) and small.images_uint8([0], "test").shape == (1, 3, 4, 6)
+    assert np.array_equal(batch[:, 0], batch[:, 2])  # grey made RGB: equal channels
+    from PIL import Image
+
+    expected = np.asarray(Image.fromarray(plain.images_uint8([0])[0, 0]).resize((6, 4), Image.BILINEAR))
+    assert np.array_equal(batch[0, 0], expected)
+    assert "resized (bilinear) to 4x6" in small.source_info["image_transform"]
+    assert small.fingerprint() != plain.fingerprint()
+    assert "image_transform" not in load_image_classification(path, image_size=(8, 8)).source_info
+    with pytest.raises(DataError, match="channels must be one of"):
+        load_image_classification(path, channels="CMYK")
+
+
+def test_image_size_and_channels_are_distill_settings(tmp_path):
+    from d3hf.commands.distill import parse_distill_args
+    from d3hf.distill.runner import load_data
+
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("dataset: digits\nimage_size: 4\nchannels: RGB\n")
+    args = parse_distill_args([str(cfg)])
+    assert args.data.image_hw() == (4, 4)
+    assert load_data(args.data, 0).image_shape == (3, 4, 4)
