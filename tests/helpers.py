@@ -129,15 +129,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_two_processes(tmp_path, *args: str, program=("-m", "d3hf")) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of ``d3hf distill ARGS`` on two CPU processes (``program``: how the
-    command is started, e.g. a script path and its own arguments)."""
+def launch_two_processes(tmp_path, *args: str, program=("-m", "d3hf"), processes: int = 2) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``d3hf distill ARGS`` on two (or ``processes``) CPU processes
+    (``program``: how the command is started, e.g. a script path and its own arguments)."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TQDM_DISABLE": "1"}
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     return subprocess.run(
         [accelerate, "launch", "--config_file", os.path.join(ACCELERATE_CONFIGS, "cpu_2proc.yaml"),
-         "--main_process_port", str(_free_port()), *program, "distill", *args],
+         "--num_processes", str(processes), "--main_process_port", str(_free_port()), *program, "distill", *args],
         env=env, capture_output=True, text=True, timeout=240,
     )
 

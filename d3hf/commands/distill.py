@@ -102,7 +102,8 @@ def cmd_distill(argv: Sequence[str]) -> int:
     # folder per subtask, so that every process can write its subtasks' (d3hf.distill.tracking).
     services = [name for name in args.run.trackers() if name != "tensorboard"]
     accelerator = make_accelerator(args.run.cpu, args.run.mixed_precision, args.run.num_threads, log_with=services,
-                                   project_dir=args.run.output_dir.replace("{process_index}", "0"))
+                                   project_dir=args.run.output_dir.replace("{process_index}", "0"),
+                                   timeout_seconds=args.run.ddp_timeout)
     try:
         model, summary = run_distillation(args, accelerator=accelerator, show_progress=accelerator.is_main_process)
     finally:

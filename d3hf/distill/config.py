@@ -260,9 +260,10 @@ class RunArguments(_Section):
     """Where and how this run executes: folders, seed, devices, checkpoints, logs."""
 
     _argument_group_name = "run (folders, seed, devices, checkpoints, logs)"  # a --help heading
-    AT_LEAST = {"checkpoint_every": 0, "log_every": 0, "num_threads": 0, "expert_workers": 0, "memory_mb": 0}
+    AT_LEAST = {"checkpoint_every": 0, "log_every": 0, "num_threads": 0, "expert_workers": 0, "memory_mb": 0,
+                "ddp_timeout": 1}
     BOOKKEEPING = ("output_dir", "overwrite_output_dir", "subtask_ids", "checkpoint_every", "log_every", "num_threads",
-                   "expert_workers", "memory_mb", "report_to")
+                   "expert_workers", "memory_mb", "report_to", "ddp_timeout")
 
     output_dir: str = setting("outputs/d3", "may contain {process_index}: one folder per process, no shared disk")
     overwrite_output_dir: bool = setting(
@@ -284,6 +285,8 @@ class RunArguments(_Section):
                              "(trackio, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab)")
     memory_mb: int = setting(2048, "decoded train images, and their features for the MMD term, kept in memory "
                              "per subtask, each at most (MB; 0 = recompute them on every read)")
+    ddp_timeout: int = setting(1800, "seconds a collective operation of the process group may wait (only the "
+                               "start of a run has any: subtasks are dealt and handed over without them)")
 
     def selected_subtasks(self) -> list[int] | None:
         """The sorted ``subtask_ids``, or None for every subtask; ValueError if they are not integers."""

@@ -21,15 +21,19 @@ def threads_per_process(requested: int = 0) -> int:
 
 
 def make_accelerator(cpu: bool = False, mixed_precision: str = "no", num_threads: int = 0,
-                     log_with: list[str] | None = None, project_dir: str | None = None):
+                     log_with: list[str] | None = None, project_dir: str | None = None, timeout_seconds: int = 1800):
     """An ``Accelerator`` whose world size is the one the launcher started, with the experiment
-    trackers ``log_with`` (accelerate's names) writing under ``project_dir``.
+    trackers ``log_with`` (accelerate's names) writing under ``project_dir`` and a process group
+    whose collectives wait at most ``timeout_seconds``.
 
     ``accelerate launch --multi_gpu`` on a machine without GPUs starts processes that each
     believe they are alone unless the script asks for CPU (gloo): they would all redo the
     same work. That case is refused here instead.
     """
+    from datetime import timedelta
+
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     torch.set_num_threads(threads_per_process(num_threads))
     # The recipe's key wins over the launcher's (it is part of what a resumed run must match).
@@ -39,7 +43,8 @@ def make_accelerator(cpu: bool = False, mixed_precision: str = "no", num_threads
                        "Set mixed_precision in the recipe or pass --mixed_precision %s.", launcher, mixed_precision,
                        launcher)
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=log_with or None,
-                              project_dir=project_dir)
+                              project_dir=project_dir,
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_seconds))])
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched != accelerator.num_processes:
         raise ConfigError(

@@ -29,9 +29,10 @@ from .budget import BudgetError, plan_subtasks, subtask_overruns
 from .callbacks import DistillCallback, fire
 from .config import DataArguments, DistillArguments, defaults
 from .curves import write_curves
-from .distiller import Distiller
+from .distiller import CHECKPOINT_NAME, Distiller
 from .experts import ExpertSettings, build_expert_buffer
 from .layout import ARTIFACT_DIR, FINISHED_FILE, RUN_ENTRIES, RUN_FILE, SUBTASKS_DIR, SUMMARY_FILE
+from .scheduler import SubtaskScheduler, default_store
 from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
 from .tracking import RunTracker, last_values, read_metrics
 from .warm_start import WarmStartSettings, warm_start
@@ -216,6 +217,7 @@ def distill_subtask(
     is loaded from its artifact, not redone. Returns the subtask artifact (local class ids)
     and its timings.
     """
+    started = time.perf_counter()
     workdir = subtask_dir(args, index)
     artifact_dir = os.path.join(workdir, ARTIFACT_DIR)
     finished = os.path.join(workdir, FINISHED_FILE)
@@ -266,6 +268,7 @@ def distill_subtask(
         save_artifact(part, tmp)
         write_marker(tmp, "artifact")
     atomic_write_json(finished, {"iterations": distiller.iteration})
+    timings["subtask_s"] = time.perf_counter() - started
     return part, timings
 
 
@@ -275,6 +278,12 @@ def _buffer_dir(args: DistillArguments, index: int, num_subtasks: int, workdir: 
     if not args.experts.buffer_dir:
         return os.path.join(workdir, "experts")
     return os.path.join(args.experts.buffer_dir, str(index)) if num_subtasks > 1 else args.experts.buffer_dir
+
+
+def _has_progress(args: DistillArguments, index: int) -> bool:
+    """Whether this process sees a checkpoint or a finished artifact of subtask ``index``."""
+    workdir = subtask_dir(args, index)
+    return os.path.exists(os.path.join(workdir, FINISHED_FILE)) or os.path.exists(os.path.join(workdir, CHECKPOINT_NAME))
 
 
 def _read_json(path: str) -> dict:
@@ -336,28 +345,42 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
         logger.info("%d subtask(s) %s on %d process(es); representation for ipc_budget %s:\n%s", len(partition),
                     partition, world, args.representation.ipc_budget, estimate_storage(config))
 
-    mine = [wanted[i] for i in assigned_subtasks(len(wanted), rank, world)]
+    # Largest subtasks first, so the last ones dealt are the short ones; a subtask whose checkpoint
+    # only this process can see (per-process output folders) is its own first.
+    rows = {k: sum(len(data.class_rows[c]) for c in partition[k]) for k in wanted}
+    scheduler = SubtaskScheduler(sorted(wanted, key=lambda k: (-rows[k], k)), rank,
+                                 default_store() if world > 1 else None,
+                                 preferred=[k for k in wanted if _has_progress(args, k)])
     evaluates = is_main and len(wanted) == len(partition) and data.test is not None
     if show_progress:  # this run's line is the only progress display: no "Writing model shards" bars
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-    with (run_progress(_planned_phases(args, len(mine), evaluates)) if show_progress else contextlib.nullcontext(),
-          contextlib.closing(tracker)):
+    with (run_progress(_planned_phases(args, -(-len(wanted) // world), evaluates)) if show_progress
+          else contextlib.nullcontext(), contextlib.closing(tracker)):
         local = []
-        for k in mine:
+        while (k := scheduler.claim()) is not None:
             part, sub_timings = distill_subtask(args, data, config, k, device, autocast, show_progress, callbacks,
                                                 tracker)
             state = {name: tensor.detach().cpu() for name, tensor in part.state_dict().items()}
-            local.append({"index": k, "classes": partition[k], "process": rank, "state": state, "timings": sub_timings})
-        results = sorted(_gather(accelerator, local), key=lambda r: r["index"])
+            result = {"index": k, "classes": partition[k], "process": rank, "state": state, "timings": sub_timings}
+            if is_main or scheduler.store is None:
+                local.append(result)
+            else:
+                scheduler.publish(k, result)
+        timings["busy_s"] = time.perf_counter() - t0
+        if not is_main:
+            logger.info("Process %d: distilled subtask(s) %s; nothing left to claim", rank, scheduler.claimed)
+            return None, {"subtasks": [{"index": k, "process": rank} for k in scheduler.claimed],
+                          "timings": timings, "num_processes": world, "output_dir": args.run.output_dir}
+        others = [k for k in wanted if k not in scheduler.claimed]
+        results = sorted(local + (scheduler.collect(others) if others else []), key=lambda r: r["index"])
         timings["subtasks_s"] = time.perf_counter() - t0
         summary: dict = {"subtasks": [{k: v for k, v in r.items() if k != "state"} for r in results],
                          "timings": timings, "num_processes": world, "output_dir": args.run.output_dir,
                          "artifact_dir": os.path.join(args.run.output_dir, ARTIFACT_DIR)}
-        if not is_main or len(results) < len(partition):
-            if is_main:
-                logger.info("Distilled subtasks %s; merge all subtasks with `d3hf aggregate`.", wanted)
+        if len(results) < len(partition):
+            logger.info("Distilled subtasks %s; merge all subtasks with `d3hf aggregate`.", wanted)
             return None, summary
 
         for r in results:

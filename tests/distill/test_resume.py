@@ -82,7 +82,9 @@ def test_killed_at_every_stage_resumes_to_the_uninterrupted_result(tmp_path, fre
     assert_whole_record(out, 0, RUN["iterations"], RUN["num_experts"], RUN["expert_epochs_total"])
 
 
-def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path, fresh_accelerate_state):
+def test_killed_two_process_run_resumes_on_three_processes_to_the_one_process_result(tmp_path, fresh_accelerate_state):
+    """Resume with another world size, more processes than subtasks: each subtask is dealt to
+    whichever process claims it and resumes from its checkpoint in the shared output folder."""
     reference = tmp_path / "reference"
     settings = {**SUBTASK_RUN, "checkpoint_every": 1, "log_every": 1, "report_to": "tensorboard"}
     (tmp_path / "ref.yaml").write_text(yaml.safe_dump({**settings, "output_dir": str(reference)}))
@@ -97,8 +99,9 @@ def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path, fres
     assert killed.returncode != 0
     for k in (0, 1):
         assert read_checkpoint(str(tmp_path / "out" / "subtasks" / str(k)))["iteration"] == 1
-    resumed = launch_two_processes(tmp_path, str(cfg), "--cpu")
+    resumed = launch_two_processes(tmp_path, str(cfg), "--cpu", "--ddp_timeout", "60", processes=3)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Process 2 of 3" in resumed.stderr
     assert resumed.stderr.count("resuming at iteration 1") == 2
     assert_same_weights(weights(tmp_path / "out"), weights(reference))
     for k in (0, 1):  # each process logged its own subtask under its own tags
