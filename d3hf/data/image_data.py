@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -185,24 +186,51 @@ class ImageClassificationData:
         """Whether the train split was decoded into memory (``keep_train_in_memory``)."""
         return self._train_pixels is not None
 
-    def keep_train_in_memory(self, max_bytes: int = DEFAULT_MEMORY_BYTES) -> bool:
+    def keep_train_in_memory(self, max_bytes: int = DEFAULT_MEMORY_BYTES, spill_dir: str | None = None) -> bool:
         """Decode the whole train split once into a uint8 array that every later read indexes
-        (experts, warm start and the MMD term read the same rows many times over). Skipped, and
-        False returned, when the array would take more than ``max_bytes``."""
+        (experts, warm start and the MMD term read the same rows many times over), so no image is
+        decoded in a training loop. Over ``max_bytes`` the array goes to a memory-mapped file in
+        ``spill_dir`` instead (reused by a resumed run), or, without one, is skipped and False
+        returned (every read then decodes its rows)."""
         if self._train_pixels is not None:
             return True
         n = len(self.labels("train"))
         size = n * int(np.prod(self.image_shape))
-        if size > max_bytes:
+        if size > max_bytes and spill_dir is None:
             logger.info("Train split kept on disk: its %d images take %.0f MB decoded, over the %.0f MB allowed",
                         n, size / 1e6, max_bytes / 1e6)
             return False
+        if size > max_bytes:
+            self._train_pixels = self._decoded_file(spill_dir, n)
+            return True
         pixels = np.empty((n, *self.image_shape), dtype=np.uint8)
-        for start in range(0, n, 1024):
-            rows = np.arange(start, min(start + 1024, n))
-            pixels[rows] = self.images_uint8(rows)
+        self._decode_train_into(pixels)
         self._train_pixels = pixels
         return True
+
+    def _decode_train_into(self, pixels: np.ndarray) -> None:
+        for start in range(0, len(pixels), 1024):
+            rows = np.arange(start, min(start + 1024, len(pixels)))
+            pixels[rows] = self.images_uint8(rows)
+
+    def _decoded_file(self, folder: str, n: int) -> np.ndarray:
+        """The train split decoded into ``folder/train-<fingerprint>.npy`` (written once, renamed
+        into place when whole), memory-mapped read-only."""
+        path = os.path.join(folder, f"train-{self.fingerprint()}.npy")
+        shape = (n, *self.image_shape)
+        if not os.path.exists(path):
+            os.makedirs(folder, exist_ok=True)
+            logger.info("Decoding the train split once into %s (%.0f MB)", path, np.prod(shape) / 1e6)
+            tmp = f"{path[:-4]}.tmp-{os.getpid()}.npy"
+            pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            self._decode_train_into(pixels)
+            pixels.flush()
+            del pixels
+            os.replace(tmp, path)
+        pixels = np.load(path, mmap_mode="r")
+        if pixels.shape != shape:
+            raise DataError(f"{path} holds {pixels.shape} pixels, not the train split's {shape}; delete it.")
+        return pixels
 
     def images_uint8(self, indices: Sequence[int] | np.ndarray, split: str = "train") -> np.ndarray:
         """Decode the rows ``indices`` of a split to a uint8 array (N, C, H, W)."""

@@ -284,7 +284,8 @@ class RunArguments(_Section):
                              "when installed), all (every installed tracker), or names, e.g. tensorboard,wandb "
                              "(trackio, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab)")
     memory_mb: int = setting(2048, "decoded train images, and their features for the MMD term, kept in memory "
-                             "per subtask, each at most (MB; 0 = recompute them on every read)")
+                             "per subtask, each at most (MB); larger decoded images go to a memory-mapped file "
+                             "in the subtask's folder (0 = decode and embed on every read instead)")
     ddp_timeout: int = setting(1800, "seconds a collective operation of the process group may wait (only the "
                                "start of a run has any: subtasks are dealt and handed over without them)")
 

@@ -231,7 +231,8 @@ def distill_subtask(
     callbacks = [task, *callbacks]  # first: a callback that stops the run finds this step recorded
     timings: dict = {}
     t = time.perf_counter()
-    if view.keep_train_in_memory(args.run.memory_mb * 2**20):  # decoded once, read by every phase below
+    # Decoded once (in memory, or over memory_mb into a file beside the checkpoints), read by every phase below.
+    if view.keep_train_in_memory(args.run.memory_mb * 2**20, workdir if args.run.memory_mb else None):
         timings["decode_s"] = time.perf_counter() - t
     t = time.perf_counter()
     buffer = build_expert_buffer(view, expert_settings(sub_args, view.image_shape),

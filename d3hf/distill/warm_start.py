@@ -81,7 +81,9 @@ def warm_start(model: D3Model, data: ImageClassificationData, settings: WarmStar
     device = model.prior_means.device
     rng = np.random.default_rng(settings.seed)
     rows = [np.sort(rng.choice(r, size=min(len(r), settings.rows_per_class), replace=False)) for r in data.class_rows]
-    images = torch.cat([data.images(r) for r in rows]).to(device)
+    # Row ids only: each batch is read (from the decoded copy when the run keeps one) as it is
+    # needed, so memory does not grow with classes x rows_per_class.
+    row_ids = np.concatenate(rows)
     labels = torch.cat([torch.full((len(r),), c, dtype=torch.long) for c, r in enumerate(rows)])
     decoder = model.decoders[0]
     with torch.random.fork_rng(devices=[]):
@@ -90,15 +92,15 @@ def warm_start(model: D3Model, data: ImageClassificationData, settings: WarmStar
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=settings.lr)
     kl_weight = settings.kl_weight if settings.kl_weight is not None else kl_weight_for(data.image_shape)
-    batch_size = min(settings.batch_size, len(images))
-    steps_per_epoch = len(images) // batch_size
+    batch_size = min(settings.batch_size, len(row_ids))
+    steps_per_epoch = len(row_ids) // batch_size
     bar = progress_bar("warm start", total=settings.steps, disable=not show_progress)
     recon = kl = torch.zeros(())
     for step in range(settings.steps):
         if step % steps_per_epoch == 0:
-            order = torch.randperm(len(images), generator=generator)
+            order = torch.randperm(len(row_ids), generator=generator)
         at = (step % steps_per_epoch) * batch_size
-        batch = images[order[at : at + batch_size].to(device)]
+        batch = data.images(row_ids[order[at : at + batch_size].numpy()], device=device)
         mean, logvar = encoder(batch)
         noise = torch.randn(mean.shape, generator=generator).to(device)
         out = decoder(mean + torch.exp(0.5 * logvar) * noise).clamp(1e-6, 1 - 1e-6)
@@ -112,11 +114,12 @@ def warm_start(model: D3Model, data: ImageClassificationData, settings: WarmStar
             bar.set_postfix(recon=f"{recon.item():.1f}", kl=f"{kl.item():.1f}")
     bar.close()
     with torch.no_grad():
-        means, logvars = zip(*(encoder(images[i : i + 512]) for i in range(0, len(images), 512)))
+        means, logvars = zip(*(encoder(data.images(row_ids[i : i + 512], device=device))
+                               for i in range(0, len(row_ids), 512)))
         _set_priors(model, torch.cat(means).cpu(), torch.cat(logvars).cpu(), labels, generator)
     stats = {"warm_start_s": time.perf_counter() - t0, "warm_start_recon": recon.item(), "warm_start_kl": kl.item()}
     logger.info("Warm start (VAE, %d rows, %d steps): reconstruction %.1f, KL %.1f per image, %.1f s",
-                len(images), settings.steps, stats["warm_start_recon"], stats["warm_start_kl"], stats["warm_start_s"])
+                len(row_ids), settings.steps, stats["warm_start_recon"], stats["warm_start_kl"], stats["warm_start_s"])
     return stats
 
 

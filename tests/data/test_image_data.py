@@ -212,3 +212,19 @@ def test_image_size_and_channels_are_distill_settings(tmp_path):
     args = parse_distill_args([str(cfg)])
     assert args.data.image_hw() == (4, 4)
     assert load_data(args.data, 0).image_shape == (3, 4, 4)
+
+
+def test_a_train_split_over_the_memory_allowed_is_decoded_once_into_a_mapped_file(tmp_path):
+    in_memory = load_image_classification("digits")
+    assert in_memory.keep_train_in_memory()
+    spilled = load_image_classification("digits")
+    assert not spilled.keep_train_in_memory(max_bytes=0)  # no folder given: every read decodes
+    assert spilled.keep_train_in_memory(max_bytes=0, spill_dir=str(tmp_path))
+    (path,) = tmp_path.iterdir()
+    assert path.name == f"train-{spilled.fingerprint()}.npy" and isinstance(spilled._train_pixels, np.memmap)
+    rows = np.array([5, 0, 77, 3])
+    assert np.array_equal(spilled.images_uint8(rows), in_memory.images_uint8(rows))
+    mtime = path.stat().st_mtime_ns
+    again = load_image_classification("digits")
+    assert again.keep_train_in_memory(max_bytes=0, spill_dir=str(tmp_path))  # a resumed run maps the same file
+    assert path.stat().st_mtime_ns == mtime and np.array_equal(again.images_uint8(rows), in_memory.images_uint8(rows))

@@ -62,3 +62,18 @@ def test_distill_warm_starts_only_with_init_vae(tmp_path):
                                       show_progress=False)
         timings[init] = summary["subtasks"][0]["timings"]
     assert timings["vae"]["warm_start_s"] > 0 and "warm_start_s" not in timings["random"]
+
+
+def test_the_warm_start_reads_its_rows_a_batch_at_a_time(digits, monkeypatch):
+    """Memory bounded by the batch, not by classes x rows_per_class (1,000 classes at ImageNet size)."""
+    reads = []
+    original = type(digits).images
+
+    def recording(self, indices, split="train", device=None):
+        reads.append(len(indices))
+        return original(self, indices, split, device)
+
+    monkeypatch.setattr(type(digits), "images", recording)
+    warm_start(_fresh_model(digits), digits, WarmStartSettings(steps=5, batch_size=16, rows_per_class=100))
+    assert reads[:5] == [16] * 5 and max(reads) <= 512  # the steps' batches, then the posteriors in 512s
+    assert sum(reads[5:]) == sum(min(len(r), 100) for r in digits.class_rows)  # every kept row encoded once
