@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from ..distill.config import DataArguments
 from ..errors import ConfigError
-from .parsing import command_parser, parse
+from .parsing import command_parser, parse, resolve_device
 
 
 @dataclass
@@ -45,7 +45,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     for flag, value in (("--epochs", a.epochs), ("--seeds", a.seeds), ("--num_per_class", a.num_per_class)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1; got {value}.")
-    device = _device(a.device)
+    device = resolve_device(a.device)
     from ..data.provenance import check_test_split_disjoint
     from ..distill.runner import load_data, load_recorded_data
     from ..errors import DataError
@@ -72,7 +72,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     else:
         from ..hub.load import load_artifact
 
-        model = load_artifact(model_path)
+        model = load_artifact(model_path).to(device)  # samples are decoded where the networks train
         # Test on the dataset, columns and split recorded in the artifact unless told otherwise.
         recorded = model.config.distillation
         data = load_recorded_data(recorded, a.dataset or recorded.get("dataset", "mnist5k"))
@@ -130,17 +130,3 @@ def _with_result(evaluation: dict, result: dict, recorded_dataset: str | None) -
     if len({json.dumps(r.get("settings"), sort_keys=True) for r in evaluation["results"]}) == 1:
         evaluation["protocol_text"] = result["notes"]  # one protocol: said once; else each row's notes say it
     return evaluation
-
-
-def _device(name: str | None):
-    import torch
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1): {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} asks for CUDA, but torch sees no GPU here; use --device cpu.")
-    return device

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..errors import ConfigError
-from .parsing import command_parser, parse
+from .parsing import command_parser, parse, resolve_device
 
 # hub.generate.GENERATE_FORMATS, spelled here so that `d3hf --help` loads no torch (a test checks they agree).
 FORMATS = ("arrow", "parquet", "imagefolder")
@@ -24,6 +24,8 @@ class GenerateOptions:
     format: str = field(default="arrow", metadata={"choices": list(FORMATS),
                                                    "help": "arrow (save_to_disk), parquet or imagefolder"})
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of MODEL"})
+    device: Optional[str] = field(default=None, metadata={
+        "help": "where the samples are decoded, e.g. cpu or cuda:0; default: cuda when available"})
 
 
 def cmd_generate(argv: Sequence[str]) -> int:
@@ -32,10 +34,11 @@ def cmd_generate(argv: Sequence[str]) -> int:
     a, positional = parse(p, argv)
     if a.num_per_class < 1:
         raise ConfigError(f"--num_per_class must be at least 1; got {a.num_per_class}.")
+    device = resolve_device(a.device)
     from ..hub.generate import generate_dataset
 
     dataset = generate_dataset(positional.model, a.output, num_per_class=a.num_per_class, seed=a.seed,
-                               format=a.format, revision=a.revision, overwrite=a.overwrite)
+                               format=a.format, revision=a.revision, overwrite=a.overwrite, device=device)
     sys.stdout.write(f"wrote {len(dataset)} samples ({a.num_per_class} per class, seed {a.seed}) "
                      f"to {a.output} as {a.format}\n")
     return 0

@@ -8,6 +8,8 @@ import difflib
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ConfigError
+
 
 def command_parser(prog: str, description: str, *options: type, epilog: str | None = None):
     """An ``HfArgumentParser`` for ``d3hf PROG``; add positionals with ``add_argument``."""
@@ -27,3 +29,18 @@ def parse(parser, argv: Sequence[str]) -> tuple[Any, ...]:
                  for u in unknown]
         parser.error(f"unrecognized arguments: {' '.join(hints)}")
     return (*options, rest)
+
+
+def resolve_device(name: str | None):
+    """A torch device from a --device flag (None: cuda when available, else cpu), refused when absent."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1): {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asks for CUDA, but torch sees no GPU here; use --device cpu.")
+    return device

@@ -441,6 +441,7 @@ def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, ar
     from ..evaluation.training import evaluate, fixed_source, model_source
 
     t = time.perf_counter()
+    model.to(device)  # its samples are decoded where the networks train
     # Through named_protocol, so a recipe's shorter training is written into the protocol's name.
     ev = args.evaluation
     protocol = named_protocol("P-noaug", epochs=ev.eval_epochs, num_per_class=ev.eval_num_per_class)
@@ -451,6 +452,7 @@ def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, ar
                     device=device, show_progress=show_progress)
     real["method"] = f"random real, {ipc} image(s) per class"
     d3["method"] = "d3hf artifact"
+    model.cpu()
     timings["evaluate_s"] = time.perf_counter() - t
     return {"results": [d3, real], "protocol_text": protocol.describe(), "ipc_budget": args.representation.ipc_budget}
 

@@ -14,6 +14,7 @@ from .load import load_artifact
 
 if TYPE_CHECKING:
     import datasets
+    import torch
 
     from ..modeling.modeling_d3 import D3Model
 
@@ -55,6 +56,7 @@ def generate_dataset(
     format: str = "arrow",
     revision: str | None = None,
     overwrite: bool = False,
+    device: torch.device | str | None = None,
 ) -> datasets.Dataset:
     """Sample ``num_per_class`` images per class and write them to ``output_dir``.
 
@@ -63,7 +65,8 @@ def generate_dataset(
     ``imagefolder`` (``train/<class>/<n>.png``). A README.md dataset card records the
     generator and seed. ``output_dir`` must be new or empty, or hold earlier d3hf samples and
     nothing else with ``overwrite=True`` (``d3hf.outputs``); it appears only once everything is
-    written. Returns the generated ``Dataset``.
+    written. ``device``: where the samples are decoded (default: where the model is; the same
+    samples on every device, whose noise is drawn on the CPU). Returns the generated ``Dataset``.
     """
     from huggingface_hub import DatasetCard
 
@@ -77,6 +80,8 @@ def generate_dataset(
         model, generator = load_artifact(repo_id_or_path, revision), repo_id_or_path
     else:
         model, generator = repo_id_or_path, None
+    if device is not None:
+        model = model.to(device)
     dataset = sample_dataset(model, num_per_class, seed=seed)
     record = generation_record(model, generator, revision, num_per_class, seed)
     card = updated_dataset_card(DatasetCard("---\n---\n"), model, None, "default", record)

@@ -71,6 +71,22 @@ def test_generate_refuses_a_folder_of_the_users_files(artifact, tmp_path, capsys
         assert snapshot(tmp_path / "mywork") == mine
 
 
+def test_generate_decodes_on_the_device_asked_and_refuses_one_that_is_absent(artifact, tmp_path, capsys,
+                                                                             monkeypatch):
+    import datasets
+    import torch
+
+    assert main(["generate", str(artifact), "--num_per_class", "2", "--output", str(tmp_path / "cpu"),
+                 "--device", "cpu"]) == 0
+    assert len(datasets.load_from_disk(str(tmp_path / "cpu"))) == 2 * 10
+    capsys.readouterr()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["generate", str(artifact), "--num_per_class", "2", "--output", str(tmp_path / "gpu"),
+                 "--device", "cuda:0"]) == 2
+    refused(capsys, "asks for CUDA, but torch sees no GPU here")
+    assert not (tmp_path / "gpu").exists()
+
+
 def test_generate_never_writes_over_its_input_a_file_or_the_current_folder(artifact, tmp_path, capsys, monkeypatch):
     before = snapshot(artifact)
     assert main(["generate", str(artifact), "--num_per_class", "2", "--output", str(artifact), "--overwrite"]) == 2
