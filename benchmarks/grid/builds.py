@@ -100,7 +100,12 @@ def settings_digest(args) -> str:
 
 
 def _computed_settings(args) -> dict:
-    return {**args.run_identity(), "iterations": args.matching.iterations}
+    """The run's identity and iterations, without the settings added since the first release
+    that are at the value meaning 'as before them', so adding a setting keeps every digest."""
+    from d3hf.distill.config import ADDED_SETTINGS
+
+    identity = {k: v for k, v in args.run_identity().items() if k not in ADDED_SETTINGS or v != ADDED_SETTINGS[k]}
+    return {**identity, "iterations": args.matching.iterations}
 
 
 def build_digest(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -> str | None:

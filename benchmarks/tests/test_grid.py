@@ -384,3 +384,13 @@ def test_at_a_glance_sets_methods_side_by_side_and_bolds_the_best_stored_set():
     ablations = text.split("### mnist5k ablations, P-noaug convnet")[1]
     assert "| D3 warm start only (VAE fit, no MTT/MMD) | **95.0** +- 1.0 (3) |" in ablations
     assert "| d3hf (D3) | 94.5 +- 1.0 (3) |" in ablations and "| D3, MTT term only | - |" in ablations
+
+
+def test_a_setting_added_later_keeps_the_digests_while_it_means_as_before():
+    from d3hf.distill.config import ADDED_SETTINGS, DistillArguments
+
+    base = DistillArguments(dataset="digits", decoder_family="nearest")
+    before = {k: v for k, v in base.run_identity().items() if k not in ADDED_SETTINGS}  # as d3hf 0.1 wrote it
+    assert grid.settings_digest(base) == grid._digest({**before, "iterations": base.matching.iterations})
+    assert grid.settings_digest(base.replace(expert_epoch_rows=4000)) != grid.settings_digest(base)
+    assert grid.settings_digest(base.replace(decoder_family="transpose")) != grid.settings_digest(base)

@@ -27,7 +27,7 @@ from ..utils.progress import run_progress
 from .aggregation import aggregate, subtask_config
 from .budget import BudgetError, plan_subtasks, subtask_overruns
 from .callbacks import DistillCallback, fire
-from .config import DataArguments, DistillArguments, defaults
+from .config import ADDED_SETTINGS, DataArguments, DistillArguments, defaults
 from .curves import write_curves
 from .distiller import CHECKPOINT_NAME, Distiller
 from .experts import ExpertSettings, build_expert_buffer
@@ -142,11 +142,6 @@ def expert_settings(args: DistillArguments, image_shape=None) -> ExpertSettings:
     )
 
 
-# Settings whose default changed after they were added: a run folder written before the setting
-# existed ran with this value, not with today's default.
-FIRST_DEFAULTS = {"decoder_family": "nearest"}
-
-
 def _check_run_dir(args: DistillArguments) -> str:
     """What ``output_dir`` allows, read-only: ``"new"`` (missing or empty), ``"resume"`` (this
     run, same settings) or ``"restart"`` (a d3hf run with other settings, and
@@ -159,7 +154,7 @@ def _check_run_dir(args: DistillArguments) -> str:
         return "new"
     previous = _read_json(run_file) if os.path.exists(run_file) else None
     if isinstance(previous, dict):  # a key added since that run was written had its first default there
-        first = {**defaults(), **FIRST_DEFAULTS}
+        first = {**defaults(), **ADDED_SETTINGS}
         previous = {**{k: v for k, v in first.items() if k in args.run_identity()}, **previous}
     if previous == args.run_identity():
         return "resume"
