@@ -391,6 +391,8 @@ def test_a_setting_added_later_keeps_the_digests_while_it_means_as_before():
 
     base = DistillArguments(dataset="digits", decoder_family="nearest")
     before = {k: v for k, v in base.run_identity().items() if k not in ADDED_SETTINGS}  # as d3hf 0.1 wrote it
-    assert grid.settings_digest(base) == grid._digest({**before, "iterations": base.matching.iterations})
+    from benchmarks.grid.builds import _digest
+
+    assert grid.settings_digest(base) == _digest({**before, "iterations": base.matching.iterations})
     assert grid.settings_digest(base.replace(expert_epoch_rows=4000)) != grid.settings_digest(base)
     assert grid.settings_digest(base.replace(decoder_family="transpose")) != grid.settings_digest(base)
