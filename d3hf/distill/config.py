@@ -68,8 +68,8 @@ class _Section:
 # Settings added after the first release, each with the value that computes what d3hf computed
 # before it existed (for decoder_family not today's default): a run folder written earlier ran
 # with it, and a digest of settings (the benchmark grid's) can leave a setting at it out.
-ADDED_SETTINGS = {"decoder_family": "nearest", "expert_epoch_rows": 0, "mmd_chunk_classes": "auto",
-                  "image_size": None, "channels": "auto"}
+ADDED_SETTINGS = {"data_dir": None, "compile_inner_step": False, "decoder_family": "nearest", "expert_epoch_rows": 0,
+                  "mmd_chunk_classes": "auto", "image_size": None, "channels": "auto"}
 
 
 @dataclass
