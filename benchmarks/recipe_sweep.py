@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -56,6 +57,19 @@ def variant_name(variant: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(variant.items())) or "recipe"
 
 
+def cell_name(variant: dict[str, str], seed: int, validation_size: float, eval_seeds: int) -> str:
+    return f"{variant_name(variant)}_seed{seed}_val{validation_size:g}_eval{eval_seeds}"
+
+
+def sweep_name(recipe: str) -> str:
+    """The recipe's dataset and name, and a digest of its settings: a recipe whose settings change
+    starts a sweep of its own instead of reading the old one's records."""
+    settings = {k: v for k, v in arguments(recipe, {}).to_dict().items() if k != "output_dir"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    dataset = os.path.basename(str(settings["dataset"]))
+    return f"{dataset}_{os.path.splitext(os.path.basename(recipe))[0]}_{digest}"
+
+
 def arguments(recipe: str, variant: dict[str, str]):
     """The variant's settings as ``d3hf distill RECIPE --key value ...`` parses them."""
     from d3hf.commands.distill import parse_distill_args
@@ -77,7 +91,7 @@ def experts_key(args) -> str:
 def command(recipe: str, variant: dict[str, str], seed: int, root: str, validation_size: float,
             eval_seeds: int) -> list[str]:
     args = arguments(recipe, variant).replace(seed=seed, validation_size=validation_size)
-    cell = f"{variant_name(variant)}_seed{seed}"
+    cell = cell_name(variant, seed, validation_size, eval_seeds)
     return [D3HF, "distill", recipe, *[a for k, v in sorted(variant.items()) for a in (f"--{k}", v)],
             "--seed", str(seed), "--validation_size", str(validation_size), "--eval_seeds", str(eval_seeds),
             "--output_dir", os.path.join(root, "runs", cell),
@@ -133,7 +147,9 @@ def report(sweeps: dict[str, list[dict]]) -> str:
                          f"{std:.2f} | {rows[0]['lpc']} | {rows[0]['channels'][0]} | {rows[0]['ipc_equivalent']:.3f} | "
                          f"{mean('experts_s'):.0f} | {mean('warm_start_s'):.0f} | {mean('s_per_iteration'):.2f} | "
                          f"{mean('evaluate_s'):.0f} | {mean('total_s'):.0f} |")
-        lines += ["", "Cells:", ""] + [f"    {r['command']}" for r in recs] + [""]
+        # Paths from the repository's root, wherever the sweep ran.
+        commands = [re.sub(r"[^ ]*?(benchmarks/cache/)", r"\1", r["command"]) for r in recs]
+        lines += ["", "Cells:", ""] + [f"    {c}" for c in commands] + [""]
     lines += ["Command: `python benchmarks/recipe_sweep.py RECIPE --variants ...` (see its docstring).", ""]
     return "\n".join(lines)
 
@@ -150,12 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     cache = os.path.join(a.out, "cache", "recipe_sweep")
     if a.recipe:
         recipe = os.path.abspath(a.recipe)
-        dataset = arguments(recipe, {}).data.dataset
-        root = os.path.join(cache, f"{os.path.basename(dataset)}_{os.path.splitext(os.path.basename(recipe))[0]}")
+        root = os.path.join(cache, sweep_name(recipe))
         variants = [{}] + [parse_variant(v) for v in a.variants.split(";") if v.strip()]
         for seed in [int(s) for s in a.seeds.split(",")]:
             for variant in variants:
-                cell = f"{variant_name(variant)}_seed{seed}"
+                cell = cell_name(variant, seed, a.validation_size, a.eval_seeds)
                 cmd = command(recipe, variant, seed, root, a.validation_size, a.eval_seeds)
                 os.makedirs(os.path.join(root, "records"), exist_ok=True)
                 record = cached(os.path.join(root, "records", cell + ".json"), lambda: {

@@ -208,6 +208,13 @@ class ImageClassificationData:
         self._train_pixels = pixels
         return True
 
+    def remove_decoded_file(self) -> None:
+        """Delete the file ``keep_train_in_memory`` decoded the split into, if it made one (large
+        and re-creatable: a finished subtask keeps no copy). Reads keep working while mapped."""
+        filename = getattr(self._train_pixels, "filename", None)
+        if filename and os.path.exists(filename):
+            os.remove(filename)
+
     def _decode_train_into(self, pixels: np.ndarray) -> None:
         for start in range(0, len(pixels), 1024):
             rows = np.arange(start, min(start + 1024, len(pixels)))
@@ -221,7 +228,7 @@ class ImageClassificationData:
         if not os.path.exists(path):
             os.makedirs(folder, exist_ok=True)
             logger.info("Decoding the train split once into %s (%.0f MB)", path, np.prod(shape) / 1e6)
-            tmp = f"{path[:-4]}.tmp-{os.getpid()}.npy"
+            tmp = os.path.join(folder, f".tmp-train-{os.getpid()}.npy")  # swept by remove_stale_temporaries
             pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
             self._decode_train_into(pixels)
             pixels.flush()

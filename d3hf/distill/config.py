@@ -69,7 +69,7 @@ class _Section:
 # before it existed (for decoder_family not today's default): a run folder written earlier ran
 # with it, and a digest of settings (the benchmark grid's) can leave a setting at it out.
 ADDED_SETTINGS = {"data_dir": None, "compile_inner_step": False, "decoder_family": "nearest", "expert_epoch_rows": 0,
-                  "mmd_chunk_classes": "auto", "image_size": None, "channels": "auto"}
+                  "image_size": None, "channels": "auto"}
 
 
 @dataclass
@@ -200,7 +200,9 @@ class MatchingArguments(_Section):
                 "mtt_weight": 0, "mmd_weight": 0, "mmd_samples": 2, "mmd_classes_per_iter": 0, "lr_priors": 0,
                 "lr_decoder": 0, "lr_step_size": 0}
     ABOVE = {"init_step_size": 0}
-    BOOKKEEPING = ("iterations",)  # a finished run extended with more iterations resumes
+    # A finished run extended with more iterations resumes; the MMD chunking changes memory (and
+    # float summation order) only, so a run may resume with a smaller one after running out.
+    BOOKKEEPING = ("iterations", "mmd_chunk_classes")
 
     iterations: int = setting(1000, "matching iterations after the warm start (0 = none)")
     syn_steps: int = setting(10, "student SGD steps unrolled per iteration")

@@ -113,12 +113,15 @@ def mmd_activation_scalars(model: D3Model, feature_net: ConvNet, image_shape) ->
 
 
 def mmd_chunk_classes(args: MatchingArguments, num_classes: int, bytes_per_class: int, device: torch.device) -> int:
-    """``auto``: as many classes per chunk as fit a quarter of the device's free memory (all of
-    them when they do); otherwise the number given, at most the classes there are."""
+    """``auto``: as many classes per chunk as fit a quarter of the device's free memory (on the CPU,
+    of this process's share of it; all of them when they fit); otherwise the number given, at
+    most the classes there are."""
     value = str(args.mmd_chunk_classes)
     if value != "auto":
         return max(1, min(num_classes, int(value)))
     free = available_memory(device)
+    if device.type == "cpu":  # the processes on this machine share its memory
+        free //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     chunk = max(1, min(num_classes, (free // 4) // max(1, bytes_per_class)))
     logger.info("MMD term: ~%.2f GB for all %d classes at once, %.1f GB free on %s: %d class(es) per chunk",
                 bytes_per_class * num_classes / 1e9, num_classes, free / 1e9, device, chunk)

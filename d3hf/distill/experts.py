@@ -188,7 +188,7 @@ def build_expert_buffer(
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             done = json.load(f)
-    if done.get("settings") != asdict(settings) or done.get("data_fingerprint") != fingerprint:
+    if {**ADDED_SINCE, **done.get("settings", {})} != asdict(settings) or done.get("data_fingerprint") != fingerprint:
         done = {"settings": asdict(settings), "data_fingerprint": fingerprint, "finished": [], "sha256": {}}
     done["finished"] = _intact(path, done["finished"], done["sha256"])
     todo = [i for i in (experts if experts is not None else range(settings.num_experts)) if i not in done["finished"]]

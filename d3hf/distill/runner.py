@@ -31,7 +31,7 @@ from .config import ADDED_SETTINGS, DataArguments, DistillArguments, defaults
 from .curves import write_curves
 from .distiller import CHECKPOINT_NAME, Distiller
 from .experts import ExpertSettings, build_expert_buffer
-from .layout import ARTIFACT_DIR, FINISHED_FILE, RUN_ENTRIES, RUN_FILE, SUBTASKS_DIR, SUMMARY_FILE
+from .layout import ARTIFACT_DIR, DATA_FILE, FINISHED_FILE, RUN_ENTRIES, RUN_FILE, SUBTASKS_DIR, SUMMARY_FILE
 from .scheduler import SubtaskScheduler, default_store
 from .subtasks import assigned_subtasks, check_partition, partition_classes, subtask_seed
 from .tracking import RunTracker, last_values, read_metrics
@@ -264,6 +264,7 @@ def distill_subtask(
         save_artifact(part, tmp)
         write_marker(tmp, "artifact")
     atomic_write_json(finished, {"iterations": distiller.iteration})
+    view.remove_decoded_file()
     timings["subtask_s"] = time.perf_counter() - started
     return part, timings
 
@@ -274,6 +275,13 @@ def _buffer_dir(args: DistillArguments, index: int, num_subtasks: int, workdir: 
     if not args.experts.buffer_dir:
         return os.path.join(workdir, "experts")
     return os.path.join(args.experts.buffer_dir, str(index)) if num_subtasks > 1 else args.experts.buffer_dir
+
+
+def _data_record(data: ImageClassificationData) -> dict:
+    """What a resumed run must find again: the train rows (fingerprint) and the held-out split."""
+    test = data.labels("test") if data.test is not None else np.zeros(0, np.int64)
+    return {"train_fingerprint": data.fingerprint(), "test_split": data.source_info.get("test_split"),
+            "test_rows": int(len(test))}
 
 
 def _has_progress(args: DistillArguments, index: int) -> bool:
@@ -323,6 +331,13 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     # Every check before anything is written: a refused run leaves no files and removes none.
     run_dir_state = _check_run_dir(args)
     data = load_data(args.data, args.run.seed)
+    loaded = _data_record(data)
+    data_file = os.path.join(args.run.output_dir, DATA_FILE)
+    if run_dir_state == "resume" and os.path.exists(data_file) and _read_json(data_file) != loaded:
+        raise RunConflictError(
+            f"{args.run.output_dir} holds a run of other data than {args.data.dataset!r} loads today (train rows or "
+            f"held-out split differ: {_read_json(data_file)} then, {loaded} now). Use another output_dir, or pass "
+            "--overwrite_output_dir to start over there.")
     partition = resolve_partition(args, data.num_classes)
     wanted = _subtask_ids(args, len(partition))
     _normalise_from_own_rows(data, partition, rank, world, accelerator)
@@ -336,6 +351,7 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     os.makedirs(args.run.output_dir, exist_ok=True)
     write_marker(args.run.output_dir, "run", RUN_ENTRIES)
     atomic_write_json(os.path.join(args.run.output_dir, RUN_FILE), args.run_identity())
+    atomic_write_json(data_file, loaded)
     tracker = RunTracker(args.run.output_dir, args.run.trackers(), accelerator, args.to_dict(), device)
     if is_main:
         logger.info("%d subtask(s) %s on %d process(es); representation for ipc_budget %s:\n%s", len(partition),
@@ -344,9 +360,15 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     # Largest subtasks first, so the last ones dealt are the short ones; a subtask whose checkpoint
     # only this process can see (per-process output folders) is its own first.
     rows = {k: sum(len(data.class_rows[c]) for c in partition[k]) for k in wanted}
-    scheduler = SubtaskScheduler(sorted(wanted, key=lambda k: (-rows[k], k)), rank,
-                                 default_store() if world > 1 else None,
+    store = default_store() if world > 1 else None
+    if world > 1 and store is None:
+        raise ConfigError(f"{world} processes but no process group store to deal subtasks through; start the run "
+                          "with accelerate launch (or torchrun).")
+    scheduler = SubtaskScheduler(sorted(wanted, key=lambda k: (-rows[k], k)), rank, store,
                                  preferred=[k for k in wanted if _has_progress(args, k)])
+    if world > 1:  # a subtask whose checkpoint only one process sees is that process's, before any dealing
+        scheduler.reserve()
+        accelerator.wait_for_everyone()
     evaluates = is_main and len(wanted) == len(partition) and data.test is not None
     if show_progress:  # this run's line is the only progress display: no "Writing model shards" bars
         from transformers.utils import logging as transformers_logging
@@ -356,8 +378,15 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
           else contextlib.nullcontext(), contextlib.closing(tracker)):
         local = []
         while (k := scheduler.claim()) is not None:
-            part, sub_timings = distill_subtask(args, data, config, k, device, autocast, show_progress, callbacks,
-                                                tracker)
+            try:
+                part, sub_timings = distill_subtask(args, data, config, k, device, autocast, show_progress,
+                                                    callbacks, tracker)
+            except Exception:
+                if not is_main and scheduler.store is not None:  # the main process would wait for it forever
+                    import traceback
+
+                    scheduler.publish_error(k, traceback.format_exc())
+                raise
             state = {name: tensor.detach().cpu() for name, tensor in part.state_dict().items()}
             result = {"index": k, "classes": partition[k], "process": rank, "state": state, "timings": sub_timings}
             if is_main or scheduler.store is None:

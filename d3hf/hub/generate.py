@@ -80,9 +80,11 @@ def generate_dataset(
         model, generator = load_artifact(repo_id_or_path, revision), repo_id_or_path
     else:
         model, generator = repo_id_or_path, None
-    if device is not None:
-        model = model.to(device)
-    dataset = sample_dataset(model, num_per_class, seed=seed)
+    home = model.prior_means.device
+    try:
+        dataset = sample_dataset(model.to(device or home), num_per_class, seed=seed)
+    finally:
+        model.to(home)  # the caller's model stays where it was
     record = generation_record(model, generator, revision, num_per_class, seed)
     card = updated_dataset_card(DatasetCard("---\n---\n"), model, None, "default", record)
     with output_folder(output_dir, "samples", overwrite=overwrite, inputs=inputs) as tmp:

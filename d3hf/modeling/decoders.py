@@ -94,7 +94,10 @@ class DecoderSpec:
         every stage, output): what its saved activations scale with."""
         c, h, w = self.out_shape
         maps = [self.channels[0] * self.start_hw[0] * self.start_hw[1], c * h * w]
-        return sum(maps) + sum(cout * a * b for cout, (a, b) in zip(self.channels[1:], self.stage_sizes))
+        stages = sum(cout * a * b for cout, (a, b) in zip(self.channels[1:], self.stage_sizes))
+        if self.upsample == "nearest":  # each stage's input, upsampled before its convolution, is kept too
+            stages += sum(cin * a * b for cin, (a, b) in zip(self.channels[:-1], self.stage_sizes))
+        return sum(maps) + stages
 
     def num_parameters(self) -> int:
         """Stored scalars of the decoder, without building it."""

@@ -466,3 +466,18 @@ def test_settings_parsed_from_yaml_are_checked_like_flags(tmp_path, capsys):
     assert main(["distill", cfg]) == 2
     refused(capsys, "'num_experts' must be an integer >= 1")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_is_not_resumed_on_other_data_than_it_started_with(tmp_path):
+    from d3hf.distill.config import DistillArguments
+    from d3hf.distill.layout import DATA_FILE
+    from d3hf.distill.runner import RUN_FILE, RunConflictError, run_distillation
+
+    args = DistillArguments(dataset="digits", output_dir=str(tmp_path / "run"), report_to="none")
+    os.makedirs(args.run.output_dir)
+    (tmp_path / "run" / RUN_FILE).write_text(json.dumps(args.run_identity()))
+    then = {"train_fingerprint": "0123456789abcdef", "test_split": "test", "test_rows": 360}
+    (tmp_path / "run" / DATA_FILE).write_text(json.dumps(then))
+    with pytest.raises(RunConflictError, match="other data than 'digits' loads today"):
+        run_distillation(args, show_progress=False)
+    assert json.loads((tmp_path / "run" / DATA_FILE).read_text()) == then  # refused before writing

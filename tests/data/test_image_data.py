@@ -228,3 +228,5 @@ def test_a_train_split_over_the_memory_allowed_is_decoded_once_into_a_mapped_fil
     again = load_image_classification("digits")
     assert again.keep_train_in_memory(max_bytes=0, spill_dir=str(tmp_path))  # a resumed run maps the same file
     assert path.stat().st_mtime_ns == mtime and np.array_equal(again.images_uint8(rows), in_memory.images_uint8(rows))
+    again.remove_decoded_file()  # a finished subtask keeps no copy; reads still work while mapped
+    assert not path.exists() and np.array_equal(again.images_uint8(rows), in_memory.images_uint8(rows))

@@ -1,0 +1,37 @@
+"""benchmarks/recipe_sweep.py: variants, cell names and the report (no distillation run)."""
+
+import pytest
+
+from benchmarks import recipe_sweep
+
+
+def test_variants_are_distill_keys_and_the_sweep_keeps_its_own():
+    assert recipe_sweep.parse_variant("syn_steps=20, expert_epoch_rows=0") == {"syn_steps": "20",
+                                                                               "expert_epoch_rows": "0"}
+    for bad in ("nonsense=1", "syn_steps", "seed=3", "output_dir=x"):
+        with pytest.raises(SystemExit):
+            recipe_sweep.parse_variant(bad)
+    assert recipe_sweep.cell_name({}, 0, 0.1, 2) == "recipe_seed0_val0.1_eval2"
+    assert recipe_sweep.cell_name({"b": "2", "a": "1"}, 1, 0.25, 1) == "a=1,b=2_seed1_val0.25_eval1"
+
+
+def test_a_recipe_whose_settings_change_is_a_sweep_of_its_own(tmp_path):
+    recipe = tmp_path / "ipc1.yaml"
+    recipe.write_text("# header\ndataset: digits\nsyn_steps: 5\n")
+    first = recipe_sweep.sweep_name(str(recipe))
+    recipe.write_text("# another header\ndataset: digits\nsyn_steps: 5\n")
+    assert recipe_sweep.sweep_name(str(recipe)) == first  # comments do not count
+    recipe.write_text("dataset: digits\nsyn_steps: 6\n")
+    assert recipe_sweep.sweep_name(str(recipe)) != first and first.startswith("digits_ipc1_")
+
+
+def test_the_report_pools_seeds_per_variant_and_names_paths_from_the_root():
+    record = {"recipe": "recipes/x/ipc1.yaml", "variant": "recipe", "seed": 0, "validation_size": 0.1,
+              "accuracies": [0.8, 0.82], "lpc": 4, "channels": [[16, 8]], "ipc_equivalent": 0.955, "experts_s": 60.0,
+              "warm_start_s": 80.0, "s_per_iteration": 1.4, "evaluate_s": 300.0, "total_s": 1200.0,
+              "cpu": "AMD EPYC, 2 threads",
+              "command": "d3hf distill r.yaml --output_dir /somewhere/repo/benchmarks/cache/recipe_sweep/x/runs/a"}
+    text = recipe_sweep.report({"x_ipc1_abc": [record, {**record, "seed": 1, "accuracies": [0.84]},
+                                               {**record, "variant": "iterations=0", "accuracies": [0.7]}]})
+    assert "| recipe | 0, 1 | 82.00 +- 1.63 |" in text and "| iterations=0 | 0 | 70.00 +- 0.00 |" in text
+    assert "--output_dir benchmarks/cache/recipe_sweep/x/runs/a" in text and "/somewhere" not in text
