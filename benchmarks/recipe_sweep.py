@@ -141,12 +141,14 @@ def report(sweeps: dict[str, list[dict]]) -> str:
         for variant, rows in sorted(by_variant.items(), key=lambda kv: (kv[0] != "recipe", kv[0])):
             accs = [100 * a for r in rows for a in r["accuracies"]]
             std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
-            mean = lambda key: statistics.mean(r[key] for r in rows if r.get(key) is not None) \
-                if any(r.get(key) is not None for r in rows) else float("nan")  # noqa: E731
+            def mean(key: str, digits: int = 0) -> str:
+                values = [r[key] for r in rows if r.get(key) is not None]
+                return f"{statistics.mean(values):.{digits}f}" if values else "-"
+
             lines.append(f"| {variant} | {', '.join(str(r['seed']) for r in rows)} | {statistics.mean(accs):.2f} +- "
                          f"{std:.2f} | {rows[0]['lpc']} | {rows[0]['channels'][0]} | {rows[0]['ipc_equivalent']:.3f} | "
-                         f"{mean('experts_s'):.0f} | {mean('warm_start_s'):.0f} | {mean('s_per_iteration'):.2f} | "
-                         f"{mean('evaluate_s'):.0f} | {mean('total_s'):.0f} |")
+                         f"{mean('experts_s')} | {mean('warm_start_s')} | {mean('s_per_iteration', 2)} | "
+                         f"{mean('evaluate_s')} | {mean('total_s')} |")
         # Paths from the repository's root, wherever the sweep ran.
         commands = [re.sub(r"[^ ]*?(benchmarks/cache/)", r"\1", r["command"]) for r in recs]
         lines += ["", "Cells:", ""] + [f"    {c}" for c in commands] + [""]
