@@ -333,10 +333,11 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
     data = load_data(args.data, args.run.seed)
     loaded = _data_record(data)
     data_file = os.path.join(args.run.output_dir, DATA_FILE)
-    if run_dir_state == "resume" and os.path.exists(data_file) and _read_json(data_file) != loaded:
+    then = _read_json(data_file) if run_dir_state == "resume" and os.path.exists(data_file) else loaded
+    if then != loaded:
         raise RunConflictError(
             f"{args.run.output_dir} holds a run of other data than {args.data.dataset!r} loads today (train rows or "
-            f"held-out split differ: {_read_json(data_file)} then, {loaded} now). Use another output_dir, or pass "
+            f"held-out split differ: {then} then, {loaded} now). Use another output_dir, or pass "
             "--overwrite_output_dir to start over there.")
     partition = resolve_partition(args, data.num_classes)
     wanted = _subtask_ids(args, len(partition))
@@ -382,14 +383,14 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
                 part, sub_timings = distill_subtask(args, data, config, k, device, autocast, show_progress,
                                                     callbacks, tracker)
             except Exception:
-                if not is_main and scheduler.store is not None:  # the main process would wait for it forever
+                if not is_main:  # the main process would wait for it forever
                     import traceback
 
                     scheduler.publish_error(k, traceback.format_exc())
                 raise
             state = {name: tensor.detach().cpu() for name, tensor in part.state_dict().items()}
             result = {"index": k, "classes": partition[k], "process": rank, "state": state, "timings": sub_timings}
-            if is_main or scheduler.store is None:
+            if is_main:
                 local.append(result)
             else:
                 scheduler.publish(k, result)
