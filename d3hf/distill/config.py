@@ -256,12 +256,16 @@ class EvaluationArguments(_Section):
     """The evaluation after distilling: fresh networks trained on the artifact's samples."""
 
     _argument_group_name = "evaluation (after distilling)"  # a --help heading
-    AT_LEAST = {"eval_epochs": 0, "eval_seeds": 1, "eval_num_per_class": 1}
-    BOOKKEEPING = ("eval_epochs", "eval_seeds", "eval_num_per_class")
+    AT_LEAST = {"eval_epochs": 0, "eval_seeds": 1, "eval_num_per_class": 1, "eval_every": 0}
+    BOOKKEEPING = ("eval_epochs", "eval_seeds", "eval_num_per_class", "eval_every")
 
     eval_epochs: int = setting(300, "downstream epochs for the final evaluation (0 = skip)")
     eval_seeds: int = setting(1, "networks trained in the final evaluation")
     eval_num_per_class: int = setting(20, "fresh samples per class per evaluation epoch")
+    eval_every: int = setting(
+        0, "iterations between points of the validation curve (0 = none): each subtask's accuracy on its classes "
+        "of the validation split (one network of eval_epochs epochs) and its MTT loss beside real images'; needs "
+        "validation_size > 0")
 
 
 @dataclass
@@ -379,6 +383,14 @@ class DistillArguments:
                 f"expert_epochs={m.expert_epochs}, so the experts must train at least "
                 f"{m.max_start_epoch + m.expert_epochs} epochs; expert_epochs_total is {e.expert_epochs_total}. "
                 "Raise expert_epochs_total or lower max_start_epoch.")
+        ev = self.evaluation
+        if ev.eval_every and not self.data.validation_size:
+            raise ConfigError(f"eval_every={ev.eval_every} draws a validation curve, and the test split is never "
+                              "used for choices: set validation_size (e.g. 0.1) to carve a validation split from "
+                              "train, or eval_every 0.")
+        if ev.eval_every and not ev.eval_epochs:
+            raise ConfigError("eval_every needs eval_epochs > 0: each point of the curve trains a network for "
+                              "eval_epochs epochs.")
 
     def sections(self) -> dict[str, _Section]:
         return {name: getattr(self, name) for name in SECTIONS}

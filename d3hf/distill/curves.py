@@ -19,6 +19,11 @@ DISTILL_PANELS = [
     ("loss", "weighted total loss", True),
     ("step_size", "learned inner step size", False),
     ("grad_norm_decoder", "decoder gradient norm", True),
+    ("grad_norm_mtt", "MTT term: gradient norm", True),
+    ("grad_norm_mmd", "MMD term: gradient norm", True),
+    ("drift_decoder", "decoder: relative distance from start", False),
+    ("drift_prior_means", "prior means: relative distance from start", False),
+    ("prior_std_mean", "prior std (mean)", False),
     ("seconds_per_iteration", "seconds per iteration", False),
 ]
 
@@ -34,15 +39,18 @@ def plot_curves(records: list[dict], path: str, title: str = "") -> str:
     distill = defaultdict(list)
     experts = defaultdict(lambda: defaultdict(list))
     evaluation = []
+    curve = defaultdict(list)
     for r in records:
         if r.get("phase") == "distill":
             distill[r.get("subtask", 0)].append(r)
+        elif r.get("phase") == "curve":
+            curve[r.get("subtask", 0)].append(r)
         elif r.get("phase") == "experts":
             experts[r.get("subtask", 0)][r["epoch"]].append(r["accuracy"])
         elif r.get("phase") == "evaluation":
             evaluation.append(r)
     panels = [p for p in DISTILL_PANELS if any(p[0] in r for rows in distill.values() for r in rows)]
-    count = len(panels) + 2
+    count = len(panels) + 2 + (2 if curve else 0)
     cols = 3
     rows = -(-count // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
@@ -56,14 +64,16 @@ def plot_curves(records: list[dict], path: str, title: str = "") -> str:
         ax.set_xlabel("iteration", fontsize=8)
         if log and all(r.get(key, 1) > 0 for rows_ in distill.values() for r in rows_):
             ax.set_yscale("log")
-    ax = flat[len(panels)]
+    if curve:
+        _curve_panels(curve, flat[len(panels)], flat[len(panels) + 1])
+    ax = flat[count - 2]
     for subtask in sorted(experts):
         epochs = sorted(experts[subtask])
         ax.plot(epochs, [100 * sum(experts[subtask][e]) / len(experts[subtask][e]) for e in epochs],
                 label=f"subtask {subtask}", linewidth=1.2)
     ax.set_title("experts: train accuracy (%, mean)", fontsize=10)
     ax.set_xlabel("epoch", fontsize=8)
-    ax = flat[len(panels) + 1]
+    ax = flat[count - 1]
     if evaluation:
         names = [f"{r['method']}\n({r['split']})" for r in evaluation]
         values = [100 * r["accuracy"] for r in evaluation]
@@ -85,6 +95,25 @@ def plot_curves(records: list[dict], path: str, title: str = "") -> str:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return path
+
+
+def _curve_panels(curve: dict[int, list[dict]], accuracy_ax, mtt_ax) -> None:
+    """The validation curve: accuracy, and the MTT loss over fixed segments beside real images'."""
+    for subtask in sorted(curve):
+        points = sorted(curve[subtask], key=lambda r: r["iteration"])
+        steps = [r["iteration"] for r in points]
+        accuracy_ax.plot(steps, [100 * r["accuracy"] for r in points], marker="o", markersize=3,
+                         label=f"subtask {subtask}", linewidth=1.2)
+        line, = mtt_ax.plot(steps, [r["mtt_model"] for r in points], marker="o", markersize=3, linewidth=1.2,
+                            label=f"samples, subtask {subtask}")
+        mtt_ax.plot(steps, [r["mtt_real"] for r in points], linestyle="--", color=line.get_color(), linewidth=1.0,
+                    label=f"real images, subtask {subtask}")
+    split = next(iter(curve.values()))[0].get("split", "validation")
+    accuracy_ax.set_title(f"{split} accuracy (%)", fontsize=10)
+    mtt_ax.set_title("MTT loss, fixed segments", fontsize=10)
+    mtt_ax.legend(fontsize=6)
+    for ax in (accuracy_ax, mtt_ax):
+        ax.set_xlabel("iteration", fontsize=8)
 
 
 def write_curves(run_dir: str, path: str | None = None, records: list[dict] | None = None) -> str | None:

@@ -29,6 +29,7 @@ from .objectives import (
     compiled_inner_step,
     median_sq_distance,
     mmd2_unbiased,
+    student_endpoint,
     trajectory_matching_loss,
     unroll_student,
 )
@@ -135,10 +136,23 @@ def read_checkpoint(directory: str) -> dict:
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
+def _relative_distance(now: list[torch.Tensor], start: list[torch.Tensor]) -> float:
+    """||now - start|| / ||start|| over a list of tensors (the absolute distance when start is 0)."""
+    if not now:
+        return 0.0
+    delta = torch.stack([(a.detach().float() - b.to(a.device).float()).norm() for a, b in zip(now, start)]).norm()
+    scale = torch.stack([b.float().norm() for b in start]).norm()
+    return float(delta / scale) if scale > 0 else float(delta)
+
+
 def _grad_norm(params: list[torch.Tensor]) -> float:
     """L2 norm of the parameters' gradients (0 when none has one)."""
-    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
+    return _grad_norm_of([p.grad for p in params if p.grad is not None])
+
+
+def _grad_norm_of(grads: list[torch.Tensor]) -> float:
+    norms = [g.detach().float().norm() for g in grads]
+    return float(torch.stack(norms).norm()) if norms else 0.0
 
 
 class Distiller:
@@ -181,6 +195,9 @@ class Distiller:
         self.np_rng = np.random.default_rng(seed)
         self.iteration = 0
         self.history: list[dict] = []
+        # The learned tensors as the matching phase found them (after the warm start): the
+        # reference the drift records measure from; checkpointed, so a resumed run keeps it.
+        self.start: dict[str, list[torch.Tensor]] | None = None
         self.checkpoint_steps = use_step_checkpointing(args, s.width, data.image_shape, data.num_classes, self.device)
         self.step_fn = None
         if args.compile_inner_step:
@@ -210,12 +227,13 @@ class Distiller:
 
     # ------------------------------------------------------------------ one iteration
 
-    def _prior_choice(self, classes: list[int], per_class: int) -> torch.Tensor:
+    def _prior_choice(self, classes: list[int], per_class: int, generator: torch.Generator | None = None
+                      ) -> torch.Tensor:
         """``per_class`` prior ids of each class, spread evenly over its priors, random offset."""
         lpc = self.model.config.priors_per_class
         ids = []
         for c in classes:
-            perm = torch.randperm(lpc, generator=self.generator)
+            perm = torch.randperm(lpc, generator=generator or self.generator)
             ids.append(c * lpc + perm[torch.arange(per_class) % lpc])
         return torch.cat(ids)
 
@@ -246,6 +264,43 @@ class Distiller:
                                      self.step_fn)
         loss = trajectory_matching_loss(theta_n.float(), theta0, target)
         return loss, {"mtt_distance": float((theta_n.detach().float() - target).pow(2).sum())}
+
+    def mtt_reference(self, segments: int, real: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      seed: int = 0) -> dict[str, float]:
+        """The normalised MTT loss at the current step size, without gradients to the model, as a
+        mean over ``segments`` expert segments drawn from ``seed`` (the same segments and noise at
+        every call, and the run's own draws untouched): ``mtt_model`` for the model's samples, drawn
+        as an iteration draws them, and, given ``real`` (pixel-scale images, labels), ``mtt_real``
+        for those images as every inner step's whole batch."""
+        a = self.args
+        generator = torch.Generator().manual_seed(seed)
+        classes = list(range(self.data.num_classes))
+        step_size = self.log_step_size.detach().exp()
+        sums = {"mtt_model": 0.0, **({"mtt_real": 0.0} if real is not None else {})}
+        for _ in range(segments):
+            expert = int(torch.randint(len(self.buffer), (1,), generator=generator))
+            start = int(torch.randint(a.min_start_epoch, a.max_start_epoch, (1,), generator=generator))
+            theta0 = self.buffer.snapshot(expert, start).to(self.device)
+            target = self.buffer.snapshot(expert, start + a.expert_epochs).to(self.device)
+            batches = {"mtt_model": []}
+            with torch.no_grad(), self.autocast():
+                for _ in range(a.syn_steps):
+                    ids = self._prior_choice(classes, a.samples_per_class, generator)
+                    noise = torch.randn(len(ids), self.model.config.z_dim, generator=generator)
+                    labels = self.model.prior_labels[ids.to(self.device)]
+                    batches["mtt_model"].append((self._decode(ids, noise), labels))
+            if real is not None:
+                real_batch = ((real[0].to(self.device) - self.mean) / self.std, real[1].to(self.device))
+                batches["mtt_real"] = [real_batch] * a.syn_steps
+            for key, steps in batches.items():
+                with self.autocast():
+                    theta_n = student_endpoint(self.student, theta0, steps, step_size)
+                sums[key] += float(trajectory_matching_loss(theta_n.float(), theta0, target))
+        return {key: total / segments for key, total in sums.items()}
+
+    def _learned(self) -> dict[str, list[torch.Tensor]]:
+        return {"prior_means": [self.model.prior_means], "prior_logvars": [self.model.prior_logvars],
+                "decoder": list(self.model.decoders.parameters())}
 
     def _mmd_draw(self) -> tuple[list[int], int, torch.Tensor, torch.Tensor, np.ndarray]:
         """This iteration's random draws for the MMD term, all at once, so that how the classes are
@@ -322,14 +377,20 @@ class Distiller:
         it = self.iteration
         record: dict = {"iteration": it, "loss": 0.0}
         started = time.perf_counter()
+        if it == 0 and self.start is None:
+            self.start = {k: [p.detach().cpu().clone() for p in ps] for k, ps in self._learned().items()}
         for opt in (self.opt_priors, self.opt_step_size, self.opt_decoder):
             opt.zero_grad(set_to_none=True)
+        learned = [p for ps in self._learned().values() for p in ps]
+        mtt_grads = None
         if a.mtt_weight > 0:
             t = time.perf_counter()
             mtt, mtt_stats = self.mtt_term()
             record.update(mtt_stats)  # ||theta_N - target||^2 before normalising
             self._time("mtt_forward_s", t)
             self._backward("mtt", mtt, a.mtt_weight, record)
+            if a.mmd_weight > 0:  # kept to tell the two terms' gradients apart (learned tensors are small)
+                mtt_grads = [None if p.grad is None else p.grad.detach().clone() for p in learned]
         if a.mmd_weight > 0:
             stats = {"kxx": 0.0, "kyy": 0.0, "kxy": 0.0}
             t = time.perf_counter()
@@ -340,6 +401,10 @@ class Distiller:
                     stats[key] += chunk_stats[key]
                 t = time.perf_counter()
             record.update(stats)
+        if mtt_grads is not None:  # each weighted term's gradient over priors and decoder
+            record["grad_norm_mtt"] = _grad_norm_of([g for g in mtt_grads if g is not None])
+            record["grad_norm_mmd"] = _grad_norm_of([p.grad - (0 if g is None else g) for p, g in zip(learned, mtt_grads)
+                                                     if p.grad is not None])
         record["grad_norm_priors"] = _grad_norm([self.model.prior_means, self.model.prior_logvars])
         record["grad_norm_decoder"] = _grad_norm(list(self.model.decoders.parameters()))
         for opt in (self.opt_priors, self.opt_step_size, self.opt_decoder):
@@ -354,6 +419,10 @@ class Distiller:
         record["lr_priors"] = self.opt_priors.param_groups[0]["lr"]
         record["lr_decoder"] = self.opt_decoder.param_groups[0]["lr"]
         record["prior_logvar_mean"] = float(self.model.prior_logvars.detach().mean())
+        record["prior_std_mean"] = float(self.model.prior_logvars.detach().mul(0.5).exp().mean())
+        if self.start is not None:  # relative L2 distance from where the matching phase started
+            for key, now in self._learned().items():
+                record[f"drift_{key}"] = _relative_distance(now, self.start[key])
         record["seconds"] = time.perf_counter() - started
         self.history.append(record)
         self.iteration += 1
@@ -380,6 +449,7 @@ class Distiller:
             "np_rng": self.np_rng.bit_generator.state,
             "iteration": self.iteration,
             "history": self.history,
+            "start": self.start,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -393,6 +463,7 @@ class Distiller:
         self.np_rng.bit_generator.state = state["np_rng"]
         self.iteration = self._first_iteration = int(state["iteration"])
         self.history = list(state["history"])
+        self.start = state.get("start")  # None in a checkpoint written before drift was recorded
 
     def save_checkpoint(self, directory: str) -> str:
         """Write the whole state atomically, with a checksum checked when it is loaded."""

@@ -76,6 +76,19 @@ def unroll_student(
     return theta
 
 
+def student_endpoint(student: nn.Module, theta0: torch.Tensor, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                     step_size: torch.Tensor) -> torch.Tensor:
+    """Where SGD steps of ``student`` from ``theta0``, one per ``(images, labels)`` batch, end: the
+    unroll's forward pass without a graph to anything (reference points, not training)."""
+    theta = theta0.detach()
+    for images, labels in batches:
+        with torch.enable_grad():
+            theta = theta.requires_grad_(True)
+            (grad,) = torch.autograd.grad(_inner_loss(student, theta, images.detach(), labels), theta)
+        theta = (theta - step_size.detach() * grad).detach()
+    return theta
+
+
 class _RecomputedUnroll(torch.autograd.Function):
     """The unroll as one autograd node that stores theta_0..theta_{N-1} and nothing else.
 

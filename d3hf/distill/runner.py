@@ -249,12 +249,25 @@ def distill_subtask(
     elif sub_args.representation.init == "vae":
         timings.update(warm_start(distiller.model, view, WarmStartSettings(steps=sub_args.representation.init_steps,
                                                                            seed=sub_args.run.seed), show_progress))
+    curve = None
+    if args.evaluation.eval_every and view.test is not None:
+        from .diagnostics import ValidationCurve
+
+        curve = ValidationCurve(distiller, view, task, args.evaluation.eval_every, args.evaluation.eval_epochs,
+                                args.evaluation.eval_num_per_class, max(1, round(args.representation.ipc_budget)),
+                                sub_args.run.seed, device)
+        distiller.callbacks.append(curve)
+        curve.start()
+    curve_before = curve.seconds if curve is not None else 0.0
     t = time.perf_counter()
     start_iteration = distiller.iteration
     distiller.run(args.matching.iterations, checkpoint_dir=workdir, checkpoint_every=args.run.checkpoint_every,
                   log_every=args.run.log_every, show_progress=show_progress)
     done = distiller.iteration - start_iteration
     timings["distill_s"] = time.perf_counter() - t
+    if curve is not None:  # its points along the run are not distillation time
+        timings["distill_s"] -= curve.seconds - curve_before
+        timings["curve_s"] = curve.seconds
     timings["s_per_iteration"] = timings["distill_s"] / done if done else None
     timings.update({f"{k}_per_iteration": v for k, v in distiller.seconds_per_iteration().items()} if done else {})
     part = distiller.model.cpu().eval()

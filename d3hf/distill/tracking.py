@@ -44,7 +44,13 @@ DISTILL_SCALARS = {
     "step_size": "step_size", "grad_norm_priors": "grad_norm_priors", "grad_norm_decoder": "grad_norm_decoder",
     "lr_priors": "lr_priors", "lr_decoder": "lr_decoder", "prior_logvar_mean": "prior_logvar_mean",
     "seconds_per_iteration": "seconds_per_iteration", "peak_memory_mb": "peak_memory_mb",
+    "prior_std_mean": "prior_std_mean", "drift_prior_means": "drift_prior_means",
+    "drift_prior_logvars": "drift_prior_logvars", "drift_decoder": "drift_decoder",
+    "grad_norm_mtt": "grad_norm_mtt_term", "grad_norm_mmd": "grad_norm_mmd_term",
 }
+# A validation curve point's values (diagnostics.ValidationCurve) and their tracker tags.
+CURVE_SCALARS = {"accuracy": "curve/validation_accuracy", "mtt_model": "curve/mtt_fixed_segments",
+                 "mtt_real": "curve/mtt_real_images"}
 
 
 def _installed(name: str) -> bool:
@@ -171,8 +177,9 @@ def read_metrics(run_dir: str) -> list[dict]:
 
 
 def last_values(records: list[dict]) -> dict[str, dict]:
-    """The latest figures of a run: per subtask its last matching record's terms and experts'
-    final accuracy, and the final evaluation's accuracies."""
+    """The latest figures of a run: per subtask its last matching record's terms, experts' final
+    accuracy and validation curve ([iteration, accuracy] points), and the final evaluation's
+    accuracies."""
     out: dict[str, dict] = {}
     for r in records:
         phase = r.get("phase")
@@ -183,6 +190,9 @@ def last_values(records: list[dict]) -> dict[str, dict]:
         elif phase == "experts":
             final = out.setdefault(task_run(r.get("subtask", 0)), {}).setdefault("expert_final_accuracy", {})
             final[str(r["expert"])] = r["accuracy"]
+        elif phase == "curve":
+            points = out.setdefault(task_run(r.get("subtask", 0)), {}).setdefault("validation_curve", [])
+            points.append([r["iteration"], r["accuracy"]])
         elif phase == "evaluation":
             out.setdefault("evaluation", {})[f"{r['method']} ({r['split']})"] = r["accuracy"]
     return out
@@ -275,6 +285,8 @@ def _tracker_values(record: dict) -> dict[str, float]:
     if record.get("phase") == "experts":
         return {f"expert_{record['expert']}/loss": record["loss"], f"expert_{record['expert']}/accuracy":
                 record["accuracy"]}
+    if record.get("phase") == "curve":
+        return {tag: record[key] for key, tag in CURVE_SCALARS.items() if record.get(key) is not None}
     return {tag: record[key] for key, tag in DISTILL_SCALARS.items() if record.get(key) is not None}
 
 
@@ -299,6 +311,7 @@ class TaskTracker(DistillCallback):
     def resume_at(self, iteration: int) -> None:
         """The task continues after ``iteration``: later distill records were never checkpointed."""
         self.log.truncate("distill", iteration)
+        self.log.truncate("curve", iteration)
         if self.run.tensorboard:
             self.run._writer(task_run(self.index), purge_step=iteration + 1)
 
@@ -317,6 +330,16 @@ class TaskTracker(DistillCallback):
 
     def on_expert_trained(self, index: int, history: list[dict]) -> None:
         self._log_expert(index, history)
+
+    def has(self, phase: str, iteration: int) -> bool:
+        """Whether a ``phase`` record of ``iteration`` is in the task's file already."""
+        return any(r.get("phase") == phase and r.get("iteration") == iteration for r in self.log.records)
+
+    def log_curve(self, iteration: int, values: dict) -> None:
+        """A validation curve point (``diagnostics.ValidationCurve``)."""
+        row = {"phase": "curve", "subtask": self.index, "iteration": iteration, **values, "time": time.time()}
+        if self.log.append(row):
+            self.run.scalars(task_run(self.index), _tracker_values(row), iteration)
 
     def on_iteration_end(self, iteration: int, record: dict) -> None:
         self._window_iterations += 1
