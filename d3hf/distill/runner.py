@@ -21,6 +21,7 @@ from ..modeling.configuration_d3 import D3Config
 from ..modeling.modeling_d3 import D3Model
 from ..modeling.storage import estimate_storage
 from ..nn.networks import auto_depth
+from ..utils.allocator import release_memory
 from ..utils.io import atomic_directory, atomic_write_json, remove_stale_temporaries
 from ..utils.outputs import check_output, read_marker, write_marker
 from ..utils.progress import run_progress
@@ -407,6 +408,8 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
                 local.append(result)
             else:
                 scheduler.publish(k, result)
+            del part
+            release_memory()  # the next subtask starts from this one's live memory, not its peak
         timings["busy_s"] = time.perf_counter() - t0
         if not is_main:
             logger.info("Process %d: distilled subtask(s) %s; nothing left to claim", rank, scheduler.claimed)

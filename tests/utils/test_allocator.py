@@ -36,3 +36,30 @@ def test_keeping_freed_memory_stops_the_page_faults_of_large_blocks():
     assert applied == "True" and int(before) > 5 * 16000 and int(after) < int(before) // 20
     applied, before, after = run({**os.environ, "D3HF_KEEP_FREED_MEMORY": "0"})
     assert applied == "False" and int(after) > int(before) // 2
+
+
+RELEASE = """
+import importlib.util
+spec = importlib.util.spec_from_file_location("allocator", {path!r})
+allocator = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(allocator)
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+import torch  # noqa: F401 -- release_memory imports it: loaded before the measurement
+allocator.keep_freed_memory()  # as the command line runs: freed memory stays in the process
+block = bytearray(b"x" * (256 << 20))
+del block
+held = rss_mb()
+print(allocator.release_memory(), held, rss_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_release_memory_gives_freed_memory_back_between_subtasks():
+    import d3hf.utils.allocator
+
+    out = subprocess.run([sys.executable, "-c", RELEASE.format(path=d3hf.utils.allocator.__file__)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    trimmed, held, after = out[0], float(out[1]), float(out[2])
+    assert trimmed == "True" and held - after > 200  # the 256 MB kept by keep_freed_memory are returned
