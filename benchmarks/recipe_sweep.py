@@ -112,7 +112,11 @@ def run_cell(cmd: list[str], log_path: str) -> dict:
     if row["split"] != "validation":
         raise RuntimeError(f"{out} was scored on {row['split']!r}: the sweep only reads the validation split")
     timings = summary["subtasks"][0]["timings"]
-    return {"split": row["split"], "accuracies": row["accuracies"], "protocol": row["notes"],
+    from d3hf.distill.tracking import read_metrics
+
+    curve = [[r["iteration"], r["accuracy"], r["mtt_model"], r["mtt_real"]] for r in read_metrics(out)
+             if r.get("phase") == "curve" and r.get("subtask", 0) == 0]
+    return {"split": row["split"], "curve": sorted(curve), "accuracies": row["accuracies"], "protocol": row["notes"],
             "lpc": config["priors_per_class"], "z_dim": config["z_dim"],
             "channels": [d["channels"] for d in config["decoders"]], "ipc_equivalent": summary["ledger"]["ipc_equivalent"],
             "experts_s": timings.get("experts_s"), "warm_start_s": timings.get("warm_start_s"),
@@ -149,11 +153,47 @@ def report(sweeps: dict[str, list[dict]]) -> str:
                          f"{std:.2f} | {rows[0]['lpc']} | {rows[0]['channels'][0]} | {rows[0]['ipc_equivalent']:.3f} | "
                          f"{mean('experts_s')} | {mean('warm_start_s')} | {mean('s_per_iteration', 2)} | "
                          f"{mean('evaluate_s')} | {mean('total_s')} |")
+        curves = {r["variant"]: r["curve"] for r in recs if r.get("curve")}
+        if curves:
+            lines += ["", "Validation curves (`eval_every`; one network each, so single points are noisier than "
+                      "the rows above): iteration: accuracy %, then the MTT loss over 8 fixed segments of the "
+                      "samples / of random real images at the same storage.", ""]
+            for variant, points in sorted(curves.items()):
+                text = ", ".join(f"{it}: {100 * acc:.1f} ({mtt:.3f} / {real:.3f})" for it, acc, mtt, real in points)
+                lines.append(f"- {variant}: {text}")
+            lines += ["", f"![curves](recipe_sweep_{name}.png)"]
         # Paths from the repository's root, wherever the sweep ran.
         commands = [re.sub(r"[^ ]*?(benchmarks/cache/)", r"\1", r["command"]) for r in recs]
         lines += ["", "Cells:", ""] + [f"    {c}" for c in commands] + [""]
     lines += ["Command: `python benchmarks/recipe_sweep.py RECIPE --variants ...` (see its docstring).", ""]
     return "\n".join(lines)
+
+
+def plot_curves(name: str, recs: list[dict], path: str) -> str | None:
+    """The sweep's validation curves (accuracy, and MTT loss beside real images') in one PNG."""
+    curves = {r["variant"] + (f" seed {r['seed']}" if r["seed"] else ""): r["curve"] for r in recs if r.get("curve")}
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, (acc_ax, mtt_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, points in sorted(curves.items()):
+        steps = [p[0] for p in points]
+        acc_ax.plot(steps, [100 * p[1] for p in points], marker="o", markersize=3, label=label)
+        line, = mtt_ax.plot(steps, [p[2] for p in points], marker="o", markersize=3, label=f"{label}: samples")
+        mtt_ax.plot(steps, [p[3] for p in points], linestyle="--", color=line.get_color(), label=f"{label}: real")
+    acc_ax.set(title="validation accuracy (%)", xlabel="iteration")
+    mtt_ax.set(title="MTT loss, 8 fixed segments", xlabel="iteration")
+    acc_ax.legend(fontsize=7)
+    mtt_ax.legend(fontsize=6)
+    fig.suptitle(name, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
             found = records(os.path.join(cache, name, "records"))
             if found:
                 sweeps[name] = found
+    for name, recs in sweeps.items():
+        plot_curves(name, recs, os.path.join(a.out, f"recipe_sweep_{name}.png"))
     text = report(sweeps)
     with open(os.path.join(a.out, "recipe_sweep.md"), "w") as f:
         f.write(text)

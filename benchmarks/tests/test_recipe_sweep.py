@@ -35,3 +35,16 @@ def test_the_report_pools_seeds_per_variant_and_names_paths_from_the_root():
                                                {**record, "variant": "iterations=0", "accuracies": [0.7]}]})
     assert "| recipe | 0, 1 | 82.00 +- 1.63 |" in text and "| iterations=0 | 0 | 70.00 +- 0.00 |" in text
     assert "--output_dir benchmarks/cache/recipe_sweep/x/runs/a" in text and "/somewhere" not in text
+
+
+def test_a_cell_with_a_validation_curve_is_listed_and_drawn(tmp_path):
+    record = {"recipe": "recipes/x/ipc1.yaml", "variant": "eval_every=250,iterations=500", "seed": 0,
+              "validation_size": 0.1, "accuracies": [0.8], "lpc": 4, "channels": [[16, 8]], "ipc_equivalent": 0.955,
+              "cpu": "AMD EPYC, 2 threads", "command": "d3hf distill r.yaml",
+              "curve": [[0, 0.75, 0.99, 0.95], [250, 0.78, 0.97, 0.95], [500, 0.801, 0.96, 0.94]]}
+    text = recipe_sweep.report({"x_ipc1_abc": [record]})
+    assert "- eval_every=250,iterations=500: 0: 75.0 (0.990 / 0.950), 250: 78.0" in text
+    assert "500: 80.1 (0.960 / 0.940)" in text and "recipe_sweep_x_ipc1_abc.png" in text
+    png = recipe_sweep.plot_curves("x_ipc1_abc", [record], str(tmp_path / "c.png"))
+    assert png and (tmp_path / "c.png").stat().st_size > 1000
+    assert recipe_sweep.plot_curves("x", [{**record, "curve": []}], str(tmp_path / "none.png")) is None
