@@ -38,7 +38,8 @@ def write_report(mode: Mode, command: str) -> str:
     summary = summarise(results)
     timed = [r["cell_seconds"] for r in results if r.get("cell_seconds") is not None]
     recovered = sorted({r["recovered_from"] for r in results if "recovered_from" in r})
-    datasets = [d for d in ("mnist5k", "digits") if any(r["dataset"] == d for r in results)]
+    datasets = [d for d in ("fashion_mnist", "mnist5k", "digits") if any(r["dataset"] == d for r in results)]
+    shorter = sorted({(r["dataset"], r["protocol"], r["trained_under"]) for r in results if "trained_under" in r})
     ipcs = sorted({r["ipc_budget"] for r in results})
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     machines = Counter(machine_text(r["machine"]) for r in results if "machine" in r)
@@ -55,6 +56,7 @@ def write_report(mode: Mode, command: str) -> str:
                "(`benchmarks/recover_cells.py`): scored on a 2-core machine whose CPU model was not recorded; their build and "
                "evaluation seconds were kept, their cell time was not." for source in recovered],
              *([f"- Cell time: {sum(timed) / 60:.1f} min over the {len(timed)} cells timed whole."] if timed else []),
+             *[f"- {METHOD_NAMES['full']} on {d}, in the {p} panel: trained under {t}." for d, p, t in shorter],
              *([f"- Left out: {len(stale)} records scored under settings that have changed since (a recipe or a "
                 "baseline setting); the grid scores those cells anew."] if stale else []),
              *([f"- {cyclic} D3 cells were scored under the cyclic prior draw (sample j of a class took prior j mod "

@@ -126,6 +126,25 @@ def test_ablations_run_under_the_headline_protocol_only():
         assert {(k[4], k[5]) for k in ablation} == {("P-noaug", "convnet")} and len(ablation) == 2
 
 
+def test_fashion_mnist_has_its_own_rows_ablations_under_p_dsa_and_a_shorter_all_real_bound():
+    from benchmarks.grid.modes import FULL_EPOCHS
+
+    keys = list(grid.cells(grid.Mode(name="full", datasets=("fashion_mnist",))))
+    methods = {k[2] for k in keys}
+    assert methods == {"d3", "d3-random-init", "d3-vae-only", "d3-mtt-only", "d3-mmd-only", "random", "herding",
+                       "kcenter", "dm", "full"}
+    assert {(k[4], k[5]) for k in keys if k[2] == "d3-mtt-only"} == {("P-noaug", "convnet"), ("P-dsa", "convnet")}
+    assert {(k[4], k[5]) for k in keys if k[2] == "full"} == {("P-noaug", "convnet"), ("P-dsa", "convnet")}
+    assert {k[1] for k in keys if k[2] == "d3"} == {1, 10} and len([k for k in keys if k[2] == "d3"]) == 3 * 2 * 2 * 2
+    mode = grid.Mode(name="full")
+    full = mode.protocol("P-dsa", "convnet", "fashion_mnist", "full")
+    assert full.epochs == FULL_EPOCHS["fashion_mnist"] and full.name == f"P-dsa[epochs={FULL_EPOCHS['fashion_mnist']}]"
+    assert mode.protocol("P-dsa", "convnet", "mnist5k", "full").name == "P-dsa"
+    assert mode.protocol("P-dsa", "convnet", "fashion_mnist", "d3").name == "P-dsa"
+    mnist = {k[2] for k in grid.cells(grid.Mode(name="full", datasets=("mnist5k",)))}
+    assert {"d3-prototypes", "d3-lpc1"} <= mnist  # the other datasets keep every row
+
+
 def test_variants_change_only_their_settings(digits):
     base = grid.d3_arguments(digits, "digits", 10, "d3", 0, grid.QUICK)
     mmd_only = grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK)
