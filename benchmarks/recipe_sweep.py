@@ -61,10 +61,16 @@ def cell_name(variant: dict[str, str], seed: int, validation_size: float, eval_s
     return f"{variant_name(variant)}_seed{seed}_val{validation_size:g}_eval{eval_seeds}"
 
 
+# Settings d3hf gained after this sweep's first records, with the value that means "as before":
+# left out of the digest at that value, so earlier sweeps keep their names, records and experts.
+ADDED_SINCE_FIRST_SWEEP = {"eval_every": 0}
+
+
 def sweep_name(recipe: str) -> str:
     """The recipe's dataset and name, and a digest of its settings: a recipe whose settings change
     starts a sweep of its own instead of reading the old one's records."""
-    settings = {k: v for k, v in arguments(recipe, {}).to_dict().items() if k != "output_dir"}
+    settings = {k: v for k, v in arguments(recipe, {}).to_dict().items()
+                if k != "output_dir" and ADDED_SINCE_FIRST_SWEEP.get(k, object()) != v}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     dataset = os.path.basename(str(settings["dataset"]))
     return f"{dataset}_{os.path.splitext(os.path.basename(recipe))[0]}_{digest}"

@@ -15,7 +15,7 @@ def test_variants_are_distill_keys_and_the_sweep_keeps_its_own():
     assert recipe_sweep.cell_name({"b": "2", "a": "1"}, 1, 0.25, 1) == "a=1,b=2_seed1_val0.25_eval1"
 
 
-def test_a_recipe_whose_settings_change_is_a_sweep_of_its_own(tmp_path):
+def test_a_recipe_whose_settings_change_is_a_sweep_of_its_own(tmp_path, monkeypatch):
     recipe = tmp_path / "ipc1.yaml"
     recipe.write_text("# header\ndataset: digits\nsyn_steps: 5\n")
     first = recipe_sweep.sweep_name(str(recipe))
@@ -23,6 +23,9 @@ def test_a_recipe_whose_settings_change_is_a_sweep_of_its_own(tmp_path):
     assert recipe_sweep.sweep_name(str(recipe)) == first  # comments do not count
     recipe.write_text("dataset: digits\nsyn_steps: 6\n")
     assert recipe_sweep.sweep_name(str(recipe)) != first and first.startswith("digits_ipc1_")
+    changed = recipe_sweep.sweep_name(str(recipe))
+    monkeypatch.setitem(recipe_sweep.ADDED_SINCE_FIRST_SWEEP, "eval_every", 5)  # as if it were added at 5
+    assert recipe_sweep.sweep_name(str(recipe)) != changed  # a later setting leaves the digest only at its old value
 
 
 def test_the_report_pools_seeds_per_variant_and_names_paths_from_the_root():
