@@ -53,6 +53,12 @@ class D3Model(PreTrainedModel):
                     if self.soft_labels is not None:
                         self.soft_labels.fill_(1.0 / self.config.num_classes)
 
+    def should_save_on_this_rank(self, is_main_process: bool) -> bool:
+        """Whichever process holds a D3 model writes it: a subtask's artifact is saved by the process
+        that distilled it, not by rank 0 (transformers' default would silently write nothing on
+        the other ranks of a process group). Pass ``is_main_process=False`` to skip a save."""
+        return is_main_process
+
     # ------------------------------------------------------------------ structure
 
     @property

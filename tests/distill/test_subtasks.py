@@ -206,3 +206,6 @@ def test_two_processes_equal_one_process(reference_run, tmp_path):
     assert sorted(ran) == [["0"], ["1"]], ran
     assert not os.path.exists(tmp_path / "rank1" / "artifact")
     assert_same_weights(weights(tmp_path / "rank0"), weights(reference_run["out"]))
+    for r in (0, 1):  # each rank saved the subtask it distilled, whole: a relaunch loads it from there
+        (k,) = ran[r]
+        assert {"config.json", "model.safetensors"} <= set(os.listdir(tmp_path / f"rank{r}" / "subtasks" / k / "artifact"))

@@ -133,6 +133,18 @@ def test_save_and_load_round_trip_with_soft_labels_and_subtasks(tmp_path):
     torch.testing.assert_close(soft[0], m.soft_labels[0])
 
 
+def test_a_process_that_is_not_rank_0_saves_the_model_it_holds(tmp_path, monkeypatch):
+    import transformers.distributed.mixin as mixin
+
+    monkeypatch.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
+    monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)  # as on rank 1 of a process group
+    m = make_model()
+    save_artifact(m, str(tmp_path / "a"))
+    _assert_same_model(m, D3Model.from_pretrained(str(tmp_path / "a")))
+    m.save_pretrained(str(tmp_path / "b"), is_main_process=False)  # the caller can still opt out
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+
+
 def test_model_card_header_and_sample_grid(model, saved):
     text = (saved / "README.md").read_text()
     assert text.startswith("---\n")
