@@ -218,8 +218,13 @@ def distill_subtask(
     artifact_dir = os.path.join(workdir, ARTIFACT_DIR)
     finished = os.path.join(workdir, FINISHED_FILE)
     if os.path.exists(finished) and _read_json(finished)["iterations"] >= args.matching.iterations:
-        logger.info("Subtask %d: finished earlier, loading %s", index, artifact_dir)
-        return D3Model.from_pretrained(artifact_dir), {"finished_earlier": True}
+        try:
+            model = D3Model.from_pretrained(artifact_dir)
+            logger.info("Subtask %d: finished earlier, loaded %s", index, artifact_dir)
+            return model, {"finished_earlier": True}
+        except (OSError, ValueError) as err:  # its files lost or cut short: the checkpoint still holds it
+            logger.warning("Subtask %d: finished earlier, but %s cannot be read (%s); writing it again from the "
+                           "subtask's checkpoint", index, artifact_dir, str(err).splitlines()[0])
     num_subtasks = len(config.subtasks)
     sub_args = subtask_arguments(args, index, num_subtasks)
     view = data.subset(config.subtasks[index])

@@ -167,6 +167,11 @@ def test_a_stopped_run_resumes_each_subtask_and_skips_finished_ones(reference_ru
     assert "Subtask 0: finished earlier" in err and "Subtask 1: resuming at iteration 3" in err
     assert finished.stat().st_mtime_ns == mtime
 
+    os.remove(finished)  # a finished subtask whose artifact was lost is written again from its checkpoint
+    assert main(["distill", cfg]) == 0
+    assert "writing it again from the subtask's checkpoint" in capsys.readouterr().err
+    assert_same_weights(weights(tmp_path / "out"), weights(reference_run["out"]))
+
 
 # ----------------------------------------------------------------------------- accelerate
 
