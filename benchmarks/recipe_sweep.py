@@ -61,9 +61,11 @@ def cell_name(variant: dict[str, str], seed: int, validation_size: float, eval_s
     return f"{variant_name(variant)}_seed{seed}_val{validation_size:g}_eval{eval_seeds}"
 
 
-# Settings d3hf gained after this sweep's first records, with the value that means "as before":
-# left out of the digest at that value, so earlier sweeps keep their names, records and experts.
+# Settings d3hf gained after the first sweeps were recorded, with the value that means "as before":
+# left out at that value, so the earlier sweeps keep their names (and records) and their variants
+# their expert buffers.
 ADDED_SINCE_FIRST_SWEEP = {"eval_every": 0}
+ADDED_SINCE_FIRST_EXPERTS = {"image_size": None, "channels": "auto"}
 
 
 def sweep_name(recipe: str) -> str:
@@ -88,15 +90,16 @@ def experts_key(args) -> str:
     the seed and the data)."""
     from dataclasses import asdict
 
+    data = {k: v for k, v in asdict(args.data).items() if ADDED_SINCE_FIRST_EXPERTS.get(k, object()) != v}
     identity = {**{k: v for k, v in asdict(args.experts).items() if k != "buffer_dir"},
                 "keep": args.matching.max_start_epoch + args.matching.expert_epochs, "seed": args.run.seed,
-                "data": asdict(args.data)}
+                "data": data}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def command(recipe: str, variant: dict[str, str], seed: int, root: str, validation_size: float,
             eval_seeds: int) -> list[str]:
-    args = arguments(recipe, variant).replace(seed=seed, validation_size=validation_size)
+    args = arguments(recipe, {**variant, "seed": str(seed), "validation_size": str(validation_size)})
     cell = cell_name(variant, seed, validation_size, eval_seeds)
     return [D3HF, "distill", recipe, *[a for k, v in sorted(variant.items()) for a in (f"--{k}", v)],
             "--seed", str(seed), "--validation_size", str(validation_size), "--eval_seeds", str(eval_seeds),

@@ -106,7 +106,7 @@ def measure(recipe: str, shape: tuple[int, int, int], classes: int, rows_per_cla
     m = args.matching
     warm_steps = 30
     out = os.path.join(cache, "runs", hashlib.sha256(f"{recipe}{shape}{classes}{rows_per_class}".encode()).hexdigest()[:12])
-    run = args.replace(dataset=data, image_size=None, channels="auto", num_subtasks=1, subtasks=None, iterations=3,
+    run = args.replace(dataset=data, test_split="test", image_size=None, channels="auto", num_subtasks=1, subtasks=None, iterations=3,
                        init_steps=warm_steps, num_experts=1, expert_epochs_total=m.max_start_epoch + m.expert_epochs,
                        expert_epoch_rows=0, eval_epochs=0, eval_every=0, validation_size=0.0, log_every=1,
                        checkpoint_every=0, report_to="none", output_dir=out, overwrite_output_dir=True,

@@ -51,3 +51,10 @@ def test_a_cell_with_a_validation_curve_is_listed_and_drawn(tmp_path):
     png = recipe_sweep.plot_curves("x_ipc1_abc", [record], str(tmp_path / "c.png"))
     assert png and (tmp_path / "c.png").stat().st_size > 1000
     assert recipe_sweep.plot_curves("x", [{**record, "curve": []}], str(tmp_path / "none.png")) is None
+
+
+def test_a_variant_with_a_validation_curve_is_parsed_with_the_sweeps_validation_split(tmp_path):
+    recipe = tmp_path / "ipc1.yaml"
+    recipe.write_text("dataset: digits\n")
+    cmd = recipe_sweep.command(str(recipe), {"eval_every": "50"}, 0, str(tmp_path), 0.1, 2)  # refused without it
+    assert cmd[cmd.index("--eval_every") + 1] == "50" and cmd[cmd.index("--validation_size") + 1] == "0.1"

@@ -34,7 +34,7 @@ def test_the_memory_plan_turns_on_step_checkpointing_and_chunks_as_the_distiller
 
 @pytest.mark.integration
 def test_a_tiny_plan_measures_this_cpu_and_writes_the_report(tmp_path):
-    recipe = {**RECIPE, "num_subtasks": 2, "student_depth": 2, "student_width": 8, "samples_per_class": 1,
+    recipe = {**RECIPE, "test_split": "valid", "num_subtasks": 2, "student_depth": 2, "student_width": 8, "samples_per_class": 1,
               "mmd_samples": 4, "min_start_epoch": 0, "max_start_epoch": 1, "expert_epochs": 1,
               "expert_epochs_total": 2, "init_steps": 40, "num_threads": 1}
     path = tmp_path / "tiny.yaml"
