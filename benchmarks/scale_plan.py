@@ -137,8 +137,8 @@ def plan_text(name: str, record: dict) -> str:
         f"- {mem['subtasks']} subtasks of up to {mem['classes_per_subtask']} classes, {mem['rows_per_subtask']:,} "
         f"train rows each; {mem['lpc']} prior(s) per class, z_dim {mem['z_dim']}, decoder channels "
         f"{mem['decoder_channels']}: {mem['total_scalars']:,} scalars, {mem['ipc_equivalent']:.3f} IPC-equivalent.",
-        f"- Student {mem['student']}; the plain unroll would take {gb(mem['unroll_plain_bytes'])}: step "
-        f"checkpointing {'on' if mem['step_checkpointing'] else 'off'} on a {record['device_gb']:g} GB device, "
+        f"- Student {mem['student']}; the plain unroll would take {gb(mem['unroll_plain_bytes'])}: on a "
+        f"{record['device_gb']:g} GB device step checkpointing is {'on' if mem['step_checkpointing'] else 'off'}, "
         f"unroll {gb(mem['unroll_bytes'])}.",
         f"- MMD: {gb(mem['mmd_bytes_per_class'])} per class, {mem['mmd_chunk_classes']} class(es) per chunk: "
         f"{gb(mem['mmd_bytes'])}. Real features kept on the device: {gb(mem['real_features_bytes'])}.",

@@ -44,3 +44,11 @@ def test_a_tiny_plan_measures_this_cpu_and_writes_the_report(tmp_path):
     text = (tmp_path / "scale_plan.md").read_text()
     assert "2 subtasks of up to 3 classes, 150 train rows each" in text
     assert "measured at 3 classes, scaled x1" in text and "h per subtask on this CPU" in text
+
+
+@pytest.mark.parametrize("recipe, classes, per_class", [("recipes/tiny_imagenet/ipc1.yaml", 200, 500),
+                                                        ("recipes/imagenet64/ipc1.yaml", 1000, 1300)])
+def test_the_scale_recipes_fit_their_budget_and_a_24_gb_gpu(recipe, classes, per_class):
+    plan = scale_plan.memory_plan(parse_distill_args([recipe]), classes, (3, 64, 64), per_class, device_gb=24)
+    assert 0.95 < plan["ipc_equivalent"] <= 1 and plan["step_checkpointing"]
+    assert plan["device_peak_bytes"] < 24e9 / 2
