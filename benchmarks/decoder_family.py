@@ -26,6 +26,11 @@ from d3hf.utils.environment import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)  # run as a file: the repo root
+
+from benchmarks.cells import cached
+from benchmarks.cells import records as cached_records  # noqa: E402
+
 CACHE_ROOT = os.path.join(HERE, "cache", "decoder_family")
 FAMILIES = ("nearest", "transpose")
 RECIPES = ("ipc1", "ipc10")
@@ -79,16 +84,9 @@ def run_cell(recipe: str, family: str, seed: int, eval_seeds: int) -> dict:
     }
 
 
-def cached(recipe: str, family: str, seed: int, eval_seeds: int) -> dict:
-    path = os.path.join(CACHE_ROOT, cell_name(recipe, family, seed) + ".json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    record = run_cell(recipe, family, seed, eval_seeds)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return record
+def cell(recipe: str, family: str, seed: int, eval_seeds: int) -> dict:
+    return cached(os.path.join(CACHE_ROOT, cell_name(recipe, family, seed) + ".json"),
+                  lambda: run_cell(recipe, family, seed, eval_seeds))
 
 
 def report(records: list[dict]) -> str:
@@ -124,13 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     for recipe in a.recipes.split(","):
         for seed in map(int, a.seeds.split(",")):
             for family in a.families.split(","):
-                cached(recipe, family, seed, a.eval_seeds)
-    records = []
-    for name in sorted(os.listdir(CACHE_ROOT)):
-        if name.endswith(".json"):
-            with open(os.path.join(CACHE_ROOT, name)) as f:
-                records.append(json.load(f))
-    text = report(records)
+                cell(recipe, family, seed, a.eval_seeds)
+    text = report(cached_records(CACHE_ROOT))
     with open(os.path.join(HERE, "decoder_family.md"), "w") as f:
         f.write(text)
     print(text)

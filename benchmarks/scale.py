@@ -29,6 +29,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)  # run as a file: the repo root
+
+from benchmarks.cells import cached  # noqa: E402
+
 CACHE_ROOT = os.path.join(HERE, "cache", "scale")
 DATASETS = ("mnist5k", "fashion_mnist")
 RECIPE = {"ipc_budget": 1, "num_experts": 1, "expert_epochs_total": 3, "min_start_epoch": 0, "max_start_epoch": 1,
@@ -114,20 +118,16 @@ def measure(dataset: str) -> dict:
 
 
 def run_cell(dataset: str) -> dict:
-    path = os.path.join(CACHE_ROOT, f"{dataset}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    os.makedirs(CACHE_ROOT, exist_ok=True)
+    return cached(os.path.join(CACHE_ROOT, f"{dataset}.json"), lambda: _measure_cell(dataset))
+
+
+def _measure_cell(dataset: str) -> dict:
     record = {"load_cold_s": cold_load(dataset)}
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--measure", dataset], cwd=REPO,
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{dataset}: the measuring process failed:\n{out.stderr[-3000:]}")
     record.update(json.loads(out.stdout.strip().splitlines()[-1]))
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(path + ".tmp", path)
     return record
 
 
