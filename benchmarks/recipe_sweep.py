@@ -125,7 +125,7 @@ def run_cell(cmd: list[str], log_path: str) -> dict:
 
     curve = [[r["iteration"], r["accuracy"], r["mtt_model"], r["mtt_real"]] for r in read_metrics(out)
              if r.get("phase") == "curve" and r.get("subtask", 0) == 0]
-    return {"split": row["split"], "curve": sorted(curve), "accuracies": row["accuracies"], "protocol": row["notes"],
+    return {"split": row["split"], "curve": sorted(curve), "matching": matching_summary(read_metrics(out)), "accuracies": row["accuracies"], "protocol": row["notes"],
             "lpc": config["priors_per_class"], "z_dim": config["z_dim"],
             "channels": [d["channels"] for d in config["decoders"]], "ipc_equivalent": summary["ledger"]["ipc_equivalent"],
             "experts_s": timings.get("experts_s"), "warm_start_s": timings.get("warm_start_s"),
@@ -133,6 +133,46 @@ def run_cell(cmd: list[str], log_path: str) -> dict:
             "evaluate_s": summary["timings"].get("evaluate_s"), "total_s": summary["timings"]["total_s"],
             "cpu": f"{cpu_model()}, {os.cpu_count()} threads",
             "command": shlex.join(["d3hf", *[os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd[1:]]])}
+
+
+def matching_summary(records: list[dict]) -> dict | None:
+    """What a run's matching phase did, from its logged iterations: the mean MTT loss and MMD over
+    the last fifth of them, the final step size, prior std and drift from the warm start, and the
+    median ratio of the two terms' gradient norms; None for a run without matching."""
+    rows = sorted((r for r in records if r.get("phase") == "distill" and r.get("subtask", 0) == 0),
+                  key=lambda r: r["iteration"])
+    if not rows:
+        return None
+    tail = [r for r in rows if r["iteration"] > 0.8 * rows[-1]["iteration"]]
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in tail if r.get(key) is not None]
+        return statistics.mean(values) if values else None
+
+    ratios = [r["grad_norm_mtt"] / r["grad_norm_mmd"] for r in rows if r.get("grad_norm_mmd")]
+    final = rows[-1]
+    return {"iterations": final["iteration"], "mtt": mean("mtt"), "mmd": mean("mmd"),
+            "step_size": final.get("step_size"), "prior_std": final.get("prior_std_mean"),
+            "drift_prior_means": final.get("drift_prior_means"), "drift_decoder": final.get("drift_decoder"),
+            "grad_ratio": statistics.median(ratios) if ratios else None}
+
+
+def _matching(record: dict) -> dict | None:
+    """A record's matching summary; for a record cached before it was kept, read from its run
+    folder when that is still here."""
+    if "matching" in record:
+        return record["matching"]
+    match = re.search(r"--output_dir (\S+)", record.get("command", ""))
+    if not match:
+        return None
+    from d3hf.distill.tracking import read_metrics
+
+    folder = os.path.join(REPO, match.group(1))
+    return matching_summary(read_metrics(folder)) if os.path.isdir(folder) else None
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def report(sweeps: dict[str, list[dict]]) -> str:
@@ -162,6 +202,19 @@ def report(sweeps: dict[str, list[dict]]) -> str:
                          f"{std:.2f} | {rows[0]['lpc']} | {rows[0]['channels'][0]} | {rows[0]['ipc_equivalent']:.3f} | "
                          f"{mean('experts_s')} | {mean('warm_start_s')} | {mean('s_per_iteration', 2)} | "
                          f"{mean('evaluate_s')} | {mean('total_s')} |")
+        summaries = [(r["variant"], r["seed"], _matching(r)) for r in recs]
+        if any(m for _, _, m in summaries):
+            lines += ["", "Matching phase, from each run's metrics (means over the last fifth of its iterations; "
+                      "final values; drift: relative L2 distance from the warm start; gradient ratio: median "
+                      "||grad MTT term|| / ||grad MMD term||, both weighted):", "",
+                      "| variant | seed | iterations | MTT loss | MMD | step size | prior std | drift priors "
+                      "| drift decoder | gradient ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for variant, seed, m in sorted(summaries, key=lambda v: (v[0] != "recipe", v[0], v[1])):
+                if m:
+                    lines.append(f"| {variant} | {seed} | {m['iterations']} | {_fmt(m['mtt'], '.3f')} | "
+                                 f"{_fmt(m['mmd'], '.4f')} | {_fmt(m['step_size'], '.4f')} | "
+                                 f"{_fmt(m['prior_std'], '.3f')} | {_fmt(m['drift_prior_means'], '.3f')} | "
+                                 f"{_fmt(m['drift_decoder'], '.3f')} | {_fmt(m['grad_ratio'], '.2f')} |")
         curves = {r["variant"]: r["curve"] for r in recs if r.get("curve")}
         if curves:
             lines += ["", "Validation curves (`eval_every`; one network each, so single points are noisier than "

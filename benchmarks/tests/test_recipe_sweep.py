@@ -58,3 +58,13 @@ def test_a_variant_with_a_validation_curve_is_parsed_with_the_sweeps_validation_
     recipe.write_text("dataset: digits\n")
     cmd = recipe_sweep.command(str(recipe), {"eval_every": "50"}, 0, str(tmp_path), 0.1, 2)  # refused without it
     assert cmd[cmd.index("--eval_every") + 1] == "50" and cmd[cmd.index("--validation_size") + 1] == "0.1"
+
+
+def test_the_matching_summary_reads_the_last_fifth_and_the_final_drift():
+    rows = [{"phase": "distill", "iteration": i, "mtt": 1.0 if i <= 80 else 0.5, "mmd": 0.01, "step_size": 0.01 * i,
+             "prior_std_mean": 0.4, "drift_prior_means": i / 100, "drift_decoder": i / 200, "grad_norm_mtt": 2.0,
+             "grad_norm_mmd": 1.0} for i in range(20, 101, 20)]
+    summary = recipe_sweep.matching_summary([{"phase": "curve", "iteration": 0}, *rows])
+    assert summary == {"iterations": 100, "mtt": 0.5, "mmd": 0.01, "step_size": 1.0, "prior_std": 0.4,
+                       "drift_prior_means": 1.0, "drift_decoder": 0.5, "grad_ratio": 2.0}
+    assert recipe_sweep.matching_summary([]) is None
