@@ -140,7 +140,7 @@ def _relative_distance(now: list[torch.Tensor], start: list[torch.Tensor]) -> fl
     """||now - start|| / ||start|| over a list of tensors (the absolute distance when start is 0)."""
     if not now:
         return 0.0
-    delta = torch.stack([(a.detach().float() - b.to(a.device).float()).norm() for a, b in zip(now, start)]).norm()
+    delta = torch.stack([(a.detach().float() - b.float()).norm() for a, b in zip(now, start)]).norm()
     scale = torch.stack([b.float().norm() for b in start]).norm()
     return float(delta / scale) if scale > 0 else float(delta)
 
@@ -378,7 +378,7 @@ class Distiller:
         record: dict = {"iteration": it, "loss": 0.0}
         started = time.perf_counter()
         if it == 0 and self.start is None:
-            self.start = {k: [p.detach().cpu().clone() for p in ps] for k, ps in self._learned().items()}
+            self.start = {k: [p.detach().clone() for p in ps] for k, ps in self._learned().items()}
         for opt in (self.opt_priors, self.opt_step_size, self.opt_decoder):
             opt.zero_grad(set_to_none=True)
         learned = [p for ps in self._learned().values() for p in ps]
@@ -449,7 +449,7 @@ class Distiller:
             "np_rng": self.np_rng.bit_generator.state,
             "iteration": self.iteration,
             "history": self.history,
-            "start": self.start,
+            "start": None if self.start is None else {k: [t.cpu() for t in ts] for k, ts in self.start.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -463,7 +463,8 @@ class Distiller:
         self.np_rng.bit_generator.state = state["np_rng"]
         self.iteration = self._first_iteration = int(state["iteration"])
         self.history = list(state["history"])
-        self.start = state.get("start")  # None in a checkpoint written before drift was recorded
+        start = state.get("start")  # None in a checkpoint written before drift was recorded
+        self.start = None if start is None else {k: [t.to(self.device) for t in ts] for k, ts in start.items()}
 
     def save_checkpoint(self, directory: str) -> str:
         """Write the whole state atomically, with a checksum checked when it is loaded."""
