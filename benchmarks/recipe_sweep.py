@@ -205,7 +205,7 @@ def report(sweeps: dict[str, list[dict]]) -> str:
         summaries = [(r["variant"], r["seed"], _matching(r)) for r in recs]
         if any(m for _, _, m in summaries):
             lines += ["", "Matching phase, from each run's metrics (means over the last fifth of its iterations; "
-                      "final values; drift: relative L2 distance from the warm start; gradient ratio: median "
+                      "final values; drift: relative L2 distance from where the matching phase started; gradient ratio: median "
                       "||grad MTT term|| / ||grad MMD term||, both weighted):", "",
                       "| variant | seed | iterations | MTT loss | MMD | step size | prior std | drift priors "
                       "| drift decoder | gradient ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -215,7 +215,7 @@ def report(sweeps: dict[str, list[dict]]) -> str:
                                  f"{_fmt(m['mmd'], '.4f')} | {_fmt(m['step_size'], '.4f')} | "
                                  f"{_fmt(m['prior_std'], '.3f')} | {_fmt(m['drift_prior_means'], '.3f')} | "
                                  f"{_fmt(m['drift_decoder'], '.3f')} | {_fmt(m['grad_ratio'], '.2f')} |")
-        curves = {r["variant"]: r["curve"] for r in recs if r.get("curve")}
+        curves = {f"{r['variant']} seed {r['seed']}": r["curve"] for r in recs if r.get("curve")}
         if curves:
             lines += ["", "Validation curves (`eval_every`; one network each, so single points are noisier than "
                       "the rows above): iteration: accuracy %, then the MTT loss over 8 fixed segments of the "
@@ -233,7 +233,7 @@ def report(sweeps: dict[str, list[dict]]) -> str:
 
 def plot_curves(name: str, recs: list[dict], path: str) -> str | None:
     """The sweep's validation curves (accuracy, and MTT loss beside real images') in one PNG."""
-    curves = {r["variant"] + (f" seed {r['seed']}" if r["seed"] else ""): r["curve"] for r in recs if r.get("curve")}
+    curves = {f"{r['variant']} seed {r['seed']}": r["curve"] for r in recs if r.get("curve")}
     if not curves:
         return None
     import matplotlib

@@ -82,6 +82,7 @@ def memory_plan(args, num_classes: int, shape: tuple[int, int, int], train_per_c
         "subtasks": len(partition), "classes_per_subtask": n, "rows_per_subtask": rows,
         "ipc_equivalent": ledger.ipc_equivalent, "total_scalars": ledger.total_scalars, "lpc": plan.lpc,
         "z_dim": plan.z_dim, "decoder_channels": plan.decoder_specs[0].to_dict().get("channels"),
+        "decoder_spec": plan.decoder_specs[0].to_dict(),
         "student": f"ConvNet-{depth} width {e.student_width} ({params:,} parameters)",
         "unroll_plain_bytes": plain, "step_checkpointing": recompute, "unroll_bytes": unroll,
         "mmd_bytes_per_class": per_class, "mmd_chunk_classes": chunk, "mmd_bytes": chunk * per_class,
@@ -91,9 +92,13 @@ def memory_plan(args, num_classes: int, shape: tuple[int, int, int], train_per_c
     }
 
 
-def measure(recipe: str, shape: tuple[int, int, int], classes: int, rows_per_class: int, cache: str) -> dict:
-    """One subtask of ``classes`` classes on this CPU with the recipe's matching settings: seconds
-    per iteration (the last two of three), per warm-start step and per expert row."""
+def measure(recipe: str, shape: tuple[int, int, int], classes: int, rows_per_class: int, cache: str,
+            memory: dict) -> dict:
+    """One subtask of ``classes`` classes on this CPU with the recipe's settings and the
+    representation the recipe's subtasks get (``memory``: its decoder, priors per class and z_dim,
+    and the step checkpointing the memory plan decided; the budget is raised to hold that decoder
+    for fewer classes): seconds per iteration (the last two of three), per warm-start step and per
+    expert row."""
     from benchmarks.synthetic import write_synthetic
     from d3hf.commands.distill import parse_distill_args
     from d3hf.distill.runner import run_distillation
@@ -106,17 +111,28 @@ def measure(recipe: str, shape: tuple[int, int, int], classes: int, rows_per_cla
     m = args.matching
     warm_steps = 30
     out = os.path.join(cache, "runs", hashlib.sha256(f"{recipe}{shape}{classes}{rows_per_class}".encode()).hexdigest()[:12])
-    run = args.replace(dataset=data, test_split="test", image_size=None, channels="auto", num_subtasks=1, subtasks=None, iterations=3,
-                       init_steps=warm_steps, num_experts=1, expert_epochs_total=m.max_start_epoch + m.expert_epochs,
-                       expert_epoch_rows=0, eval_epochs=0, eval_every=0, validation_size=0.0, log_every=1,
-                       checkpoint_every=0, report_to="none", output_dir=out, overwrite_output_dir=True,
-                       mmd_chunk_classes="auto")
+    spec = {k: v for k, v in memory["decoder_spec"].items() if k not in ("z_dim", "out_shape")}
+    run = args.replace(dataset=data, test_split="test", image_size=None, channels="auto", num_subtasks=1,
+                       subtasks=None, iterations=3, init_steps=warm_steps, num_experts=1,
+                       expert_epochs_total=m.max_start_epoch + m.expert_epochs, expert_epoch_rows=0, eval_epochs=0,
+                       eval_every=0, validation_size=0.0, log_every=1, checkpoint_every=0, report_to="none",
+                       output_dir=out, overwrite_output_dir=True, mmd_chunk_classes="auto",
+                       ipc_budget=args.representation.ipc_budget * memory["classes_per_subtask"] / classes,
+                       decoder=json.dumps(spec), lpc=str(memory["lpc"]), z_dim=str(memory["z_dim"]),
+                       checkpoint_steps=str(memory["step_checkpointing"]).lower())
     t = time.perf_counter()
     _, summary = run_distillation(run, show_progress=False)
     timings = summary["subtasks"][0]["timings"]
     seconds = [r["seconds"] for r in read_metrics(out) if r.get("phase") == "distill"]
     expert_rows = classes * rows_per_class * run.experts.expert_epochs_total
-    return {"classes": classes, "rows_per_class": rows_per_class, "s_per_iteration": statistics.mean(seconds[1:]),
+    with open(os.path.join(out, "artifact", "config.json")) as f:
+        built = json.load(f)
+    if built["decoders"][0]["channels"] != memory["decoder_channels"]:
+        raise RuntimeError(f"measured with decoder {built['decoders'][0]['channels']}, planned "
+                           f"{memory['decoder_channels']}")
+    return {"classes": classes, "rows_per_class": rows_per_class, "decoder_channels": built["decoders"][0]["channels"],
+            "lpc": built["priors_per_class"], "step_checkpointing": memory["step_checkpointing"],
+            "s_per_iteration": statistics.mean(seconds[1:]),
             "s_per_warm_start_step": timings["warm_start_s"] / warm_steps,
             "s_per_expert_row": timings["experts_s"] / expert_rows, "wall_s": time.perf_counter() - t,
             "cpu": f"{cpu_model()}, {os.cpu_count()} threads"}
@@ -143,10 +159,14 @@ def plan_text(name: str, record: dict) -> str:
         f"- MMD: {gb(mem['mmd_bytes_per_class'])} per class, {mem['mmd_chunk_classes']} class(es) per chunk: "
         f"{gb(mem['mmd_bytes'])}. Real features kept on the device: {gb(mem['real_features_bytes'])}.",
         f"- **Device peak, estimated: {gb(mem['device_peak_bytes'])}** (real features + the larger of unroll and "
-        f"MMD chunk; the two terms are backpropagated one after the other). Host: decoded train images "
+        f"MMD chunk, the two terms being backpropagated one after the other; not counted: CUDA's context, the "
+        f"networks, optimiser states and gradients, all small beside these; the bytes per unit of the unroll and "
+        f"the MMD term were measured on the CPU). Host: decoded train images "
         f"{gb(mem['decoded_train_bytes'])} ({'in memory' if mem['decoded_in_memory'] else 'memory-mapped file'}), "
         f"expert buffer {gb(mem['expert_buffer_bytes'])} on disk.",
-        f"- Time per subtask on {cpu['cpu']} (measured at {cpu['classes']} classes, scaled x{scale:g}): experts "
+        f"- Time per subtask on {cpu['cpu']} (measured at {cpu['classes']} classes with this decoder, "
+        f"{cpu['lpc']} priors per class and step checkpointing {'on' if cpu['step_checkpointing'] else 'off'}; "
+        f"iterations scaled x{scale:g} for the classes): experts "
         f"{experts_s / 3600:.2f} h, warm start {warm_s / 3600:.2f} h, {iteration_s:.1f} s per iteration x "
         f"{a['iterations']:,}: **{total_h:.1f} h per subtask on this CPU**. On a GPU: not measured.",
         ""])
@@ -171,17 +191,19 @@ def main(argv: list[str] | None = None) -> None:
         args = parse_distill_args([recipe])
         shape = tuple(int(v) for v in a.shape.split(","))
         settings = {k: v for k, v in args.to_dict().items() if k != "output_dir"}
-        key = hashlib.sha256(json.dumps([settings, a.num_classes, shape, a.train_per_class, a.device_gb,
-                                         a.measure_classes, a.measure_rows_per_class], default=str).encode())
+        memory = memory_plan(args, a.num_classes, shape, a.train_per_class, a.device_gb)
+        # What the measurement depends on: the settings, the shape and the representation it runs.
+        key = hashlib.sha256(json.dumps([settings, shape, a.measure_classes, a.measure_rows_per_class,
+                                         memory["classes_per_subtask"], memory["decoder_spec"], memory["lpc"],
+                                         memory["z_dim"], memory["step_checkpointing"]], default=str).encode())
         name = os.path.relpath(recipe, REPO)
         cpu = cached(os.path.join(cache, "measure", f"{key.hexdigest()[:12]}.json"),
-                     lambda: measure(recipe, shape, a.measure_classes, a.measure_rows_per_class, cache))
+                     lambda: measure(recipe, shape, a.measure_classes, a.measure_rows_per_class, cache, memory))
         from d3hf.utils.io import atomic_write_json
 
         os.makedirs(os.path.join(cache, "records"), exist_ok=True)  # the memory plan is cheap: always redone
         atomic_write_json(os.path.join(cache, "records", f"{name.replace('/', '_')}.json"), {
-            "recipe": name, "device_gb": a.device_gb, "settings": settings, "cpu_measure": cpu,
-            "memory": memory_plan(args, a.num_classes, shape, a.train_per_class, a.device_gb),
+            "recipe": name, "device_gb": a.device_gb, "settings": settings, "cpu_measure": cpu, "memory": memory,
             "command": f"python benchmarks/scale_plan.py {name} --num_classes {a.num_classes} --shape {a.shape} "
                        f"--train_per_class {a.train_per_class} --device_gb {a.device_gb:g}"})
     text = "\n".join(["# Recipes at scale: memory and time before the run", "",

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 
-from .modes import D3_VARIANTS, PROTOTYPE_LR, REPO, Mode
+from .modes import D3_VARIANTS, FULL_EPOCHS, PROTOTYPE_LR, REPO, Mode
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,7 +34,7 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
     variant = dict(D3_VARIANTS[method])
     # Variants of one dataset, budget and seed train identical experts: they share one buffer.
     buffer_dir = os.path.join(mode.cache, "experts", f"{dataset}_ipc{ipc}_seed{seed}")
-    args = recipe.replace(**mode.d3_overrides, seed=seed, eval_epochs=0, buffer_dir=buffer_dir)
+    args = recipe.replace(**mode.d3_overrides, seed=seed, eval_epochs=0, eval_every=0, buffer_dir=buffer_dir)
     if variant.get("decoder") == "half":
         width = build_config(args, data).decoder_specs()[0].channels[-1]
         if width < 2:
@@ -114,6 +114,8 @@ def build_digest(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
     args = distill_arguments(data, dataset, ipc, method, seed, mode)
     if args is not None:
         return settings_digest(args)
+    if method == "full" and dataset in FULL_EPOCHS and mode.eval_epochs is None:
+        return _digest({"epochs": FULL_EPOCHS[dataset]})  # another epoch count scores the bound anew
     settings = baseline_settings(data, method, seed, mode)
     return _digest(settings) if settings is not None else None
 

@@ -140,7 +140,8 @@ def cells(mode: Mode):
                     continue
                 key_ipc = FULL_IPC if method == "full" else ipc
                 seeds = 1 if method in ("peer", "full") else mode.seeds
-                # Ablations run under the first protocol and architecture only (P-noaug, ConvNet).
+                # Ablations run under the first protocol and architecture only (P-noaug, ConvNet), or
+                # under the dataset's ABLATION_PROTOCOLS; the all-real bound under FULL_ARCHS.
                 ablation = method in ABLATIONS
                 protocols = mode.protocols
                 if ablation:

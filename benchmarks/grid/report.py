@@ -9,7 +9,20 @@ import os
 import sys
 from collections import Counter
 
-from .modes import ABLATIONS, BASE_MODES, D3_VARIANTS, FULL_IPC, HERE, METHOD_NAMES, METHODS, REPO, Mode, cell_name
+from .modes import (
+    ABLATION_PROTOCOLS,
+    ABLATIONS,
+    BASE_MODES,
+    D3_VARIANTS,
+    DATASET_METHODS,
+    FULL_IPC,
+    HERE,
+    METHOD_NAMES,
+    METHODS,
+    REPO,
+    Mode,
+    cell_name,
+)
 from .run import EARLIER_PRIOR_DRAW, coverage, load_results, split_stale
 
 
@@ -162,10 +175,12 @@ def _at_a_glance(summary: dict, datasets: list[str], ipcs: list[int], defined=ME
                             [m != "full" for m in methods]) for p in panels]
             lines += _glance_table(f"{dataset}, ipc_budget {ipc}", [f"{p} {a}" for p, a in panels], methods, grid_)
     for dataset in datasets:
-        for protocol, arch in _panels(summary, dataset, ABLATIONS)[:1]:
+        protocols = ABLATION_PROTOCOLS.get(dataset)
+        panels = [p for p in _panels(summary, dataset, ABLATIONS) if protocols is None or p[0] in protocols]
+        for protocol, arch in panels[: len(protocols) if protocols else 1]:
             budgets = [i for i in ipcs if (dataset, protocol, arch, "d3", i) in summary]
-            # The variants this grid defines (a quick run leaves some out), scored yet or not.
-            rows = [m for m in ("d3", *ABLATIONS, "random") if m in defined]
+            # The variants this grid defines for the dataset (a quick run leaves some out), scored yet or not.
+            rows = [m for m in ("d3", *ABLATIONS, "random") if m in defined and m in DATASET_METHODS.get(dataset, METHODS)]
             grid_ = [column([summary.get((dataset, protocol, arch, m, i)) for m in rows], [True] * len(rows))
                      for i in budgets]
             lines += _glance_table(f"{dataset} ablations, {protocol} {arch}", [f"ipc_budget {i}" for i in budgets],

@@ -179,7 +179,8 @@ def coverage(mode: Mode, results: list[dict] | None = None) -> list[str]:
              f"{scored} of the {total} cells this grid defines are scored under the current settings and prior draw"
              + (f", besides {skipped} that do not exist (variants that do not apply at their budget)" if skipped else "")
              + f". Seeds {mode.seeds}; protocols {', '.join(mode.protocols)}; architectures {', '.join(mode.archs)} "
-             "(ablations under the first of each only).", ""]
+             "(ablations under the first of each only, or a dataset's ABLATION_PROTOCOLS; the all-real bound under "
+             "its FULL_ARCHS).", ""]
     missing = [(k, g) for k, g in groups.items() if g[0] < g[1]]
     if missing:
         lines += ["| dataset | ipc_budget | method | scored | cells |", "|---|---:|---|---:|---:|"]

@@ -143,6 +143,11 @@ def test_fashion_mnist_has_its_own_rows_ablations_under_p_dsa_and_a_shorter_all_
     assert mode.protocol("P-dsa", "convnet", "fashion_mnist", "d3").name == "P-dsa"
     mnist = {k[2] for k in grid.cells(grid.Mode(name="full", datasets=("mnist5k",)))}
     assert {"d3-prototypes", "d3-lpc1"} <= mnist  # the other datasets keep every row
+    digest = grid.build_digest(None, "fashion_mnist", 1, "full", 0, mode)
+    assert digest
+    with pytest.MonkeyPatch.context() as m:  # another epoch count makes the recorded bound stale
+        m.setitem(FULL_EPOCHS, "fashion_mnist", FULL_EPOCHS["fashion_mnist"] + 10)
+        assert grid.build_digest(None, "fashion_mnist", 1, "full", 0, mode) != digest
 
 
 def test_variants_change_only_their_settings(digits):

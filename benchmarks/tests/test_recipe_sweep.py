@@ -46,7 +46,7 @@ def test_a_cell_with_a_validation_curve_is_listed_and_drawn(tmp_path):
               "cpu": "AMD EPYC, 2 threads", "command": "d3hf distill r.yaml",
               "curve": [[0, 0.75, 0.99, 0.95], [250, 0.78, 0.97, 0.95], [500, 0.801, 0.96, 0.94]]}
     text = recipe_sweep.report({"x_ipc1_abc": [record]})
-    assert "- eval_every=250,iterations=500: 0: 75.0 (0.990 / 0.950), 250: 78.0" in text
+    assert "- eval_every=250,iterations=500 seed 0: 0: 75.0 (0.990 / 0.950), 250: 78.0" in text
     assert "500: 80.1 (0.960 / 0.940)" in text and "recipe_sweep_x_ipc1_abc.png" in text
     png = recipe_sweep.plot_curves("x_ipc1_abc", [record], str(tmp_path / "c.png"))
     assert png and (tmp_path / "c.png").stat().st_size > 1000

@@ -39,11 +39,13 @@ def test_a_tiny_plan_measures_this_cpu_and_writes_the_report(tmp_path):
               "expert_epochs_total": 2, "init_steps": 40, "num_threads": 1}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    scale_plan.main([str(path), "--num_classes", "6", "--shape", "3,16,16", "--train_per_class", "50",
-                     "--measure_classes", "3", "--measure_rows_per_class", "8", "--out", str(tmp_path)])
+    scale_plan.main([str(path), "--num_classes", "8", "--shape", "3,16,16", "--train_per_class", "50",
+                     "--measure_classes", "2", "--measure_rows_per_class", "8", "--out", str(tmp_path)])
     text = (tmp_path / "scale_plan.md").read_text()
-    assert "2 subtasks of up to 3 classes, 150 train rows each" in text
-    assert "measured at 3 classes, scaled x1" in text and "h per subtask on this CPU" in text
+    assert "2 subtasks of up to 4 classes, 200 train rows each" in text
+    # Measured on 2 classes with the decoder a 4-class subtask gets (checked by the script itself).
+    assert "measured at 2 classes with this decoder" in text and "scaled x2 for the classes" in text
+    assert "h per subtask on this CPU" in text
 
 
 @pytest.mark.parametrize("recipe, classes, per_class", [("recipes/tiny_imagenet/ipc1.yaml", 200, 500),

@@ -264,8 +264,9 @@ class EvaluationArguments(_Section):
     eval_num_per_class: int = setting(20, "fresh samples per class per evaluation epoch")
     eval_every: int = setting(
         0, "iterations between points of the validation curve (0 = none): each subtask's accuracy on its classes "
-        "of the validation split (one network of eval_epochs epochs) and its MTT loss beside real images'; needs "
-        "validation_size > 0")
+        "of the validation split (one network of eval_epochs epochs) and its MTT loss beside that of "
+        "max(1, round(ipc_budget)) random real images per class; needs validation_size > 0. A Ctrl-C during a "
+        "point stops after it")
 
 
 @dataclass

@@ -59,7 +59,10 @@ class ValidationCurve(DistillCallback):
     def point(self) -> dict:
         """The curve's values for the model as it is now."""
         t = time.perf_counter()
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        if self.device.type == "cuda":
+            devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        else:
+            devices = []
         with torch.random.fork_rng(devices=devices):  # the run's own random stream is left where it was
             model = self.distiller.model
             was_training = model.training

@@ -13,6 +13,7 @@ from dataclasses import fields
 import numpy as np
 import torch
 import yaml
+from safetensors import SafetensorError
 
 from ..data.image_data import ImageClassificationData, PixelMoments, load_image_classification
 from ..errors import ConfigError, D3HFError
@@ -222,9 +223,9 @@ def distill_subtask(
             model = D3Model.from_pretrained(artifact_dir)
             logger.info("Subtask %d: finished earlier, loaded %s", index, artifact_dir)
             return model, {"finished_earlier": True}
-        except (OSError, ValueError) as err:  # its files lost or cut short: the checkpoint still holds it
-            logger.warning("Subtask %d: finished earlier, but %s cannot be read (%s); writing it again from the "
-                           "subtask's checkpoint", index, artifact_dir, str(err).splitlines()[0])
+        except (OSError, ValueError, SafetensorError) as err:  # its files lost or cut short
+            logger.warning("Subtask %d: finished earlier, but %s cannot be read (%s); distilling it again (from "
+                           "its checkpoint when there is one)", index, artifact_dir, str(err).splitlines()[0])
     num_subtasks = len(config.subtasks)
     sub_args = subtask_arguments(args, index, num_subtasks)
     view = data.subset(config.subtasks[index])
@@ -413,7 +414,7 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
                 local.append(result)
             else:
                 scheduler.publish(k, result)
-            del part
+            del part, state, result
             release_memory()  # the next subtask starts from this one's live memory, not its peak
         timings["busy_s"] = time.perf_counter() - t0
         if not is_main:

@@ -192,8 +192,10 @@ def save_artifact(model: "D3Model", directory: str, evaluation: dict | None = No
                   training: dict | None = None) -> None:
     """``model.save_pretrained(directory)`` plus what makes the folder a d3hf artifact: the model
     card (README.md, with the evaluation table if given), samples.png, eval.json, and a run's
-    ``curves`` (a PNG, copied in as curves.png) and last figures (``training``, as training.json)."""
-    model.save_pretrained(directory)
+    ``curves`` (a PNG, copied in as curves.png) and last figures (``training``, as training.json).
+    Written by the calling process whatever its rank in a process group."""
+    with model.saving_on_this_rank():
+        model.save_pretrained(directory)
     if evaluation is not None:
         atomic_write_json(os.path.join(directory, "eval.json"), evaluation)
     if curves is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
@@ -53,11 +56,25 @@ class D3Model(PreTrainedModel):
                     if self.soft_labels is not None:
                         self.soft_labels.fill_(1.0 / self.config.num_classes)
 
+    _saves_on_any_rank = False  # set inside ``saving_on_this_rank()``
+
     def should_save_on_this_rank(self, is_main_process: bool) -> bool:
-        """Whichever process holds a D3 model writes it: a subtask's artifact is saved by the process
-        that distilled it, not by rank 0 (transformers' default would silently write nothing on
-        the other ranks of a process group). Pass ``is_main_process=False`` to skip a save."""
-        return is_main_process
+        """transformers' rule (in a process group only rank 0 writes), except inside
+        ``saving_on_this_rank()``."""
+        if self._saves_on_any_rank:
+            return is_main_process
+        return super().should_save_on_this_rank(is_main_process)
+
+    @contextlib.contextmanager
+    def saving_on_this_rank(self) -> Iterator["D3Model"]:
+        """``save_pretrained`` in this block writes from this process whatever its rank: a subtask's
+        artifact is saved by the process that distilled it (by transformers' rule every rank but
+        0 of a process group would silently write nothing)."""
+        self._saves_on_any_rank = True
+        try:
+            yield self
+        finally:
+            self._saves_on_any_rank = False
 
     # ------------------------------------------------------------------ structure
 

@@ -141,7 +141,7 @@ def test_a_process_that_is_not_rank_0_saves_the_model_it_holds(tmp_path, monkeyp
     m = make_model()
     save_artifact(m, str(tmp_path / "a"))
     _assert_same_model(m, D3Model.from_pretrained(str(tmp_path / "a")))
-    m.save_pretrained(str(tmp_path / "b"), is_main_process=False)  # the caller can still opt out
+    m.save_pretrained(str(tmp_path / "b"))  # a plain save keeps transformers' rule: rank 0 writes
     assert not (tmp_path / "b" / "model.safetensors").exists()
 
 
