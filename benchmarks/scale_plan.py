@@ -138,6 +138,18 @@ def measure(recipe: str, shape: tuple[int, int, int], classes: int, rows_per_cla
             "cpu": f"{cpu_model()}, {os.cpu_count()} threads"}
 
 
+def time_text(cpu: dict, scale: float) -> str:
+    """How the time was measured. Records made before the representation was pinned ran the
+    smaller decoder their fewer classes got: their times are lower bounds."""
+    if "lpc" not in cpu:
+        return (f"- Time per subtask on {cpu['cpu']}, AT LEAST (measured at {cpu['classes']} classes with the "
+                f"smaller decoder {cpu['classes']} classes get, iterations scaled x{scale:g}; the command above "
+                "measures it with this recipe's decoder): ")
+    return (f"- Time per subtask on {cpu['cpu']} (measured at {cpu['classes']} classes with this decoder, "
+            f"{cpu['lpc']} priors per class and step checkpointing {'on' if cpu['step_checkpointing'] else 'off'}; "
+            f"iterations scaled x{scale:g} for the classes): ")
+
+
 def plan_text(name: str, record: dict) -> str:
     mem, cpu, a = record["memory"], record["cpu_measure"], record["settings"]
     scale = mem["classes_per_subtask"] / cpu["classes"]
@@ -164,11 +176,9 @@ def plan_text(name: str, record: dict) -> str:
         f"the MMD term were measured on the CPU). Host: decoded train images "
         f"{gb(mem['decoded_train_bytes'])} ({'in memory' if mem['decoded_in_memory'] else 'memory-mapped file'}), "
         f"expert buffer {gb(mem['expert_buffer_bytes'])} on disk.",
-        f"- Time per subtask on {cpu['cpu']} (measured at {cpu['classes']} classes with this decoder, "
-        f"{cpu['lpc']} priors per class and step checkpointing {'on' if cpu['step_checkpointing'] else 'off'}; "
-        f"iterations scaled x{scale:g} for the classes): experts "
-        f"{experts_s / 3600:.2f} h, warm start {warm_s / 3600:.2f} h, {iteration_s:.1f} s per iteration x "
-        f"{a['iterations']:,}: **{total_h:.1f} h per subtask on this CPU**. On a GPU: not measured.",
+        time_text(cpu, scale) + f"experts {experts_s / 3600:.2f} h, warm start {warm_s / 3600:.2f} h, "
+        f"{iteration_s:.1f} s per iteration x {a['iterations']:,}: **{total_h:.1f} h per subtask on this CPU**. "
+        "On a GPU: not measured.",
         ""])
 
 
