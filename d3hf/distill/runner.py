@@ -261,7 +261,7 @@ def distill_subtask(
         from .diagnostics import ValidationCurve
 
         curve = ValidationCurve(distiller, view, task, args.evaluation.eval_every, args.evaluation.eval_epochs,
-                                args.evaluation.eval_num_per_class, max(1, round(args.representation.ipc_budget)),
+                                args.evaluation.eval_num_per_class, _real_images_per_class(args),
                                 sub_args.run.seed, device)
         distiller.callbacks.append(curve)
         curve.start()
@@ -477,6 +477,11 @@ def _subtask_ids(args: DistillArguments, num_subtasks: int) -> list[int]:
     return ids
 
 
+def _real_images_per_class(args: DistillArguments) -> int:
+    """Random real images per class that the run's references (final evaluation, curve) compare with."""
+    return max(1, int(round(args.representation.ipc_budget)))
+
+
 def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, args: DistillArguments,
                                timings: dict, show_progress: bool, device: torch.device) -> dict | None:
     """P-noaug accuracy of the artifact and of random real images at the same budget, trained on
@@ -494,7 +499,7 @@ def _evaluate_after_distilling(model: D3Model, data: ImageClassificationData, ar
     protocol = named_protocol("P-noaug", epochs=ev.eval_epochs, num_per_class=ev.eval_num_per_class)
     d3 = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, ev.eval_seeds,
                   device=device, show_progress=show_progress)
-    ipc = max(1, int(round(args.representation.ipc_budget)))
+    ipc = _real_images_per_class(args)
     real = evaluate(lambda s: fixed_source(*random_real_images(data, ipc, s)), data, protocol, ev.eval_seeds,
                     device=device, show_progress=show_progress)
     real["method"] = f"random real, {ipc} image(s) per class"
