@@ -12,6 +12,11 @@ checkpoint). The report, benchmarks/recipe_sweep.md, is made from every cached r
 
 The empty variant (always run first) is the recipe itself. Run it on an otherwise idle machine
 when the seconds matter; the accuracies do not depend on the load.
+
+``--protocol P-dsa`` also scores every cell's artifact under that protocol on the same validation
+split (cached per cell beside its record, resumable per network), without distilling again:
+
+    python benchmarks/recipe_sweep.py recipes/fashion_mnist/ipc1.yaml --protocol P-dsa
 """
 
 from __future__ import annotations
@@ -135,6 +140,42 @@ def run_cell(cmd: list[str], log_path: str) -> dict:
             "command": shlex.join(["d3hf", *[os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd[1:]]])}
 
 
+def rescore(run_dir: str, protocol_name: str, seeds: int, checkpoint_dir: str | None = None,
+            **overrides) -> dict:
+    """The accuracy of the artifact in ``run_dir`` under ``protocol_name`` (``overrides``: its
+    fields, e.g. ``epochs``) on the validation split the run carved, ``seeds`` networks."""
+    from d3hf import D3Model
+    from d3hf.distill.runner import load_recorded_data
+    from d3hf.evaluation.protocols import named_protocol
+    from d3hf.evaluation.training import evaluate, model_source
+
+    model = D3Model.from_pretrained(os.path.join(run_dir, "artifact"))
+    if not model.config.distillation.get("validation_size"):
+        raise SystemExit(f"{run_dir} has no validation split: the sweep never scores on test")
+    data = load_recorded_data(model.config.distillation)
+    protocol = named_protocol(protocol_name, **overrides)
+    result = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, seeds,
+                      checkpoint_dir=checkpoint_dir)
+    return {"split": result["split"], "protocol": result["protocol"], "accuracies": result["accuracies"],
+            "notes": result["notes"], "measured_on": result["measured_on"]}
+
+
+def run_folder(root: str, record: dict) -> str:
+    """The run folder of a record's cell (under ``root``, wherever the sweep ran)."""
+    match = re.search(r"--output_dir (\S+)", record["command"])
+    return os.path.join(root, "runs", os.path.basename(match.group(1)))
+
+
+def rescore_record(root: str, record: dict, protocol_name: str, **overrides) -> dict:
+    """``rescore`` of a record's artifact with as many networks as its own evaluation trained,
+    cached in ``root``/rescored (and resumable per network from ``root``/rescoring)."""
+    folder = run_folder(root, record)
+    cell = f"{os.path.basename(folder)}__{protocol_name}"
+    return cached(os.path.join(root, "rescored", cell + ".json"), lambda: {
+        "variant": record["variant"], "seed": record["seed"],
+        **rescore(folder, protocol_name, len(record["accuracies"]), os.path.join(root, "rescoring", cell), **overrides)})
+
+
 def matching_summary(records: list[dict]) -> dict | None:
     """What a run's matching phase did, from its logged iterations: the mean MTT loss and MMD over
     the last fifth of them, the final step size, prior std and drift from the warm start, and the
@@ -175,7 +216,12 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def report(sweeps: dict[str, list[dict]]) -> str:
+def _pooled(rows: list[dict]) -> str:
+    accs = [100 * a for r in rows for a in r["accuracies"]]
+    return f"{statistics.mean(accs):.2f} +- {statistics.pstdev(accs) if len(accs) > 1 else 0.0:.2f}"
+
+
+def report(sweeps: dict[str, list[dict]], rescored: dict[str, list[dict]] | None = None) -> str:
     lines = ["# Recipe settings chosen on validation", "",
              "Each row: `d3hf distill` on the recipe with the variant's keys changed, a validation split carved "
              "from train (`validation_size`), scored by the run's final evaluation on it (P-noaug ConvNet-3, "
@@ -192,16 +238,23 @@ def report(sweeps: dict[str, list[dict]]) -> str:
         for r in recs:
             by_variant.setdefault(r["variant"], []).append(r)
         for variant, rows in sorted(by_variant.items(), key=lambda kv: (kv[0] != "recipe", kv[0])):
-            accs = [100 * a for r in rows for a in r["accuracies"]]
-            std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
             def mean(key: str, digits: int = 0) -> str:
                 values = [r[key] for r in rows if r.get(key) is not None]
                 return f"{statistics.mean(values):.{digits}f}" if values else "-"
 
-            lines.append(f"| {variant} | {', '.join(str(r['seed']) for r in rows)} | {statistics.mean(accs):.2f} +- "
-                         f"{std:.2f} | {rows[0]['lpc']} | {rows[0]['channels'][0]} | {rows[0]['ipc_equivalent']:.3f} | "
+            lines.append(f"| {variant} | {', '.join(str(r['seed']) for r in rows)} | {_pooled(rows)} "
+                         f"| {rows[0]['lpc']} | {rows[0]['channels'][0]} | {rows[0]['ipc_equivalent']:.3f} | "
                          f"{mean('experts_s')} | {mean('warm_start_s')} | {mean('s_per_iteration', 2)} | "
                          f"{mean('evaluate_s')} | {mean('total_s')} |")
+        by_protocol: dict[str, dict[str, list[dict]]] = {}
+        for r in (rescored or {}).get(name, []):
+            by_protocol.setdefault(r["protocol"], {}).setdefault(r["variant"], []).append(r)
+        for protocol, variants in sorted(by_protocol.items()):
+            lines += ["", f"The same artifacts under {protocol} on the same validation split "
+                      f"(`--protocol`; {next(iter(variants.values()))[0]['notes']}):", "",
+                      "| variant | seeds | validation accuracy |", "|---|---|---:|"]
+            for variant, rows in sorted(variants.items(), key=lambda kv: (kv[0] != "recipe", kv[0])):
+                lines.append(f"| {variant} | {', '.join(str(r['seed']) for r in rows)} | {_pooled(rows)} |")
         summaries = [(r["variant"], r["seed"], _matching(r)) for r in recs]
         if any(m for _, _, m in summaries):
             lines += ["", "Matching phase, from each run's metrics (means over the last fifth of its iterations; "
@@ -266,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--validation_size", type=float, default=0.1)
     p.add_argument("--eval_seeds", type=int, default=2)
     p.add_argument("--out", default=HERE, help="folder for the cache and recipe_sweep.md")
+    p.add_argument("--protocol", help="also score every cell of the sweep under this named protocol (e.g. P-dsa) "
+                   "on its validation split")
     a = p.parse_args(argv)
     cache = os.path.join(a.out, "cache", "recipe_sweep")
     if a.recipe:
@@ -282,15 +337,21 @@ def main(argv: list[str] | None = None) -> None:
                     "validation_size": a.validation_size, **run_cell(cmd, os.path.join(root, cell + ".log"))})
                 print(f"{record['variant']} seed {seed}: {[round(100 * x, 2) for x in record['accuracies']]}",
                       file=sys.stderr, flush=True)
-    sweeps = {}
+        if a.protocol:
+            for record in records(os.path.join(root, "records")):
+                rescored = rescore_record(root, record, a.protocol)
+                print(f"{record['variant']} seed {record['seed']} under {rescored['protocol']}: "
+                      f"{[round(100 * x, 2) for x in rescored['accuracies']]}", file=sys.stderr, flush=True)
+    sweeps, rescored = {}, {}
     if os.path.isdir(cache):
         for name in sorted(os.listdir(cache)):
             found = records(os.path.join(cache, name, "records"))
             if found:
                 sweeps[name] = found
+                rescored[name] = records(os.path.join(cache, name, "rescored"))
     for name, recs in sweeps.items():
         plot_curves(name, recs, os.path.join(a.out, f"recipe_sweep_{name}.png"))
-    text = report(sweeps)
+    text = report(sweeps, rescored)
     with open(os.path.join(a.out, "recipe_sweep.md"), "w") as f:
         f.write(text)
     print(text)
