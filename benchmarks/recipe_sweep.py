@@ -13,10 +13,11 @@ checkpoint). The report, benchmarks/recipe_sweep.md, is made from every cached r
 The empty variant (always run first) is the recipe itself. Run it on an otherwise idle machine
 when the seconds matter; the accuracies do not depend on the load.
 
-``--protocol P-dsa`` also scores every cell's artifact under that protocol on the same validation
-split (cached per cell beside its record, resumable per network), without distilling again:
+``--protocol P-dsa`` also scores each cell's artifact under that protocol on the same validation
+split (cached per cell beside its record, resumable per network); a cell already distilled is
+not distilled again:
 
-    python benchmarks/recipe_sweep.py recipes/fashion_mnist/ipc1.yaml --protocol P-dsa
+    python benchmarks/recipe_sweep.py recipes/fashion_mnist/ipc1.yaml --variants "iterations=0" --protocol P-dsa
 """
 
 from __future__ import annotations
@@ -319,8 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--validation_size", type=float, default=0.1)
     p.add_argument("--eval_seeds", type=int, default=2)
     p.add_argument("--out", default=HERE, help="folder for the cache and recipe_sweep.md")
-    p.add_argument("--protocol", help="also score every cell of the sweep under this named protocol (e.g. P-dsa) "
-                   "on its validation split")
+    p.add_argument("--protocol", help="also score each cell under this named protocol (e.g. P-dsa) on its "
+                   "validation split")
     a = p.parse_args(argv)
     cache = os.path.join(a.out, "cache", "recipe_sweep")
     if a.recipe:
@@ -337,11 +338,10 @@ def main(argv: list[str] | None = None) -> None:
                     "validation_size": a.validation_size, **run_cell(cmd, os.path.join(root, cell + ".log"))})
                 print(f"{record['variant']} seed {seed}: {[round(100 * x, 2) for x in record['accuracies']]}",
                       file=sys.stderr, flush=True)
-        if a.protocol:
-            for record in records(os.path.join(root, "records")):
-                rescored = rescore_record(root, record, a.protocol)
-                print(f"{record['variant']} seed {record['seed']} under {rescored['protocol']}: "
-                      f"{[round(100 * x, 2) for x in rescored['accuracies']]}", file=sys.stderr, flush=True)
+                if a.protocol:
+                    rescored = rescore_record(root, record, a.protocol)
+                    print(f"{record['variant']} seed {seed} under {rescored['protocol']}: "
+                          f"{[round(100 * x, 2) for x in rescored['accuracies']]}", file=sys.stderr, flush=True)
     sweeps, rescored = {}, {}
     if os.path.isdir(cache):
         for name in sorted(os.listdir(cache)):
