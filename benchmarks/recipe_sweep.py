@@ -199,17 +199,16 @@ def matching_summary(records: list[dict]) -> dict | None:
             "grad_ratio": statistics.median(ratios) if ratios else None}
 
 
-def _matching(record: dict) -> dict | None:
+def _matching(record: dict, root: str | None) -> dict | None:
     """A record's matching summary; for a record cached before it was kept, read from its run
-    folder when that is still here."""
+    folder under the sweep's ``root`` when that is still there."""
     if "matching" in record:
         return record["matching"]
-    match = re.search(r"--output_dir (\S+)", record.get("command", ""))
-    if not match:
+    if root is None or "--output_dir" not in record.get("command", ""):
         return None
     from d3hf.distill.tracking import read_metrics
 
-    folder = os.path.join(REPO, match.group(1))
+    folder = run_folder(root, record)
     return matching_summary(read_metrics(folder)) if os.path.isdir(folder) else None
 
 
@@ -222,7 +221,10 @@ def _pooled(rows: list[dict]) -> str:
     return f"{statistics.mean(accs):.2f} +- {statistics.pstdev(accs) if len(accs) > 1 else 0.0:.2f}"
 
 
-def report(sweeps: dict[str, list[dict]], rescored: dict[str, list[dict]] | None = None) -> str:
+def report(sweeps: dict[str, list[dict]], rescored: dict[str, list[dict]] | None = None,
+           cache: str | None = None) -> str:
+    """recipe_sweep.md from each sweep's records (and rescored records); ``cache`` holds the
+    sweeps' folders (for the run folders of records older than their matching summary)."""
     lines = ["# Recipe settings chosen on validation", "",
              "Each row: `d3hf distill` on the recipe with the variant's keys changed, a validation split carved "
              "from train (`validation_size`), scored by the run's final evaluation on it (P-noaug ConvNet-3, "
@@ -256,7 +258,8 @@ def report(sweeps: dict[str, list[dict]], rescored: dict[str, list[dict]] | None
                       "| variant | seeds | validation accuracy |", "|---|---|---:|"]
             for variant, rows in sorted(variants.items(), key=lambda kv: (kv[0] != "recipe", kv[0])):
                 lines.append(f"| {variant} | {', '.join(str(r['seed']) for r in rows)} | {_pooled(rows)} |")
-        summaries = [(r["variant"], r["seed"], _matching(r)) for r in recs]
+        root = os.path.join(cache, name) if cache else None
+        summaries = [(r["variant"], r["seed"], _matching(r, root)) for r in recs]
         if any(m for _, _, m in summaries):
             lines += ["", "Matching phase, from each run's metrics (means over the last fifth of its iterations; "
                       "final values; drift: relative L2 distance from where the matching phase started; gradient ratio: median "
@@ -351,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
                 rescored[name] = records(os.path.join(cache, name, "rescored"))
     for name, recs in sweeps.items():
         plot_curves(name, recs, os.path.join(a.out, f"recipe_sweep_{name}.png"))
-    text = report(sweeps, rescored)
+    text = report(sweeps, rescored, cache)
     with open(os.path.join(a.out, "recipe_sweep.md"), "w") as f:
         f.write(text)
     print(text)
