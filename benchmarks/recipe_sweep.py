@@ -14,8 +14,9 @@ The empty variant (always run first) is the recipe itself. Run it on an otherwis
 when the seconds matter; the accuracies do not depend on the load.
 
 ``--protocol P-dsa`` also scores each cell's artifact under that protocol on the same validation
-split (cached per cell beside its record, resumable per network); a cell already distilled is
-not distilled again:
+split, ``--eval_seeds`` networks each, every cell's first network before any second (each network
+cached beside the records, its training resumable); a cell already distilled is not distilled
+again:
 
     python benchmarks/recipe_sweep.py recipes/fashion_mnist/ipc1.yaml --variants "iterations=0" --protocol P-dsa
 """
@@ -141,24 +142,31 @@ def run_cell(cmd: list[str], log_path: str) -> dict:
             "command": shlex.join(["d3hf", *[os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd[1:]]])}
 
 
-def rescore(run_dir: str, protocol_name: str, seeds: int, checkpoint_dir: str | None = None,
+def rescore(run_dir: str, protocol_name: str, network: int, checkpoint_dir: str | None = None,
             **overrides) -> dict:
-    """The accuracy of the artifact in ``run_dir`` under ``protocol_name`` (``overrides``: its
-    fields, e.g. ``epochs``) on the validation split the run carved, ``seeds`` networks."""
+    """The accuracy of one network (seed ``network``, as the run's own evaluation numbers them)
+    trained on the artifact in ``run_dir`` under ``protocol_name`` (``overrides``: its fields,
+    e.g. ``epochs``), on the validation split the run carved."""
+    import torch
+
     from d3hf import D3Model
     from d3hf.distill.runner import load_recorded_data
     from d3hf.evaluation.protocols import named_protocol
-    from d3hf.evaluation.training import evaluate, model_source
+    from d3hf.evaluation.training import model_source, test_accuracy, train_network
+    from d3hf.utils.environment import measured_on
 
     model = D3Model.from_pretrained(os.path.join(run_dir, "artifact"))
     if not model.config.distillation.get("validation_size"):
         raise SystemExit(f"{run_dir} has no validation split: the sweep never scores on test")
     data = load_recorded_data(model.config.distillation)
     protocol = named_protocol(protocol_name, **overrides)
-    result = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, seeds,
-                      checkpoint_dir=checkpoint_dir)
-    return {"split": result["split"], "protocol": result["protocol"], "accuracies": result["accuracies"],
-            "notes": result["notes"], "measured_on": result["measured_on"]}
+    checkpoint = os.path.join(checkpoint_dir, f"eval-seed{network}.pt") if checkpoint_dir else None
+    run = train_network(model_source(model, protocol.num_per_class, network), data, protocol, network,
+                        checkpoint=checkpoint)
+    mean, std = data.normalization_tensors("cpu")
+    return {"split": data.source_info.get("test_split", "test"), "protocol": protocol.name, "network": network,
+            "accuracies": [test_accuracy(run.net, data, mean, std, "cpu")], "notes": protocol.describe(),
+            "seconds": run.seconds, "measured_on": measured_on(torch.device("cpu"))}
 
 
 def run_folder(root: str, record: dict) -> str:
@@ -167,14 +175,14 @@ def run_folder(root: str, record: dict) -> str:
     return os.path.join(root, "runs", os.path.basename(match.group(1)))
 
 
-def rescore_record(root: str, record: dict, protocol_name: str, **overrides) -> dict:
-    """``rescore`` of a record's artifact with as many networks as its own evaluation trained,
-    cached in ``root``/rescored (and resumable per network from ``root``/rescoring)."""
+def rescore_record(root: str, record: dict, protocol_name: str, network: int, **overrides) -> dict:
+    """``rescore`` of one network on a record's artifact, cached in ``root``/rescored (its
+    training resumable from ``root``/rescoring)."""
     folder = run_folder(root, record)
     cell = f"{os.path.basename(folder)}__{protocol_name}"
-    return cached(os.path.join(root, "rescored", cell + ".json"), lambda: {
+    return cached(os.path.join(root, "rescored", f"{cell}__net{network}.json"), lambda: {
         "variant": record["variant"], "seed": record["seed"],
-        **rescore(folder, protocol_name, len(record["accuracies"]), os.path.join(root, "rescoring", cell), **overrides)})
+        **rescore(folder, protocol_name, network, os.path.join(root, "rescoring", cell), **overrides)})
 
 
 def matching_summary(records: list[dict]) -> dict | None:
@@ -255,9 +263,11 @@ def report(sweeps: dict[str, list[dict]], rescored: dict[str, list[dict]] | None
         for protocol, variants in sorted(by_protocol.items()):
             lines += ["", f"The same artifacts under {protocol} on the same validation split "
                       f"(`--protocol`; {next(iter(variants.values()))[0]['notes']}):", "",
-                      "| variant | seeds | validation accuracy |", "|---|---|---:|"]
+                      "| variant | seeds | networks | validation accuracy |", "|---|---|---:|---:|"]
             for variant, rows in sorted(variants.items(), key=lambda kv: (kv[0] != "recipe", kv[0])):
-                lines.append(f"| {variant} | {', '.join(str(r['seed']) for r in rows)} | {_pooled(rows)} |")
+                seeds = sorted({r["seed"] for r in rows})
+                lines.append(f"| {variant} | {', '.join(map(str, seeds))} | {sum(len(r['accuracies']) for r in rows)} "
+                             f"| {_pooled(rows)} |")
         root = os.path.join(cache, name) if cache else None
         summaries = [(r["variant"], r["seed"], _matching(r, root)) for r in recs]
         if any(m for _, _, m in summaries):
@@ -331,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         recipe = os.path.abspath(a.recipe)
         root = os.path.join(cache, sweep_name(recipe))
         variants = [{}] + [parse_variant(v) for v in a.variants.split(";") if v.strip()]
+        done = []
         for seed in [int(s) for s in a.seeds.split(",")]:
             for variant in variants:
                 cell = cell_name(variant, seed, a.validation_size, a.eval_seeds)
@@ -341,10 +352,14 @@ def main(argv: list[str] | None = None) -> None:
                     "validation_size": a.validation_size, **run_cell(cmd, os.path.join(root, cell + ".log"))})
                 print(f"{record['variant']} seed {seed}: {[round(100 * x, 2) for x in record['accuracies']]}",
                       file=sys.stderr, flush=True)
-                if a.protocol:
-                    rescored = rescore_record(root, record, a.protocol)
-                    print(f"{record['variant']} seed {seed} under {rescored['protocol']}: "
-                          f"{[round(100 * x, 2) for x in rescored['accuracies']]}", file=sys.stderr, flush=True)
+                done.append(record)
+        # Every cell's first network before any cell's second: a stopped rescoring has compared
+        # as many variants as it could. The recipe comes last: the variants are what was asked.
+        for network in range(a.eval_seeds if a.protocol else 0):
+            for record in sorted(done, key=lambda r: r["variant"] == "recipe"):
+                rescored = rescore_record(root, record, a.protocol, network)
+                print(f"{record['variant']} seed {record['seed']} under {rescored['protocol']}, network {network}: "
+                      f"{100 * rescored['accuracies'][0]:.2f}", file=sys.stderr, flush=True)
     sweeps, rescored = {}, {}
     if os.path.isdir(cache):
         for name in sorted(os.listdir(cache)):

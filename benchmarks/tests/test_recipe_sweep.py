@@ -84,23 +84,23 @@ def test_a_cell_is_rescored_on_its_own_validation_split_and_never_on_test(tmp_pa
     record = {"variant": "recipe", "seed": 0, "accuracies": [0.5],
               "command": f"d3hf distill r.yaml --output_dir {run}"}
     got = recipe_sweep.rescore(str(run), "P-dsa", 1, epochs=2)
-    assert got["split"] == "validation" and got["protocol"] == "P-dsa[epochs=2]"
-    # the split the run carved (its seed, its share), scored as the run's own evaluation scores
+    assert got["split"] == "validation" and got["protocol"] == "P-dsa[epochs=2]" and got["network"] == 1
+    # the split the run carved (its seed, its share), the network its own evaluation numbers 1
     data = load_data(DataArguments(dataset="digits", validation_size=0.25), seed=3)
     protocol = named_protocol("P-dsa", epochs=2)
-    expected = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, 1)
-    assert got["accuracies"] == expected["accuracies"]
-    first = recipe_sweep.rescore_record(str(root), record, "P-noaug", epochs=1)
-    assert (root / "rescored" / "recipe_seed0_val0.25_eval1__P-noaug.json").exists()
-    assert len(first["accuracies"]) == 1 and first["variant"] == "recipe"  # as many networks as the cell's own
-    monkeypatch.setattr(recipe_sweep, "rescore", lambda *a, **k: pytest.fail("a scored cell is scored again"))
-    assert recipe_sweep.rescore_record(str(root), record, "P-noaug", epochs=1) == first
+    expected = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, 2)
+    assert got["accuracies"] == expected["accuracies"][1:]
+    first = recipe_sweep.rescore_record(str(root), record, "P-noaug", 0, epochs=1)
+    assert (root / "rescored" / "recipe_seed0_val0.25_eval1__P-noaug__net0.json").exists()
+    assert len(first["accuracies"]) == 1 and first["variant"] == "recipe"
+    monkeypatch.setattr(recipe_sweep, "rescore", lambda *a, **k: pytest.fail("a scored network is scored again"))
+    assert recipe_sweep.rescore_record(str(root), record, "P-noaug", 0, epochs=1) == first
     text = recipe_sweep.report({"x": [{**record, "validation_size": 0.25, "lpc": 2, "channels": [[4]],
                                        "ipc_equivalent": 1.0, "cpu": "c"}]},
                                {"x": [{**record, **got, "accuracies": [0.6, 0.7]}]})
-    assert "The same artifacts under P-dsa[epochs=2]" in text and "| recipe | 0 | 65.00 +- 5.00 |" in text
+    assert "The same artifacts under P-dsa[epochs=2]" in text and "| recipe | 0 | 2 | 65.00 +- 5.00 |" in text
     monkeypatch.undo()
     no_validation = tmp_path / "test_only"
     make_model(distillation={"seed": 0, "dataset": "digits"}).save_pretrained(str(no_validation / "artifact"))
     with pytest.raises(SystemExit, match="never scores on test"):
-        recipe_sweep.rescore(str(no_validation), "P-dsa", 1, epochs=1)
+        recipe_sweep.rescore(str(no_validation), "P-dsa", 0, epochs=1)
