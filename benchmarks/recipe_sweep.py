@@ -224,6 +224,11 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _recipe_first(item: tuple[str, list[dict]]) -> tuple[bool, str]:
+    """Sort key of (variant, rows): the recipe, then the variants by name."""
+    return item[0] != "recipe", item[0]
+
+
 def _pooled(rows: list[dict]) -> str:
     accs = [100 * a for r in rows for a in r["accuracies"]]
     return f"{statistics.mean(accs):.2f} +- {statistics.pstdev(accs) if len(accs) > 1 else 0.0:.2f}"
@@ -248,7 +253,7 @@ def report(sweeps: dict[str, list[dict]], rescored: dict[str, list[dict]] | None
         by_variant: dict[str, list[dict]] = {}
         for r in recs:
             by_variant.setdefault(r["variant"], []).append(r)
-        for variant, rows in sorted(by_variant.items(), key=lambda kv: (kv[0] != "recipe", kv[0])):
+        for variant, rows in sorted(by_variant.items(), key=_recipe_first):
             def mean(key: str, digits: int = 0) -> str:
                 values = [r[key] for r in rows if r.get(key) is not None]
                 return f"{statistics.mean(values):.{digits}f}" if values else "-"
@@ -264,7 +269,7 @@ def report(sweeps: dict[str, list[dict]], rescored: dict[str, list[dict]] | None
             lines += ["", f"The same artifacts under {protocol} on the same validation split "
                       f"(`--protocol`; {next(iter(variants.values()))[0]['notes']}):", "",
                       "| variant | seeds | networks | validation accuracy |", "|---|---|---:|---:|"]
-            for variant, rows in sorted(variants.items(), key=lambda kv: (kv[0] != "recipe", kv[0])):
+            for variant, rows in sorted(variants.items(), key=_recipe_first):
                 seeds = sorted({r["seed"] for r in rows})
                 lines.append(f"| {variant} | {', '.join(map(str, seeds))} | {sum(len(r['accuracies']) for r in rows)} "
                              f"| {_pooled(rows)} |")
