@@ -71,8 +71,8 @@ def cell_name(variant: dict[str, str], seed: int, validation_size: float, eval_s
 # Settings d3hf gained after the first sweeps were recorded, with the value that means "as before":
 # left out at that value, so the earlier sweeps keep their names (and records) and their variants
 # their expert buffers.
-ADDED_SINCE_FIRST_SWEEP = {"eval_every": 0}
-ADDED_SINCE_FIRST_EXPERTS = {"image_size": None, "channels": "auto"}
+ADDED_SINCE_FIRST_SWEEP = {"eval_every": 0, "expert_augment": "none"}
+ADDED_SINCE_FIRST_EXPERTS = {"image_size": None, "channels": "auto", "expert_augment": "none"}
 
 
 def sweep_name(recipe: str) -> str:
@@ -97,8 +97,11 @@ def experts_key(args) -> str:
     the seed and the data)."""
     from dataclasses import asdict
 
-    data = {k: v for k, v in asdict(args.data).items() if ADDED_SINCE_FIRST_EXPERTS.get(k, object()) != v}
-    identity = {**{k: v for k, v in asdict(args.experts).items() if k != "buffer_dir"},
+    def new_at_default(k, v):
+        return ADDED_SINCE_FIRST_EXPERTS.get(k, object()) == v
+
+    data = {k: v for k, v in asdict(args.data).items() if not new_at_default(k, v)}
+    identity = {**{k: v for k, v in asdict(args.experts).items() if k != "buffer_dir" and not new_at_default(k, v)},
                 "keep": args.matching.max_start_epoch + args.matching.expert_epochs, "seed": args.run.seed,
                 "data": data}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]

@@ -184,6 +184,8 @@ class ExpertArguments(_Section):
     expert_batch_size: int = setting(256, "batch size of the experts")
     expert_epoch_rows: int = setting(0, "rows an expert 'epoch' (one snapshot) trains on, drawn on through the "
                                      "whole train split; 0 = one pass over the split")
+    expert_augment: str = setting("none", "augmentation of the experts' training batches: none, or dsa (per-image "
+                                  "DSA, as the reference code trains its experts)", choices=["none", "dsa"])
     expert_dtype: str = setting("float32", "snapshot dtype", choices=["float32", "float16"])
     buffer_dir: Optional[str] = setting(None, "defaults to OUTPUT_DIR/experts")
     student_depth: int = setting(

@@ -20,15 +20,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..data.image_data import ImageClassificationData
+from ..nn.augment import DSA
 from ..nn.networks import ConvNet, flat_parameters, unflatten
 from ..nn.sgd import train_epoch
 from ..utils.io import atomic_path, atomic_write_json, file_sha256
-from ..utils.seeding import EXPERT_STREAM, class_seed
+from ..utils.seeding import AUGMENT_STREAM, EXPERT_STREAM, class_seed
 from .callbacks import DistillCallback, fire
 
 logger = logging.getLogger(__name__)
 _GLOBAL_RNG = threading.Lock()
-ADDED_SINCE = {"epoch_rows": 0}  # settings added after buffers were first written: the value those had
+ADDED_SINCE = {"epoch_rows": 0, "augment": "none"}  # settings added after buffers were first written: the value those had
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ExpertSettings:
     dtype: str = "float32"
     seed: int = 0
     epoch_rows: int = 0  # rows between snapshots, drawn on through the whole split; 0: one pass over it
+    augment: str = "none"  # "dsa": every training batch augmented, as the reference code trains its experts
 
 
 class ExpertBuffer:
@@ -125,11 +127,15 @@ def train_one_expert(
     labels = data.labels()
     dtype = getattr(torch, settings.dtype)
     kept = {"epoch_0": flat_parameters(net).to(dtype).cpu()}
+    augment = DSA() if settings.augment == "dsa" else None
+    # A generator of its own per expert: experts training on parallel threads draw independently.
+    augment_rng = torch.Generator().manual_seed(class_seed(settings.seed, EXPERT_STREAM, AUGMENT_STREAM, index))
 
     def batches(order: np.ndarray):
         for start in range(0, len(order), settings.batch_size):
             idx = np.sort(order[start : start + settings.batch_size])  # sorted: Arrow reads rows in order
-            yield (data.images(idx, device=device) - mean) / std, torch.from_numpy(labels[idx]).to(device)
+            x = (data.images(idx, device=device) - mean) / std
+            yield (augment(x, augment_rng) if augment is not None else x), torch.from_numpy(labels[idx]).to(device)
 
     history = []
     orders = epoch_orders(rng, len(labels), settings.epoch_rows)

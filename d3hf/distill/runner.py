@@ -141,6 +141,7 @@ def expert_settings(args: DistillArguments, image_shape=None) -> ExpertSettings:
         dtype=args.experts.expert_dtype,
         seed=args.run.seed,
         epoch_rows=args.experts.expert_epoch_rows,
+        augment=args.experts.expert_augment,
     )
 
 

@@ -32,10 +32,12 @@ def test_buffer_has_the_requested_trajectories(digits_buffer):
     assert s.depth == 2 and s.width == 8
 
 
-def test_experts_trained_at_once_equal_experts_trained_one_by_one(digits, tmp_path):
+@pytest.mark.parametrize("augment", ["none", "dsa"])
+def test_experts_trained_at_once_equal_experts_trained_one_by_one(digits, tmp_path, augment):
     view = digits.subset(range(10))
     assert view.keep_train_in_memory()
-    settings = expert_settings(tiny_args(num_experts=3))
+    settings = expert_settings(tiny_args(num_experts=3, expert_augment=augment))
+    assert settings.augment == augment
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -47,6 +49,11 @@ def test_experts_trained_at_once_equal_experts_trained_one_by_one(digits, tmp_pa
     for i in range(3):
         for epoch in one_by_one.kept_epochs:
             assert torch.equal(one_by_one.snapshot(i, epoch), at_once.snapshot(i, epoch)), (i, epoch)
+    if augment == "dsa":  # each expert draws its own augmentations: same start, another path than without
+        plain = build_expert_buffer(view, expert_settings(tiny_args(num_experts=1)), str(tmp_path / "c"),
+                                    show_progress=False)
+        assert torch.equal(plain.snapshot(0, 0), at_once.snapshot(0, 0))
+        assert not torch.equal(plain.snapshot(0, 1), at_once.snapshot(0, 1))
 
 
 def test_distillation_lowers_the_loss(digits, digits_buffer):
