@@ -69,7 +69,7 @@ class _Section:
 # before it existed (for decoder_family not today's default): a run folder written earlier ran
 # with it, and a digest of settings (the benchmark grid's) can leave a setting at it out.
 ADDED_SETTINGS = {"data_dir": None, "compile_inner_step": False, "decoder_family": "nearest", "expert_epoch_rows": 0,
-                  "image_size": None, "channels": "auto"}
+                  "image_size": None, "channels": "auto", "expert_augment": "none", "mmd_augment": "none"}
 
 
 @dataclass
@@ -220,6 +220,9 @@ class MatchingArguments(_Section):
     mmd_kernel_scale: str = setting(
         "median", "median: distances in units of the real features' median squared distance; absolute: raw",
         choices=["median", "absolute"])
+    mmd_augment: str = setting("none", "none, or dsa: each class's real and decoded MMD samples under one shared "
+                               "DSA draw (siamese, as in DM); the real side is then embedded every iteration",
+                               choices=["none", "dsa"])
     mmd_classes_per_iter: int = setting(0, "classes in the MMD term per iteration (0 = all)")
     mmd_chunk_classes: str = setting("auto", "classes the MMD term decodes and embeds at once, each chunk "
                                      "backpropagated before the next (bounds its memory): auto (what fits a "

@@ -20,6 +20,7 @@ from torch import nn
 from ..data.image_data import DEFAULT_MEMORY_BYTES, ImageClassificationData
 from ..errors import D3HFError
 from ..modeling.modeling_d3 import D3Model
+from ..nn.augment import DSA
 from ..nn.networks import ConvNet
 from ..utils.io import CorruptFileError, read_checked, write_checked
 from .callbacks import DistillCallback, fire
@@ -208,7 +209,10 @@ class Distiller:
         self.bandwidths = args.bandwidths()
         self.seconds: dict[str, float] = {}  # wall time per part of the iteration, for the speed report
         self._first_iteration = 0
-        self.real_features = self._embed_train_rows(memory_bytes) if args.mmd_weight > 0 else None
+        # Augmented real images are embedded afresh each iteration: there is nothing to embed once.
+        self.mmd_augment = DSA() if args.mmd_augment == "dsa" else None
+        embed_once = args.mmd_weight > 0 and self.mmd_augment is None
+        self.real_features = self._embed_train_rows(memory_bytes) if embed_once else None
         classes = args.mmd_classes_per_iter if 0 < args.mmd_classes_per_iter < data.num_classes else data.num_classes
         per_class = MMD_BYTES_PER_SCALAR * max(2, args.mmd_samples) * mmd_activation_scalars(
             self.model, self.feature_net, data.image_shape)
@@ -302,9 +306,10 @@ class Distiller:
         return {"prior_means": [self.model.prior_means], "prior_logvars": [self.model.prior_logvars],
                 "decoder": list(self.model.decoders.parameters())}
 
-    def _mmd_draw(self) -> tuple[list[int], int, torch.Tensor, torch.Tensor, np.ndarray]:
+    def _mmd_draw(self) -> tuple[list[int], int, torch.Tensor, torch.Tensor, np.ndarray, list]:
         """This iteration's random draws for the MMD term, all at once, so that how the classes are
-        chunked never changes them: classes, samples per class, prior ids, noise, real rows."""
+        chunked never changes them: classes, samples per class, prior ids, noise, real rows, and
+        with ``mmd_augment`` one DSA draw per class (shared by its real and decoded images)."""
         a = self.args
         num_classes = self.data.num_classes
         classes = list(range(num_classes))
@@ -314,18 +319,28 @@ class Distiller:
         ids = self._prior_choice(classes, n)
         noise = torch.randn(len(ids), self.model.config.z_dim, generator=self.generator)
         rows = np.stack([self.data.sample_class_rows(c, n, self.np_rng) for c in classes])
-        return classes, n, ids, noise, rows
+        augments = ([self.mmd_augment.sample(self.data.image_shape, n, self.generator) for _ in classes]
+                    if self.mmd_augment is not None else [None] * len(classes))
+        return classes, n, ids, noise, rows, augments
 
-    def _mmd_chunk(self, n: int, ids: torch.Tensor, noise: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, dict]:
+    def _siamese(self, images: torch.Tensor, n: int, augments: list) -> torch.Tensor:
+        """Each class's ``n`` images (in order) under that class's DSA draw."""
+        if self.mmd_augment is None:
+            return images
+        return torch.cat([self.mmd_augment.apply(images[k * n : (k + 1) * n], params)
+                          for k, params in enumerate(augments)])
+
+    def _mmd_chunk(self, n: int, ids: torch.Tensor, noise: torch.Tensor, rows: np.ndarray,
+                   augments: list) -> tuple[torch.Tensor, dict]:
         """The MMD^2 terms of some classes (``n`` decoded and ``n`` real images each, in order),
         summed over those classes, with their kernel means summed too."""
         with self.autocast():
-            syn_feat = self.feature_net.embed(self._decode(ids, noise)).float()
+            syn_feat = self.feature_net.embed(self._siamese(self._decode(ids, noise), n, augments)).float()
             if self.real_features is not None:  # the network is fixed: the real side was embedded once
                 real_feat = self.real_features[torch.from_numpy(rows.reshape(-1)).to(self.device)]
             else:
-                real = self.data.images(rows.reshape(-1), device=self.device)
-                real_feat = self.feature_net.embed((real - self.mean) / self.std).float()
+                real = (self.data.images(rows.reshape(-1), device=self.device) - self.mean) / self.std
+                real_feat = self.feature_net.embed(self._siamese(real, n, augments)).float()
         total, stats = torch.zeros((), device=self.device), {"kxx": 0.0, "kyy": 0.0, "kxy": 0.0}
         for k in range(len(rows)):
             part = slice(k * n, (k + 1) * n)
@@ -341,11 +356,12 @@ class Distiller:
         ``mmd_chunk_classes`` classes decoded and embedded together with their kernel means
         (shares of the whole's): a caller that backpropagates each part before asking for the next
         holds one part's graph at a time, so the term's memory is bounded by the chunk size."""
-        classes, n, ids, noise, rows = self._mmd_draw()
+        classes, n, ids, noise, rows, augments = self._mmd_draw()
         chunk = self.mmd_chunk_classes
         for start in range(0, len(classes), chunk):
             part = slice(start * n, (start + chunk) * n)
-            loss, stats = self._mmd_chunk(n, ids[part], noise[part], rows[start : start + chunk])
+            loss, stats = self._mmd_chunk(n, ids[part], noise[part], rows[start : start + chunk],
+                                          augments[start : start + chunk])
             yield loss / len(classes), {key: value / len(classes) for key, value in stats.items()}
 
     def mmd_term(self) -> tuple[torch.Tensor, dict]:

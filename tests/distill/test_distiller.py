@@ -318,9 +318,9 @@ def test_mmd_reads_real_features_embedded_once_as_it_would_compute_them(digits, 
         assert a["mmd"] == pytest.approx(b["mmd"], rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("chunk", ["3", "1"])
-def test_mmd_in_chunks_gives_the_loss_and_gradients_of_the_whole_term(digits, digits_buffer, chunk):
-    args = tiny_args(mmd_weight=5.0, samples_per_class=2)
+@pytest.mark.parametrize("chunk, augment", [("3", "none"), ("1", "none"), ("3", "dsa")])
+def test_mmd_in_chunks_gives_the_loss_and_gradients_of_the_whole_term(digits, digits_buffer, chunk, augment):
+    args = tiny_args(mmd_weight=5.0, samples_per_class=2, mmd_augment=augment)
     whole = make_distiller(digits, digits_buffer, args.replace(mmd_chunk_classes="10"))
     parts = make_distiller(digits, digits_buffer, args.replace(mmd_chunk_classes=chunk))
     assert (whole.mmd_chunk_classes, parts.mmd_chunk_classes) == (10, int(chunk))
@@ -333,9 +333,33 @@ def test_mmd_in_chunks_gives_the_loss_and_gradients_of_the_whole_term(digits, di
     # The whole term as one graph (for tools) is the sum of the chunks, drawn alike.
     chunked = make_distiller(digits, digits_buffer, args.replace(mmd_chunk_classes=chunk))
     one = make_distiller(digits, digits_buffer, args.replace(mmd_chunk_classes=chunk))
-    values = [float(value) for value, _ in chunked.mmd_chunks()]
+    values = [float(value.detach()) for value, _ in chunked.mmd_chunks()]
     assert len(values) == -(-10 // int(chunk))
     assert float(one.mmd_term()[0]) == pytest.approx(sum(values), rel=1e-5)
+
+
+def test_mmd_augment_puts_each_class_real_and_decoded_images_under_one_dsa_draw(digits, digits_buffer):
+    from d3hf.nn.augment import DSA, DSAConfig
+
+    args = tiny_args(mtt_weight=0.0)
+    augmented = make_distiller(digits, digits_buffer, args.replace(mmd_augment="dsa"))
+    assert augmented.real_features is None  # augmented real images cannot be embedded once
+    classes, n, _, _, _, augments = augmented._mmd_draw()
+    assert len(augments) == len(classes) == 10 and all(
+        v.shape[0] == 1 for params in augments for v in params.values.values())  # one draw per class
+    x = torch.randn(len(classes) * n, *digits.image_shape)
+    out = augmented._siamese(x, n, augments)
+    for k, params in enumerate(augments):
+        torch.testing.assert_close(out[k * n : (k + 1) * n], augmented.mmd_augment.apply(x[k * n : (k + 1) * n], params))
+    # Drawn after everything else: an identity augmentation gives the unaugmented term's first value;
+    # DSA proper gives another.
+    plain = make_distiller(digits, digits_buffer, args).step()["mmd"]
+    identity = make_distiller(digits, digits_buffer, args.replace(mmd_augment="dsa"))
+    identity.mmd_augment = DSA(DSAConfig(brightness=0, saturation=0, contrast=0, crop=0, scale=0, rotate_degrees=0,
+                                         cutout=0))
+    assert identity.step()["mmd"] == pytest.approx(plain, rel=1e-4, abs=1e-6)
+    assert make_distiller(digits, digits_buffer, args.replace(mmd_augment="dsa")).step()["mmd"] != pytest.approx(
+        plain, rel=1e-3)
 
 
 def test_auto_mmd_chunks_fit_a_quarter_of_the_free_memory(digits, digits_buffer, monkeypatch):
