@@ -69,7 +69,8 @@ class _Section:
 # before it existed (for decoder_family not today's default): a run folder written earlier ran
 # with it, and a digest of settings (the benchmark grid's) can leave a setting at it out.
 ADDED_SETTINGS = {"data_dir": None, "compile_inner_step": False, "decoder_family": "nearest", "expert_epoch_rows": 0,
-                  "image_size": None, "channels": "auto", "expert_augment": "none", "mmd_augment": "none"}
+                  "image_size": None, "channels": "auto", "expert_augment": "none", "mmd_augment": "none",
+                  "mtt_augment": "none"}
 
 
 @dataclass
@@ -214,6 +215,9 @@ class MatchingArguments(_Section):
     max_start_epoch: int = setting(2, "upper end (exclusive) of the matched start epochs")
     samples_per_class: int = setting(10, "decoded samples per class in each inner step")
     mtt_weight: float = setting(1.0, "weight of the trajectory-matching term")
+    mtt_augment: str = setting("none", "none, or dsa: the student's inner steps train on DSA-augmented decoded "
+                               "images, per-image draws (as MTT does; the D3 reference code does not)",
+                               choices=["none", "dsa"])
     mmd_weight: float = setting(1.0, "weight of the MMD distribution-matching term")
     mmd_samples: int = setting(32, "real and decoded samples per class for the MMD term")
     mmd_bandwidths: str = setting("1,2,4,8,16", "RBF kernel bandwidths, comma-separated")

@@ -211,6 +211,7 @@ class Distiller:
         self._first_iteration = 0
         # Augmented real images are embedded afresh each iteration: there is nothing to embed once.
         self.mmd_augment = DSA() if args.mmd_augment == "dsa" else None
+        self.mtt_augment = DSA() if args.mtt_augment == "dsa" else None
         embed_once = args.mmd_weight > 0 and self.mmd_augment is None
         self.real_features = self._embed_train_rows(memory_bytes) if embed_once else None
         classes = args.mmd_classes_per_iter if 0 < args.mmd_classes_per_iter < data.num_classes else data.num_classes
@@ -257,10 +258,14 @@ class Distiller:
         ids = [self._prior_choice(classes, a.samples_per_class) for _ in range(a.syn_steps)]
         noise = [torch.randn(len(i), self.model.config.z_dim, generator=self.generator) for i in ids]
         labels = self.model.prior_labels[ids[0].to(self.device)]  # same class layout every step
+        # Drawn up front, like the noise: a recomputed step (checkpoint_steps) must see the same batch.
+        augments = ([self.mtt_augment.sample(self.data.image_shape, len(i), self.generator, shared=False) for i in ids]
+                    if self.mtt_augment is not None else None)
         step_size = self.log_step_size.exp()
 
         def make_batch(step: int):
-            return self._decode(ids[step], noise[step]), labels
+            images = self._decode(ids[step], noise[step])
+            return (self.mtt_augment.apply(images, augments[step]) if augments else images), labels
 
         with self.autocast():
             theta_n = unroll_student(self.student, theta0.clone(), make_batch, step_size, a.syn_steps,

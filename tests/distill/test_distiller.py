@@ -118,14 +118,18 @@ def test_load_checkpoint_without_file_returns_false(digits, digits_buffer, tmp_p
     assert distiller.iteration == 0
 
 
-def test_step_checkpointing_gives_the_same_step(digits, digits_buffer):
-    plain = make_distiller(digits, digits_buffer, tiny_args(checkpoint_steps="false"))
-    ckpt = make_distiller(digits, digits_buffer, tiny_args(checkpoint_steps="true"))
+@pytest.mark.parametrize("augment", ["none", "dsa"])
+def test_step_checkpointing_gives_the_same_step(digits, digits_buffer, augment):
+    plain = make_distiller(digits, digits_buffer, tiny_args(checkpoint_steps="false", mtt_augment=augment))
+    ckpt = make_distiller(digits, digits_buffer, tiny_args(checkpoint_steps="true", mtt_augment=augment))
     assert not plain.checkpoint_steps and ckpt.checkpoint_steps
     rp, rc = plain.step(), ckpt.step()
     assert rc["mtt"] == pytest.approx(rp["mtt"], rel=1e-6)
     for k, v in plain.model.state_dict().items():
         torch.testing.assert_close(ckpt.model.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+    if augment == "dsa":  # the inner steps did see augmented images: another loss than without
+        unaugmented = make_distiller(digits, digits_buffer, tiny_args(checkpoint_steps="false")).step()
+        assert rp["mtt"] != pytest.approx(unaugmented["mtt"], rel=1e-4)
 
 
 # ----------------------------------------------------------------------------- expert buffer
