@@ -20,7 +20,7 @@ from torch import nn
 from ..data.image_data import DEFAULT_MEMORY_BYTES, ImageClassificationData
 from ..errors import D3HFError
 from ..modeling.modeling_d3 import D3Model
-from ..nn.augment import DSA
+from ..nn.augment import named_augmentation
 from ..nn.networks import ConvNet
 from ..utils.io import CorruptFileError, read_checked, write_checked
 from .callbacks import DistillCallback, fire
@@ -210,8 +210,8 @@ class Distiller:
         self.seconds: dict[str, float] = {}  # wall time per part of the iteration, for the speed report
         self._first_iteration = 0
         # Augmented real images are embedded afresh each iteration: there is nothing to embed once.
-        self.mmd_augment = DSA() if args.mmd_augment == "dsa" else None
-        self.mtt_augment = DSA() if args.mtt_augment == "dsa" else None
+        self.mmd_augment = named_augmentation(args.mmd_augment)
+        self.mtt_augment = named_augmentation(args.mtt_augment)
         embed_once = args.mmd_weight > 0 and self.mmd_augment is None
         self.real_features = self._embed_train_rows(memory_bytes) if embed_once else None
         classes = args.mmd_classes_per_iter if 0 < args.mmd_classes_per_iter < data.num_classes else data.num_classes

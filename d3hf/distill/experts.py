@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..data.image_data import ImageClassificationData
-from ..nn.augment import DSA
+from ..nn.augment import named_augmentation
 from ..nn.networks import ConvNet, flat_parameters, unflatten
 from ..nn.sgd import train_epoch
 from ..utils.io import atomic_path, atomic_write_json, file_sha256
@@ -127,7 +127,7 @@ def train_one_expert(
     labels = data.labels()
     dtype = getattr(torch, settings.dtype)
     kept = {"epoch_0": flat_parameters(net).to(dtype).cpu()}
-    augment = DSA() if settings.augment == "dsa" else None
+    augment = named_augmentation(settings.augment)
     # A generator of its own per expert: experts training on parallel threads draw independently.
     augment_rng = torch.Generator().manual_seed(class_seed(settings.seed, EXPERT_STREAM, AUGMENT_STREAM, index))
 

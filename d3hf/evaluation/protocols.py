@@ -42,7 +42,6 @@ class Protocol:
                 f"{self.epochs} epochs, {training_data}, augmentation {augment}, final-epoch accuracy")
 
 
-AUGMENTATIONS = ("none", "dsa")
 _NAMED_PROTOCOLS = {
     "P-noaug": {},
     "P-dsa": {"epochs": 1000, "augment": "dsa"},

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from ..data.image_data import ImageClassificationData
-from ..nn.augment import DSA
+from ..nn.augment import named_augmentation
 from ..nn.networks import build_classifier
 from ..nn.sgd import train_epoch
 from ..utils.environment import measured_on
 from ..utils.io import CorruptFileError, read_checked, write_checked
 from ..utils.seeding import AUGMENT_STREAM, EVAL_SAMPLES_STREAM, class_seed
-from .protocols import AUGMENTATIONS, Protocol
+from .protocols import Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +71,12 @@ def train_network(
     """
     from ..utils.progress import bar as progress_bar
 
-    if protocol.augment not in AUGMENTATIONS:
-        raise ValueError(f"augmentation {protocol.augment!r} is not available; use one of {', '.join(AUGMENTATIONS)}")
+    augment = named_augmentation(protocol.augment)
     device = torch.device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    augment = None
     # A generator of its own, so augmentation never shifts the seed's other random streams.
     augment_rng = torch.Generator().manual_seed(class_seed(seed, AUGMENT_STREAM))
-    if protocol.augment == "dsa":
-        augment = DSA()
     net = build_classifier(protocol.arch, data.image_shape, data.num_classes, protocol.depth, protocol.width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[protocol.epochs // 2], gamma=0.1)

@@ -210,3 +210,13 @@ class DSA:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, shared: bool = False) -> torch.Tensor:
         return self.apply(x, self.sample(x.shape[1:], x.shape[0], generator, shared))
+
+
+AUGMENTATIONS = ("none", "dsa")  # what a setting may name
+
+
+def named_augmentation(name: str) -> DSA | None:
+    """The augmentation a setting names: None for ``"none"``, DSA at its default strengths for ``"dsa"``."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"augmentation {name!r} is not available; use one of {', '.join(AUGMENTATIONS)}")
+    return DSA() if name == "dsa" else None

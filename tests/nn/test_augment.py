@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from d3hf.nn.augment import DSA, DSAConfig, crop, rotate, scale
+from d3hf.nn.augment import DSA, DSAConfig, crop, named_augmentation, rotate, scale
 
 FAMILIES = ("color", "crop", "cutout", "scale", "rotate", "flip")
 ZERO_STRENGTH = DSAConfig(families=FAMILIES, brightness=0, saturation=0, contrast=0, crop=0, scale=0,
@@ -100,3 +100,10 @@ def test_translation_stays_within_its_strength():
     gen = torch.Generator().manual_seed(0)
     shifts = torch.cat([dsa.sample((1, 8, 8), 50, gen, shared=False).values["shift_x"] for _ in range(5)])
     assert shifts.abs().max() == 2 and shifts.min() < 0 < shifts.max()
+
+
+def test_a_setting_names_no_augmentation_or_dsa_and_nothing_else():
+    assert named_augmentation("none") is None
+    assert isinstance(named_augmentation("dsa"), DSA)
+    with pytest.raises(ValueError, match="augmentation 'flip' is not available; use one of none, dsa"):
+        named_augmentation("flip")
