@@ -183,6 +183,10 @@ def official_decoder_parameters(shape, kernel_num: int = KERNEL_NUM, z_dim: int 
     return n + (k // 8) * c * 9 + c
 
 
+UPSAMPLING = {"nearest": "nearest-upsampling + 3x3 conv", "transpose4": "4x4 stride-2 transposed conv",
+              "transpose3": "3x3 stride-2 transposed conv"}
+
+
 def d3hf_decoder_width(shape) -> int:
     """The width of d3hf's default decoder family whose parameter count is closest to the
     official decoder's."""
@@ -535,7 +539,7 @@ def run_d3hf(setting: Setting, profile: Profile, paths: Paths, allocator: str, w
         "median": medians(iterations[warmup:]), "allocator_keeps_freed_memory": allocator_applied,
         "checkpoint_steps": bool(distiller.checkpoint_steps),
         "decoder": {"what": f"d3hf family_spec width {int(spec.channels[-1])}: Linear stem, {len(spec.channels) - 1} "
-                            f"nearest-upsampling + 3x3 conv stages {spec.channels}, GroupNorm(1), sigmoid",
+                            f"{UPSAMPLING[spec.upsample]} stages {spec.channels}, GroupNorm(1), sigmoid",
                     "params": sum(p.numel() for p in decoder.parameters()),
                     "mflops_per_image": forward_mflops(decoder.eval(), torch.zeros(1, Z_DIM))},
         "student": {"params": sum(p.numel() for p in distiller.student.parameters()),

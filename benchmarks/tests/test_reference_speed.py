@@ -268,6 +268,7 @@ def test_a_d3hf_measurement_runs_in_a_fresh_process(tmp_path):
     assert record["side"] == "d3hf" and record["torch_threads"] == 1 and len(record["iterations"]) == 2
     assert record["decoder"]["params"] == family_spec([3, 32, 32], rs.Z_DIM, rs.d3hf_decoder_width((3, 32, 32))) \
         .num_parameters()
+    assert "4x4 stride-2 transposed conv" in record["decoder"]["what"]  # the default family, described as built
     it = record["iterations"][1]
     assert it["cpu_s"] > 0 and it["mtt_forward_cpu_s"] > 0 and it["mmd_forward_cpu_s"] > 0 and it["backward_cpu_s"] > 0
     assert sum(it[f"{p}_wall_s"] for p in rs.PARTS) == pytest.approx(it["wall_s"])
