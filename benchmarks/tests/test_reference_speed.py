@@ -181,7 +181,11 @@ def test_summary_from_fake_records():
         for repeat in range(2):
             for side, cpu in (("official", 4.0 + repeat), ("d3hf", 2.0)):
                 cells.setdefault((name, side), []).append(fake_record(name, side, repeat, cpu))
+    for record in cells[("rgb32_w32_lpc1", "d3hf")]:
+        record["peak_rss_mb"] = 900.0  # below every official run's: this setting reaches the goal
     text = rs.summary(cells, "python benchmarks/reference_speed.py --official PATH", MACHINE)
+    assert "- 32x32x3, width 128, 1 prior per class: NOT reached (ratio 0.44; peak RSS above the official's)" in text
+    assert "- 32x32x3, width 32, 1 prior per class: reached (ratio 0.44; peak RSS at most the official's)" in text
     assert "Test CPU 9000 (AVX2), 2 cores" in text and "aebb309" in text
     # Pooled median of the timed iterations: official 4.0 and 5.0 (3 each) -> 4.5; warm-ups left out.
     assert "| 32x32x3, width 128, 1 prior per class | 4.50 | 2.00 | 0.44 (4.00-5.00 / 2.00) | 4.95 / 2.20 | " \
