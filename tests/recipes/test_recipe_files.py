@@ -6,8 +6,8 @@ import os
 import pytest
 
 from d3hf.commands.distill import parse_distill_args
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = sorted(p for p in glob.glob(os.path.join(REPO, "recipes", "*", "*.yaml"))
                  if os.sep + "accelerate_configs" + os.sep not in p)
 
