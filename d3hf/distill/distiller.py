@@ -114,6 +114,19 @@ def mmd_activation_scalars(model: D3Model, feature_net: ConvNet, image_shape) ->
     return decoding + feature_net.activation_scalars(image_shape)
 
 
+# Feature-map bytes (4 per activation scalar) one batch of the one-off embedding of the train rows
+# may hold. Without gradients the peak is a few times that (the convolution's workspace, the
+# norm's temporaries): 4,000 32x32x3 rows through a width-128 ConvNet-3 raised the peak RSS by
+# 939 MB in batches of 512 and by 298 MB in batches of 128, at about the same speed.
+EMBED_BATCH_BYTES = 64 * 2**20
+
+
+def embedding_batch_size(feature_net: ConvNet, image_shape, budget: int, largest: int = 512) -> int:
+    """Images per batch of the one-off embedding: as many as fit ``budget`` bytes of feature maps,
+    between 1 and ``largest``."""
+    return max(1, min(largest, budget // (4 * max(1, feature_net.activation_scalars(image_shape)))))
+
+
 def mmd_chunk_classes(args: MatchingArguments, num_classes: int, bytes_per_class: int, device: torch.device) -> int:
     """``auto``: as many classes per chunk as fit a quarter of the device's free memory (on the CPU,
     of this process's share of it; all of them when they fit); otherwise the number given, at
@@ -219,13 +232,14 @@ class Distiller:
             self.model, self.feature_net, data.image_shape)
         self.mmd_chunk_classes = mmd_chunk_classes(args, classes, per_class, self.device) if args.mmd_weight > 0 else 1
 
-    def _embed_train_rows(self, memory_bytes: int, batch_size: int = 512) -> torch.Tensor | None:
+    def _embed_train_rows(self, memory_bytes: int) -> torch.Tensor | None:
         """Every train row's features under the fixed feature network, computed once (the MMD
         term's real side then costs an index instead of a forward pass per iteration), or None
         when they would take more than ``memory_bytes``."""
         n = len(self.data.labels())
         if n * self.feature_net.feature_dim * 4 > memory_bytes:
             return None
+        batch_size = embedding_batch_size(self.feature_net, self.data.image_shape, EMBED_BATCH_BYTES)
         with torch.no_grad(), self.autocast():
             return torch.cat([self.feature_net.embed((real.to(self.device) - self.mean) / self.std).float()
                               for real, _ in self.data.iter_batches("train", batch_size)])

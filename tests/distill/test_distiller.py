@@ -10,7 +10,7 @@ import torch
 
 from d3hf.distill.budget import BudgetError
 from d3hf.distill.config import MatchingArguments
-from d3hf.distill.distiller import CHECKPOINT_NAME, Distiller, NonFiniteError
+from d3hf.distill.distiller import CHECKPOINT_NAME, Distiller, NonFiniteError, embedding_batch_size
 from d3hf.distill.experts import ExpertBuffer, build_expert_buffer, epoch_orders
 from d3hf.distill.runner import build_config, expert_settings, run_distillation
 from tests.helpers import make_distiller, tiny_args
@@ -320,6 +320,23 @@ def test_mmd_reads_real_features_embedded_once_as_it_would_compute_them(digits, 
     for _ in range(3):  # the same rows drawn, the same features to float tolerance, the same losses
         a, b = cached.step(), fresh.step()
         assert a["mmd"] == pytest.approx(b["mmd"], rel=1e-4, abs=1e-6)
+
+
+def test_the_one_off_embedding_batches_fit_their_memory_budget(digits, digits_buffer, monkeypatch):
+    from d3hf.nn.networks import ConvNet
+
+    wide = ConvNet((3, 32, 32), 10, 3, 128)  # 172,032 feature-map scalars per image: 688 KB
+    assert embedding_batch_size(wide, (3, 32, 32), budget=64 * 2**20) == 97
+    assert embedding_batch_size(wide, (3, 32, 32), budget=1) == 1  # never an empty batch
+    assert embedding_batch_size(ConvNet((1, 8, 8), 10, 2, 8), (1, 8, 8), budget=64 * 2**20) == 512  # small images: the cap
+    sizes = []
+    iter_batches = type(digits).iter_batches
+    monkeypatch.setattr(type(digits), "iter_batches",
+                        lambda self, split, batch_size: sizes.append(batch_size) or iter_batches(self, split, batch_size))
+    monkeypatch.setattr("d3hf.distill.distiller.EMBED_BATCH_BYTES", 4 * 2000)
+    distiller = make_distiller(digits, digits_buffer, tiny_args(mtt_weight=0.0))
+    per_image = distiller.feature_net.activation_scalars(digits.image_shape)
+    assert 1 < sizes[0] < 512 and sizes == [2000 // per_image] and distiller.real_features.shape[0] == len(digits.labels())
 
 
 @pytest.mark.parametrize("chunk, augment", [("3", "none"), ("1", "none"), ("3", "dsa")])
