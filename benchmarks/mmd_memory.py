@@ -1,11 +1,12 @@
-"""Memory of the MMD term at 64x64x3, all classes at once against chunks of classes, with the
-rule's estimate beside each (``d3hf.distill.distiller.MMD_BYTES_PER_SCALAR`` times the activation
-scalars of the images decoded and embedded together).
+"""Memory and speed of the MMD term at 64x64x3, all classes at once against chunks of classes, with
+the rule's estimate beside each (``d3hf.distill.distiller.MMD_BYTES_PER_SCALAR`` times the
+activation scalars of the images decoded and embedded together).
 
 Each cell is one Distiller iteration of the MMD term alone (``mtt_weight 0``: the MTT unroll has a
 rule of its own, benchmarks/unroll_memory.md) in a fresh process, with the same code path as
 ``d3hf distill``: growth = the process's peak RSS during ``step()`` (its high-water mark reset
-just before) minus its RSS before it, after freed memory went back to the system. Data: generated
+just before) minus its RSS before it, after freed memory went back to the system; then ``TIMED`` more
+iterations give the median wall and CPU seconds of one. Data: generated
 (benchmarks/synthetic.py), 64x64x3; student and feature network ConvNet-4 width 128 (as the
 paper's 64x64 runs); ipc_budget 1 with `auto` sizes. Cached per cell in benchmarks/cache/mmd_memory/:
 
@@ -19,8 +20,10 @@ import argparse
 import ctypes
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file: the repo root
 from benchmarks.cells import cached  # noqa: E402
@@ -29,7 +32,8 @@ from benchmarks.synthetic import write_synthetic  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "cache", "mmd_memory")
 SHAPE, CLASSES, TRAIN_PER_CLASS, MMD_SAMPLES, WIDTH, DEPTH = (3, 64, 64), 20, 40, 16, 128, 4
-CHUNKS = (CLASSES, 5, 1)
+CHUNKS = (CLASSES, 5, 2, 1)
+TIMED = 4
 
 
 def settings(chunk: int) -> dict:
@@ -57,8 +61,10 @@ def measure(chunk: int) -> dict:
     from d3hf.distill.experts import build_expert_buffer
     from d3hf.distill.runner import build_config, expert_settings, load_data
     from d3hf.modeling.modeling_d3 import D3Model
+    from d3hf.utils.allocator import keep_freed_memory
     from d3hf.utils.environment import cpu_model
 
+    keep_freed_memory()  # as `d3hf distill` runs: freed activations reused, not faulted in afresh
     torch.set_num_threads(2)
     write_synthetic(os.path.join(CACHE, "data"), SHAPE, CLASSES, TRAIN_PER_CLASS, 2)
     args = DistillArguments(**settings(chunk))
@@ -76,34 +82,44 @@ def measure(chunk: int) -> dict:
         f.write("5")
     distiller.step()
     growth = _peak() - before
+    wall, cpu = [], []
+    for _ in range(TIMED):
+        w, c = time.perf_counter(), time.process_time()
+        distiller.step()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
     return {"chunk_classes": distiller.mmd_chunk_classes, "classes": CLASSES, "mmd_samples": MMD_SAMPLES,
             "images_at_once": MMD_SAMPLES * distiller.mmd_chunk_classes, "activation_scalars_per_image": per_image,
             "growth_mb": growth / 2**20, "rss_before_mb": before / 2**20,
             "bytes_per_scalar": growth / (MMD_SAMPLES * distiller.mmd_chunk_classes * per_image),
-            "decoder": model.config.decoders[0]["channels"], "cpu": f"{cpu_model()}, {os.cpu_count()} threads"}
+            "decoder": model.config.decoders[0]["channels"], "cpu": f"{cpu_model()}, {os.cpu_count()} threads",
+            "wall_s": statistics.median(wall), "cpu_s": statistics.median(cpu), "torch_threads": torch.get_num_threads()}
 
 
 def report(rows: list[dict]) -> str:
-    from d3hf.distill.distiller import MMD_BYTES_PER_SCALAR
+    from d3hf.distill.distiller import CPU_MMD_CHUNK_BYTES, MMD_BYTES_PER_SCALAR
 
     first = rows[0]
-    lines = ["# MMD term memory at 64x64x3", "",
+    lines = ["# MMD term memory and speed at 64x64x3", "",
              f"Command: `python benchmarks/mmd_memory.py`; {first['cpu']}. {first['classes']} classes x "
              f"{first['mmd_samples']} samples, 64x64x3 generated images, ipc_budget 1 (`auto`: decoder channels "
              f"{first['decoder']}), feature network ConvNet-{DEPTH} width {WIDTH}; one iteration of the MMD term "
-             "alone per fresh process; growth = peak RSS during the iteration minus RSS before it.", "",
+             f"alone per fresh process, {first['torch_threads']} torch threads; growth = peak RSS during the first "
+             f"iteration minus RSS before it; seconds: medians of the {TIMED} iterations after it.", "",
              "| classes per chunk | images decoded at once | RSS growth MB | rule's estimate MB | bytes per activation "
-             "scalar |", "|---:|---:|---:|---:|---:|"]
+             "scalar | wall s/it | CPU s/it |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: -r["chunk_classes"]):
         estimate = MMD_BYTES_PER_SCALAR * r["images_at_once"] * r["activation_scalars_per_image"] / 2**20
         lines.append(f"| {r['chunk_classes']} | {r['images_at_once']} | {r['growth_mb']:.0f} | {estimate:.0f} "
-                     f"| {r['bytes_per_scalar']:.1f} |")
+                     f"| {r['bytes_per_scalar']:.1f} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} |")
     lines += ["", f"Activation scalars per image (decoder + feature network): {first['activation_scalars_per_image']:,}; "
               f"the rule counts {MMD_BYTES_PER_SCALAR} bytes for each (`MMD_BYTES_PER_SCALAR`, rounded up from the "
               "largest measured here).",
               "`mmd_chunk_classes: auto` takes as many classes per chunk as the estimate fits in a quarter of the "
-              "free memory; each chunk is backpropagated before the next is decoded, so only one chunk's graph is "
-              "held (the chunks' losses and gradients add up to the whole term's: tests/distill/test_distiller.py).",
+              f"free memory, on the CPU at most {CPU_MMD_CHUNK_BYTES // 2**20} MB (`CPU_MMD_CHUNK_BYTES`: there small "
+              "chunks cost no more time, above); each chunk is backpropagated before the next is "
+              "decoded, so only one chunk's graph is held (the chunks' losses and gradients add up to the whole "
+              "term's: tests/distill/test_distiller.py).",
               ""]
     return "\n".join(lines)
 

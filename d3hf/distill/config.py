@@ -230,7 +230,7 @@ class MatchingArguments(_Section):
     mmd_classes_per_iter: int = setting(0, "classes in the MMD term per iteration (0 = all)")
     mmd_chunk_classes: str = setting("auto", "classes the MMD term decodes and embeds at once, each chunk "
                                      "backpropagated before the next (bounds its memory): auto (what fits a "
-                                     "quarter of the free memory) or a number")
+                                     "quarter of the free memory, on the CPU at most 256 MB) or a number")
     checkpoint_steps: str = setting("auto", "recompute inner steps in backward: auto/true/false")
     compile_inner_step: bool = setting(False, "torch.compile the student's inner step (for GPUs: on CPU it was "
                                        "measured slower; not with checkpoint_steps)")

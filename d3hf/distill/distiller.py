@@ -102,8 +102,9 @@ def use_step_checkpointing(args: MatchingArguments, student_width: int, image_sh
 
 # RSS the MMD term keeps per activation scalar of one decoded image (decoder feature maps plus the
 # feature network's, ``mmd_activation_scalars``) while its graph waits for the backward pass;
-# measured at 64x64x3 in benchmarks/mmd_memory.md (12 to 17 bytes, by chunk size; the largest rounded up).
-MMD_BYTES_PER_SCALAR = 18
+# measured at 64x64x3 with freed memory kept for reuse, as `d3hf distill` runs, in
+# benchmarks/mmd_memory.md (18.8 to 20.8 bytes, by chunk size; the largest rounded up).
+MMD_BYTES_PER_SCALAR = 21
 
 
 def mmd_activation_scalars(model: D3Model, feature_net: ConvNet, image_shape) -> int:
@@ -127,19 +128,27 @@ def embedding_batch_size(feature_net: ConvNet, image_shape, budget: int, largest
     return max(1, min(largest, budget // (4 * max(1, feature_net.activation_scalars(image_shape)))))
 
 
+# On the CPU small chunks of the MMD term cost no more time than all classes at once (less, in
+# benchmarks/mmd_memory.md), so larger chunks buy only memory there: ``auto`` caps a chunk's
+# estimate at this many bytes. A GPU is used better by larger batches: there the bound is a
+# quarter of its free memory alone.
+CPU_MMD_CHUNK_BYTES = 256 * 2**20
+
+
 def mmd_chunk_classes(args: MatchingArguments, num_classes: int, bytes_per_class: int, device: torch.device) -> int:
     """``auto``: as many classes per chunk as fit a quarter of the device's free memory (on the CPU,
-    of this process's share of it; all of them when they fit); otherwise the number given, at
-    most the classes there are."""
+    of this process's share of it, and at most ``CPU_MMD_CHUNK_BYTES``), at least one; otherwise
+    the number given, at most the classes there are."""
     value = str(args.mmd_chunk_classes)
     if value != "auto":
         return max(1, min(num_classes, int(value)))
     free = available_memory(device)
+    budget = free // 4
     if device.type == "cpu":  # the processes on this machine share its memory
-        free //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    chunk = max(1, min(num_classes, (free // 4) // max(1, bytes_per_class)))
-    logger.info("MMD term: ~%.2f GB for all %d classes at once, %.1f GB free on %s: %d class(es) per chunk",
-                bytes_per_class * num_classes / 1e9, num_classes, free / 1e9, device, chunk)
+        budget = min(budget // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)), CPU_MMD_CHUNK_BYTES)
+    chunk = max(1, min(num_classes, budget // max(1, bytes_per_class)))
+    logger.info("MMD term: ~%.2f GB for all %d classes at once, %.2f GB allowed on %s: %d class(es) per chunk",
+                bytes_per_class * num_classes / 1e9, num_classes, budget / 1e9, device, chunk)
     return chunk
 
 

@@ -10,7 +10,14 @@ import torch
 
 from d3hf.distill.budget import BudgetError
 from d3hf.distill.config import MatchingArguments
-from d3hf.distill.distiller import CHECKPOINT_NAME, Distiller, NonFiniteError, embedding_batch_size
+from d3hf.distill.distiller import (
+    CHECKPOINT_NAME,
+    CPU_MMD_CHUNK_BYTES,
+    Distiller,
+    NonFiniteError,
+    embedding_batch_size,
+    mmd_chunk_classes,
+)
 from d3hf.distill.experts import ExpertBuffer, build_expert_buffer, epoch_orders
 from d3hf.distill.runner import build_config, expert_settings, run_distillation
 from tests.helpers import make_distiller, tiny_args
@@ -337,6 +344,20 @@ def test_the_one_off_embedding_batches_fit_their_memory_budget(digits, digits_bu
     distiller = make_distiller(digits, digits_buffer, tiny_args(mtt_weight=0.0))
     per_image = distiller.feature_net.activation_scalars(digits.image_shape)
     assert 1 < sizes[0] < 512 and sizes == [2000 // per_image] and distiller.real_features.shape[0] == len(digits.labels())
+
+
+def test_auto_mmd_chunks_are_capped_on_the_cpu_and_a_quarter_of_free_memory_on_a_gpu(monkeypatch):
+    free = 64 * 2**30
+    monkeypatch.setattr("d3hf.distill.distiller.available_memory", lambda device: free)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    args, per_class = MatchingArguments(mmd_chunk_classes="auto"), 100 * 2**20
+    assert mmd_chunk_classes(args, 1000, per_class, torch.device("cpu")) == CPU_MMD_CHUNK_BYTES // per_class == 2
+    assert mmd_chunk_classes(args, 1000, per_class, torch.device("cuda")) == free // 4 // per_class
+    assert mmd_chunk_classes(args, 1000, 10 * free, torch.device("cpu")) == 1  # never an empty chunk
+    assert mmd_chunk_classes(args, 3, 1, torch.device("cpu")) == 3  # never more than the classes
+    free = 512 * 2**20  # little free memory: its quarter, shared by the processes on the machine, bounds the chunk
+    assert mmd_chunk_classes(args, 1000, 2**20, torch.device("cpu")) == 64
+    assert mmd_chunk_classes(MatchingArguments(mmd_chunk_classes="7"), 1000, per_class, torch.device("cpu")) == 7
 
 
 @pytest.mark.parametrize("chunk, augment", [("3", "none"), ("1", "none"), ("3", "dsa")])
