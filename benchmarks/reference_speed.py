@@ -21,6 +21,7 @@ Cells are cached in benchmarks/cache/reference_speed/ (git-ignored), so a stoppe
 where it stopped; the summary is benchmarks/reference_speed.md.
 
     python benchmarks/reference_speed.py --official /path/to/D3      # every missing cell, then the summary
+    python benchmarks/reference_speed.py --official PATH --d3hf mixed_precision=bf16   # d3hf with settings changed
     python benchmarks/reference_speed.py --smoke --official PATH --settings rgb32_w32_lpc1   # seconds-long check
     python benchmarks/reference_speed.py --cell d3hf rgb32_w32_lpc1 0  # one measurement, prints JSON
 """
@@ -501,8 +502,18 @@ def machine() -> dict:
 # ----------------------------------------------------------------------------- the measurements
 
 
-def run_d3hf(setting: Setting, profile: Profile, paths: Paths, allocator: str, warmup: int, timed: int) -> dict:
-    """``warmup + timed`` iterations of d3hf's ``Distiller.step()`` in this process."""
+def parse_overrides(text: str) -> dict[str, str]:
+    """``KEY=VALUE,KEY=VALUE`` (d3hf settings, as in a recipe) as a dict; empty for ''."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--d3hf takes KEY=VALUE pairs separated by commas, not {text!r}")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def run_d3hf(setting: Setting, profile: Profile, paths: Paths, allocator: str, warmup: int, timed: int,
+             overrides: dict[str, str] | None = None) -> dict:
+    """``warmup + timed`` iterations of d3hf's ``Distiller.step()`` in this process, with the
+    settings ``overrides`` changed (``mixed_precision: bf16`` autocasts as the command line does)."""
     import torch
 
     allocator_applied = apply_allocator("d3hf", allocator)
@@ -516,12 +527,16 @@ def run_d3hf(setting: Setting, profile: Profile, paths: Paths, allocator: str, w
     folder = os.path.join(paths.data(setting.data_key), "dataset")
     data = load_image_classification(folder)
     data.keep_train_in_memory()  # as the runner does: the train split decoded once into uint8 (2 GB allowed)
-    args = d3hf_arguments(setting, profile, folder, iterations=warmup + timed)
+    args = d3hf_arguments(setting, profile, folder, iterations=warmup + timed).replace(**(overrides or {}))
     config = build_config(args, data)
     buffer = ExpertBuffer(os.path.join(paths.experts(setting.experts_key), "d3hf"))
     torch.manual_seed(args.run.seed)
     model = D3Model(config)
-    distiller = Distiller(model, data, buffer, args.matching, seed=args.run.seed)
+    autocast = None
+    if args.run.mixed_precision == "bf16":  # what accelerate's autocast is on the CPU
+        def autocast():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+    distiller = Distiller(model, data, buffer, args.matching, seed=args.run.seed, autocast=autocast)
     timeline = Timeline()
     distiller.mtt_term = timeline.timed("mtt", distiller.mtt_term)  # instance attributes: step() calls these
     distiller._mmd_chunk = timeline.timed("mmd", distiller._mmd_chunk)  # once per chunk of classes
@@ -538,7 +553,8 @@ def run_d3hf(setting: Setting, profile: Profile, paths: Paths, allocator: str, w
         "side": "d3hf", "peak_rss_mb": peak, "rss_before_loop_mb": timeline.rss_before_loop_mb,
         "setup_wall_s": timeline.events[0][1] - T0, "iterations": iterations,
         "median": medians(iterations[warmup:]), "allocator_keeps_freed_memory": allocator_applied,
-        "checkpoint_steps": bool(distiller.checkpoint_steps),
+        "checkpoint_steps": bool(distiller.checkpoint_steps), "mmd_chunk_classes": distiller.mmd_chunk_classes,
+        "overrides": overrides or {},
         "decoder": {"what": f"d3hf family_spec width {int(spec.channels[-1])}: Linear stem, {len(spec.channels) - 1} "
                             f"{UPSAMPLING[spec.upsample]} stages {spec.channels}, GroupNorm(1), sigmoid",
                     "params": sum(p.numel() for p in decoder.parameters()),
@@ -547,7 +563,8 @@ def run_d3hf(setting: Setting, profile: Profile, paths: Paths, allocator: str, w
                     "mflops_per_image": forward_mflops(distiller.student, torch.zeros(1, *setting.shape))},
         "d3hf_settings": {k: v for k, v in args.to_dict().items() if k in (
             "ipc_budget", "decoder", "lpc", "z_dim", "samples_per_class", "mmd_samples", "mmd_kernel_scale",
-            "mmd_bandwidths", "lr_priors", "lr_decoder", "lr_step_size", "init_step_size", "checkpoint_steps")},
+            "mmd_bandwidths", "lr_priors", "lr_decoder", "lr_step_size", "init_step_size", "checkpoint_steps",
+            "mixed_precision")},
     }
 
 
@@ -1009,11 +1026,14 @@ def summary(cells: dict, command: str, machine_info: dict) -> str:
     loads = [c["load_average_at_start"] for v in cells.values() for c in v]
     allocator = first_o.get("allocator", "native")
     settings_d3hf = first_d["d3hf_settings"]
+    chunks = "; ".join(f"{SETTINGS[n].describe()}: {cells[(n, 'd3hf')][0]['mmd_chunk_classes']}"
+                       for n in names if "mmd_chunk_classes" in cells[(n, "d3hf")][0]) or "`mmd_chunk_classes: auto`"
+    overrides = first_d.get("overrides") or {}
     differs = [
         "**Objective.** The official loop backpropagates the MTT loss and steps the latents, the learning rate and "
         "the decoder, then backpropagates the MMD loss and steps the latents and the decoder again: two backward "
         "passes and two updates per iteration. d3hf backpropagates the MTT loss, then the MMD loss (chunk by chunk "
-        "of classes when memory asks for it), and takes one step of each optimiser on the summed gradients.",
+        "of classes), and takes one step of each optimiser on the summed gradients.",
         "**Student.** The official loop builds a fresh random ConvNet and `ReparamModule` every iteration and runs "
         "it on views of a flat parameter vector; d3hf builds its student once and runs it with "
         "`torch.func.functional_call`.",
@@ -1025,8 +1045,9 @@ def summary(cells: dict, command: str, machine_info: dict) -> str:
         f"{EXPERT_EPOCHS} expert epochs starting at epoch 0 or 1.",
         f"**MMD.** Both compare {MMD_SAMPLES} decoded and {MMD_SAMPLES} real images per class in the feature space of "
         "the expert's final snapshot, with RBF bandwidths 1, 2, 4, 8, 16. The official loop runs one forward per "
-        f"class for each, on raw squared distances; d3hf one forward for all classes, distances in units of the "
-        f"real features' median (`mmd_kernel_scale: {settings_d3hf.get('mmd_kernel_scale')}`).",
+        f"class for each, on raw squared distances, and backpropagates all classes at once; d3hf decodes, embeds and "
+        f"backpropagates a chunk of classes at a time ({chunks}), distances in units of the real features' median "
+        f"(`mmd_kernel_scale: {settings_d3hf.get('mmd_kernel_scale')}`); its real side is embedded once.",
         "**Real images.** The official loop keeps the normalised train split as one float tensor; d3hf keeps it "
         "decoded once as uint8 (`keep_train_in_memory`) and normalises each batch.",
         "**Expert snapshots.** The official loop holds every trajectory in memory (`--load_all`) as per-layer "
@@ -1068,7 +1089,9 @@ def summary(cells: dict, command: str, machine_info: dict) -> str:
         f"official, d3hf ({len(cells[(names[0], 'official')])} of each per setting). Seconds are medians over the "
         "timed iterations of every run (the range of the runs' own medians in brackets); peak RSS is each process's "
         "maximum resident memory (the range over its runs), and 'before the loop' its maximum when the first "
-        "iteration started (imports, data, experts, models).", "",
+        "iteration started (imports, data, experts, models)." + (
+            " d3hf runs with " + ", ".join(f"`{k}: {v}`" for k, v in overrides.items()) + " (the official code "
+            "as always)." if overrides else ""), "",
         "| setting | official CPU s/it | d3hf CPU s/it | d3hf / official | wall s/it official / d3hf | "
         "peak RSS MB official / d3hf | RSS before the loop MB |",
         "|---|---:|---:|---:|---:|---:|---:|", *rows, "",
@@ -1118,6 +1141,9 @@ def main(argv: list[str] | None = None) -> None:
                         "glibc's defaults; keep / default: the same for both")
     p.add_argument("--cache", default=DEFAULT_CACHE, help="cache folder (default benchmarks/cache/reference_speed)")
     p.add_argument("--out", help="the summary (default benchmarks/reference_speed.md; with --smoke, in the cache)")
+    p.add_argument("--d3hf", default="", metavar="KEY=VALUE,...",
+                   help="d3hf settings changed from the shared ones (e.g. mixed_precision=bf16 or "
+                        "checkpoint_steps=true); cached apart, summary in benchmarks/reference_speed-KEY-VALUE.md")
     p.add_argument("--cell", nargs=3, metavar=("SIDE", "SETTING", "REPEAT"), help="one measurement; prints JSON")
     p.add_argument("--experts", nargs=2, metavar=("SIDE", "SETTING"), help="build one side's experts of a setting")
     a = p.parse_args(argv)
@@ -1125,9 +1151,11 @@ def main(argv: list[str] | None = None) -> None:
     a.warmup = profile.warmup if a.warmup is None else a.warmup
     a.timed = profile.timed if a.timed is None else a.timed
     a.repeats = profile.repeats if a.repeats is None else a.repeats
-    paths = Paths(a.cache, profile, f"w{a.warmup}-t{a.timed}-{a.allocator}")
+    overrides = parse_overrides(a.d3hf)
+    slug = "-".join(f"{k}-{v}" for k, v in overrides.items())
+    paths = Paths(a.cache, profile, f"w{a.warmup}-t{a.timed}-{a.allocator}" + (f"-{slug}" if slug else ""))
     flags = (["--smoke"] if a.smoke else []) + ["--warmup", str(a.warmup), "--timed", str(a.timed), "--allocator",
-                                                a.allocator, "--cache", a.cache]
+                                                a.allocator, "--cache", a.cache] + (["--d3hf", a.d3hf] if slug else [])
     if a.official:
         flags += ["--official", os.path.abspath(a.official)]
     if a.cell:
@@ -1136,7 +1164,7 @@ def main(argv: list[str] | None = None) -> None:
         if side == "official":
             record = run_official(setting, paths, need_official(a), a.allocator, a.warmup, a.timed)
         else:
-            record = run_d3hf(setting, profile, paths, a.allocator, a.warmup, a.timed)
+            record = run_d3hf(setting, profile, paths, a.allocator, a.warmup, a.timed, overrides)
         import torch
 
         record["torch_threads"] = torch.get_num_threads()
@@ -1167,9 +1195,11 @@ def main(argv: list[str] | None = None) -> None:
             [f"--allocator {a.allocator}"] if a.allocator != "native" else []) + (
             [f"--warmup {a.warmup}"] if a.warmup != profile.warmup else []) + (
             [f"--timed {a.timed}"] if a.timed != profile.timed else []) + (
-            [f"--repeats {a.repeats}"] if a.repeats != profile.repeats else []))
+            [f"--repeats {a.repeats}"] if a.repeats != profile.repeats else []) + (
+            [f"--d3hf {a.d3hf}"] if slug else []))
     text = summary(cells, command, machine())
-    out = a.out or (os.path.join(paths.root, "reference_speed.md") if a.smoke else SUMMARY)
+    default = os.path.join(HERE, f"reference_speed-{slug}.md") if slug else SUMMARY
+    out = a.out or (os.path.join(paths.root, "reference_speed.md") if a.smoke else default)
     with open(out, "w") as f:
         f.write(text)
     print(text)

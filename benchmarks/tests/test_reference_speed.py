@@ -205,19 +205,24 @@ def test_summary_waits_for_both_sides():
     assert "No setting has both sides measured yet" in rs.summary(cells, "cmd", MACHINE)
 
 
-def test_the_default_mode_reads_cached_cells_and_writes_the_summary(tmp_path, monkeypatch):
-    """Every cell cached: no process is started, no official checkout is needed."""
-    paths = rs.Paths(str(tmp_path), rs.PROFILES["full"], "w1-t3-native")
-    setting = rs.SETTINGS["rgb32_w32_lpc1"]
-    os.makedirs(paths.data(setting.data_key))
+def cache_cells(tmp_path, run_tag: str, setting, d3hf_extra: dict | None = None) -> None:
+    """Data, both sides' experts and one cell per side of ``setting``, as a finished run leaves them."""
+    paths = rs.Paths(str(tmp_path), rs.PROFILES["full"], run_tag)
+    os.makedirs(paths.data(setting.data_key), exist_ok=True)
     (tmp_path / "full" / "data" / setting.data_key / "info.json").write_text("{}")
     for side, marker in (("d3hf", "settings.json"), ("official", "layout.json")):
-        os.makedirs(os.path.join(paths.experts(setting.experts_key), side))
+        os.makedirs(os.path.join(paths.experts(setting.experts_key), side), exist_ok=True)
         open(os.path.join(paths.experts(setting.experts_key), side, marker), "w").close()
     for side, cpu in (("official", 3.0), ("d3hf", 1.0)):
         os.makedirs(os.path.dirname(paths.cell(setting.name, side, 0)), exist_ok=True)
         with open(paths.cell(setting.name, side, 0), "w") as f:
-            json.dump(fake_record(setting.name, side, 0, cpu), f)
+            json.dump(fake_record(setting.name, side, 0, cpu) | (d3hf_extra or {} if side == "d3hf" else {}), f)
+
+
+def test_the_default_mode_reads_cached_cells_and_writes_the_summary(tmp_path, monkeypatch):
+    """Every cell cached: no process is started, no official checkout is needed."""
+    setting = rs.SETTINGS["rgb32_w32_lpc1"]
+    cache_cells(tmp_path, "w1-t3-native", setting)
     monkeypatch.setattr(rs, "in_fresh_process", lambda *a, **k: pytest.fail("a cached step ran again"))
     monkeypatch.setattr(rs, "machine", lambda: MACHINE)
     out = tmp_path / "summary.md"
@@ -231,6 +236,28 @@ def test_the_default_mode_reads_cached_cells_and_writes_the_summary(tmp_path, mo
                  "2", "--out", str(out)])
     with pytest.raises(SystemExit, match="unknown setting"):
         rs.main(["--cache", str(tmp_path), "--settings", "rgb32_w7_lpc1"])
+
+
+def test_d3hf_settings_changed_are_cached_apart_and_named_in_the_summary(tmp_path, monkeypatch):
+    assert rs.parse_overrides("mixed_precision=bf16, checkpoint_steps=true") == {
+        "mixed_precision": "bf16", "checkpoint_steps": "true"}
+    assert rs.parse_overrides("") == {}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        rs.parse_overrides("bf16")
+    setting = rs.SETTINGS["rgb32_w32_lpc1"]
+    cache_cells(tmp_path, "w1-t3-native-mixed_precision-bf16", setting,
+                {"overrides": {"mixed_precision": "bf16"}, "mmd_chunk_classes": 6})
+    monkeypatch.setattr(rs, "in_fresh_process", lambda *a, **k: pytest.fail("a cached step ran again"))
+    monkeypatch.setattr(rs, "machine", lambda: MACHINE)
+    out = tmp_path / "summary.md"
+    args = ["--cache", str(tmp_path), "--settings", setting.name, "--warmup", "1", "--timed", "3", "--repeats", "1",
+            "--out", str(out)]
+    rs.main(args + ["--d3hf", "mixed_precision=bf16"])  # the cells of its own run tag, none started
+    text = out.read_text()
+    assert "d3hf runs with `mixed_precision: bf16` (the official code as always)" in text
+    assert "--d3hf mixed_precision=bf16" in text and "(32x32x3, width 32, 1 prior per class: 6)" in text
+    with pytest.raises(SystemExit, match="--official PATH is needed"):  # the plain run's cells are not these
+        rs.main(args)
 
 
 @pytest.mark.integration
