@@ -2,10 +2,13 @@
 keys changed), each distilled by ``d3hf distill`` in a fresh process with ``validation_size``
 and scored by the run's own final evaluation on that split (the test split is never read).
 
-A cell is one (variant, seed). Its run folder, log and JSON record live in
-benchmarks/cache/recipe_sweep/<dataset>_<recipe>/; variants whose experts are the same share one
-expert buffer. A stopped sweep resumes (the record is cached; the run resumes from its
-checkpoint). The report, benchmarks/recipe_sweep.md, is made from every cached record:
+A cell is one (variant, seed). Its run folder and log live in
+benchmarks/cache/recipe_sweep/<dataset>_<recipe>/ (git-ignored); variants whose experts are the
+same share one expert buffer. Its JSON record, and those of its rescored networks, are kept in
+benchmarks/results/recipe_sweep/<dataset>_<recipe>/ (tracked: a clean clone can redraw the
+report). A stopped sweep resumes (the record is kept; the run resumes from its checkpoint). The
+report, benchmarks/recipe_sweep.md, is made from every kept record; a section of the report
+already written whose records are not here is kept as it was:
 
     python benchmarks/recipe_sweep.py recipes/fashion_mnist/ipc1.yaml \\
         --variants "expert_epoch_rows=0;iterations=0" --seeds 0
@@ -178,12 +181,12 @@ def run_folder(root: str, record: dict) -> str:
     return os.path.join(root, "runs", os.path.basename(match.group(1)))
 
 
-def rescore_record(root: str, record: dict, protocol_name: str, network: int, **overrides) -> dict:
-    """``rescore`` of one network on a record's artifact, cached in ``root``/rescored (its
-    training resumable from ``root``/rescoring)."""
+def rescore_record(root: str, kept: str, record: dict, protocol_name: str, network: int, **overrides) -> dict:
+    """``rescore`` of one network on a record's artifact (its run folder under ``root``), kept in
+    ``kept``/rescored (its training resumable from ``root``/rescoring)."""
     folder = run_folder(root, record)
     cell = f"{os.path.basename(folder)}__{protocol_name}"
-    return cached(os.path.join(root, "rescored", f"{cell}__net{network}.json"), lambda: {
+    return cached(os.path.join(kept, "rescored", f"{cell}__net{network}.json"), lambda: {
         "variant": record["variant"], "seed": record["seed"],
         **rescore(folder, protocol_name, network, os.path.join(root, "rescoring", cell), **overrides)})
 
@@ -306,6 +309,23 @@ def report(sweeps: dict[str, list[dict]], rescored: dict[str, list[dict]] | None
     return "\n".join(lines)
 
 
+def merged(report_text: str, earlier: str | None) -> str:
+    """``report_text`` with the sections (``## name``) of an ``earlier`` report that it lacks,
+    kept as written, all sections in order of name."""
+    def split(text: str) -> tuple[str, dict[str, str], str]:
+        head, *parts = re.split(r"(?m)^(?=## )", text)
+        tail = ""
+        if parts and "\nCommand: `python benchmarks/recipe_sweep.py" in parts[-1]:
+            parts[-1], tail = parts[-1].split("\nCommand: `python benchmarks/recipe_sweep.py", 1)
+            tail = "Command: `python benchmarks/recipe_sweep.py" + tail
+        return head, {part.split("\n", 1)[0][3:].strip(): part.rstrip() + "\n\n" for part in parts}, tail
+
+    head, sections, tail = split(report_text)
+    if earlier:
+        sections = {**split(earlier)[1], **sections}
+    return head + "".join(sections[name] for name in sorted(sections)) + tail
+
+
 def plot_curves(name: str, recs: list[dict], path: str) -> str | None:
     """The sweep's validation curves (accuracy, and MTT loss beside real images') in one PNG."""
     curves = {f"{r['variant']} seed {r['seed']}": r["curve"] for r in recs if r.get("curve")}
@@ -340,11 +360,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--validation_size", type=float, default=0.1)
     p.add_argument("--eval_seeds", type=int, default=2)
-    p.add_argument("--out", default=HERE, help="folder for the cache and recipe_sweep.md")
+    p.add_argument("--out", default=HERE, help="folder for the cache, the kept records and recipe_sweep.md")
     p.add_argument("--protocol", help="also score each cell under this named protocol (e.g. P-dsa) on its "
                    "validation split")
     a = p.parse_args(argv)
     cache = os.path.join(a.out, "cache", "recipe_sweep")
+    results = os.path.join(a.out, "results", "recipe_sweep")
     if a.recipe:
         from d3hf.utils.allocator import keep_freed_memory
 
@@ -353,14 +374,15 @@ def main(argv: list[str] | None = None) -> None:
         keep_freed_memory()
         recipe = os.path.abspath(a.recipe)
         root = os.path.join(cache, sweep_name(recipe))
+        kept = os.path.join(results, sweep_name(recipe))
         variants = [{}] + [parse_variant(v) for v in a.variants.split(";") if v.strip()]
         done = []
         for seed in [int(s) for s in a.seeds.split(",")]:
             for variant in variants:
                 cell = cell_name(variant, seed, a.validation_size, a.eval_seeds)
                 cmd = command(recipe, variant, seed, root, a.validation_size, a.eval_seeds)
-                os.makedirs(os.path.join(root, "records"), exist_ok=True)
-                record = cached(os.path.join(root, "records", cell + ".json"), lambda: {
+                os.makedirs(root, exist_ok=True)
+                record = cached(os.path.join(kept, "records", cell + ".json"), lambda: {
                     "recipe": os.path.relpath(recipe, REPO), "variant": variant_name(variant), "seed": seed,
                     "validation_size": a.validation_size, **run_cell(cmd, os.path.join(root, cell + ".log"))})
                 print(f"{record['variant']} seed {seed}: {[round(100 * x, 2) for x in record['accuracies']]}",
@@ -370,20 +392,22 @@ def main(argv: list[str] | None = None) -> None:
         # as many variants as it could. The recipe comes last: the variants are what was asked.
         for network in range(a.eval_seeds if a.protocol else 0):
             for record in sorted(done, key=lambda r: r["variant"] == "recipe"):
-                rescored = rescore_record(root, record, a.protocol, network)
+                rescored = rescore_record(root, kept, record, a.protocol, network)
                 print(f"{record['variant']} seed {record['seed']} under {rescored['protocol']}, network {network}: "
                       f"{100 * rescored['accuracies'][0]:.2f}", file=sys.stderr, flush=True)
     sweeps, rescored = {}, {}
-    if os.path.isdir(cache):
-        for name in sorted(os.listdir(cache)):
-            found = records(os.path.join(cache, name, "records"))
+    if os.path.isdir(results):
+        for name in sorted(os.listdir(results)):
+            found = records(os.path.join(results, name, "records"))
             if found:
                 sweeps[name] = found
-                rescored[name] = records(os.path.join(cache, name, "rescored"))
+                rescored[name] = records(os.path.join(results, name, "rescored"))
     for name, recs in sweeps.items():
         plot_curves(name, recs, os.path.join(a.out, f"recipe_sweep_{name}.png"))
-    text = report(sweeps, rescored, cache)
-    with open(os.path.join(a.out, "recipe_sweep.md"), "w") as f:
+    path = os.path.join(a.out, "recipe_sweep.md")
+    earlier = open(path).read() if os.path.exists(path) else None
+    text = merged(report(sweeps, rescored, cache), earlier)
+    with open(path, "w") as f:
         f.write(text)
     print(text)
 

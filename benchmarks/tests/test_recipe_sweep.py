@@ -40,6 +40,19 @@ def test_the_report_pools_seeds_per_variant_and_names_paths_from_the_root():
     assert "--output_dir benchmarks/cache/recipe_sweep/x/runs/a" in text and "/somewhere" not in text
 
 
+def test_sections_of_the_earlier_report_without_records_here_are_kept_as_written():
+    record = {"recipe": "recipes/x/ipc1.yaml", "variant": "recipe", "seed": 0, "validation_size": 0.1,
+              "accuracies": [0.9], "lpc": 4, "channels": [[16, 8]], "ipc_equivalent": 0.955, "cpu": "c",
+              "command": "d3hf distill r.yaml"}
+    earlier = recipe_sweep.report({"a_ipc1_1": [{**record, "accuracies": [0.5]}], "c_ipc1_3": [record]})
+    text = recipe_sweep.merged(recipe_sweep.report({"b_ipc1_2": [record], "a_ipc1_1": [record]}), earlier)
+    assert text.index("## a_ipc1_1") < text.index("## b_ipc1_2") < text.index("## c_ipc1_3")  # by name
+    assert text.count("## ") == 3 and text.count("Command: `python benchmarks/recipe_sweep.py") == 1
+    assert "| recipe | 0 | 90.00 +- 0.00 |" in text.split("## b_ipc1_2")[0]  # a section with records is redrawn
+    assert text.rstrip().endswith("(see its docstring).")
+    assert recipe_sweep.merged(text, text) == text and recipe_sweep.merged(text, None) == text
+
+
 def test_a_cell_with_a_validation_curve_is_listed_and_drawn(tmp_path):
     record = {"recipe": "recipes/x/ipc1.yaml", "variant": "eval_every=250,iterations=500", "seed": 0,
               "validation_size": 0.1, "accuracies": [0.8], "lpc": 4, "channels": [[16, 8]], "ipc_equivalent": 0.955,
@@ -90,11 +103,12 @@ def test_a_cell_is_rescored_on_its_own_validation_split_and_never_on_test(tmp_pa
     protocol = named_protocol("P-dsa", epochs=2)
     expected = evaluate(lambda s: model_source(model, protocol.num_per_class, s), data, protocol, 2)
     assert got["accuracies"] == expected["accuracies"][1:]
-    first = recipe_sweep.rescore_record(str(root), record, "P-noaug", 0, epochs=1)
-    assert (root / "rescored" / "recipe_seed0_val0.25_eval1__P-noaug__net0.json").exists()
+    kept = tmp_path / "kept"
+    first = recipe_sweep.rescore_record(str(root), str(kept), record, "P-noaug", 0, epochs=1)
+    assert (kept / "rescored" / "recipe_seed0_val0.25_eval1__P-noaug__net0.json").exists()
     assert len(first["accuracies"]) == 1 and first["variant"] == "recipe"
     monkeypatch.setattr(recipe_sweep, "rescore", lambda *a, **k: pytest.fail("a scored network is scored again"))
-    assert recipe_sweep.rescore_record(str(root), record, "P-noaug", 0, epochs=1) == first
+    assert recipe_sweep.rescore_record(str(root), str(kept), record, "P-noaug", 0, epochs=1) == first
     text = recipe_sweep.report({"x": [{**record, "validation_size": 0.25, "lpc": 2, "channels": [[4]],
                                        "ipc_equivalent": 1.0, "cpu": "c"}]},
                                {"x": [{**record, **got, "accuracies": [0.6, 0.7]}]})
