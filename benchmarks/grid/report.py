@@ -16,10 +16,8 @@ from .modes import (
     D3_VARIANTS,
     DATASET_METHODS,
     FULL_IPC,
-    HERE,
     METHOD_NAMES,
     METHODS,
-    REPO,
     Mode,
     cell_name,
 )
@@ -49,29 +47,34 @@ def write_report(mode: Mode, command: str) -> str:
 
     results, stale = split_stale(mode, load_results(mode))
     summary = summarise(results)
+    # A group with no record under today's settings shows its stale records, marked, until re-scored:
+    # re-scoring a grid takes days, and a row must not vanish meanwhile. Verdicts use current cells only.
+    shown = {**{k: {**v, "earlier": True} for k, v in summarise(stale).items() if k not in summary}, **summary}
     timed = [r["cell_seconds"] for r in results if r.get("cell_seconds") is not None]
-    recovered = sorted({r["recovered_from"] for r in results if "recovered_from" in r})
-    datasets = [d for d in ("fashion_mnist", "mnist5k", "digits") if any(r["dataset"] == d for r in results)]
+    recovered = sorted({r["recovered_from"] for r in results + stale if "recovered_from" in r})
+    datasets = [d for d in ("fashion_mnist", "mnist5k", "digits") if any(r["dataset"] == d for r in results + stale)]
     shorter = sorted({(r["dataset"], r["protocol"], r["trained_under"]) for r in results if "trained_under" in r})
-    ipcs = sorted({r["ipc_budget"] for r in results})
-    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
-    machines = Counter(machine_text(r["machine"]) for r in results if "machine" in r)
+    ipcs = sorted({r["ipc_budget"] for r in results + stale})
+    methods = [m for m in METHODS if any(r["method"] == m for r in results + stale)]
+    machines = Counter(machine_text(r["machine"]) for r in results + stale if "machine" in r)
     lines = [f"# d3hf benchmark{'' if mode.name == 'full' else f' ({mode.name} mode)'}", "",
              "## The grid: D3 and baselines at equal storage", "",
              f"Command: `{command}`. Machines: {os.cpu_count()} CPU cores, no GPU, torch {_torch_version()}; "
              "each cell's CPU is named below and in the Cells table.", "",
-             f"- Cells: {len(results)}, one JSON record each in `{_rel(mode.cells_dir)}/`, tracked, with the weights "
+             f"- Cells: {len(results) + len(stale)}, one JSON record each in `{_rel(mode.cells_dir, mode)}/`, tracked, with the weights "
              "of the D3 builds and the learned image sets in its `builds/`; the untracked "
-             f"`{_rel(mode.cache)}/` holds the rest (D3 run folders with experts and checkpoints, random and all-real "
+             f"`{_rel(mode.cache, mode)}/` holds the rest (D3 run folders with experts and checkpoints, random and all-real "
              "sets).",
              *[f"- {n} scored on {text}." for text, n in sorted(machines.items())],
-             *[f"- {sum(r.get('recovered_from') == source for r in results)} recovered from {source} "
+             *[f"- {sum(r.get('recovered_from') == source for r in results + stale)} recovered from {source} "
                "(`benchmarks/recover_cells.py`): scored on a 2-core machine whose CPU model was not recorded; their build and "
                "evaluation seconds were kept, their cell time was not." for source in recovered],
              *([f"- Cell time: {sum(timed) / 60:.1f} min over the {len(timed)} cells timed whole."] if timed else []),
              *[f"- {METHOD_NAMES['full']} on {d}, in the {p} panel: trained under {t}." for d, p, t in shorter],
-             *([f"- Left out: {len(stale)} records scored under settings that have changed since (a recipe or a "
-                "baseline setting); the grid scores those cells anew."] if stale else []),
+             *([f"- {len(stale)} records were scored under settings that have changed since (a recipe or a "
+                f"baseline setting); the grid scores those cells anew. Where a group has no record under today's "
+                f"settings, the tables show its earlier ones marked {EARLIER} (the verdicts leave them out)."]
+               if stale else []),
              *([f"- {cyclic} D3 cells were scored under the cyclic prior draw (sample j of a class took prior j mod "
                 "lpc in every epoch, so where 20 samples do not divide evenly over the priors the first ones took one "
                 "sample more every epoch; marked * in the Cells table); the grid scores them anew."]
@@ -86,12 +89,13 @@ def write_report(mode: Mode, command: str) -> str:
     # The grid the mode defines, not the selection this run was narrowed to (--methods full must not
     # drop the ablation rows from the report).
     grid_mode = dataclasses.replace(BASE_MODES.get(mode.name, mode), out=mode.out)
-    lines += _at_a_glance(summary, datasets, ipcs, grid_mode.methods)
+    lines += _at_a_glance(shown, datasets, ipcs, grid_mode.methods)
     for dataset in datasets:
-        for protocol in sorted({k[1] for k in summary if k[0] == dataset}):
-            for arch in sorted({k[2] for k in summary if k[0] == dataset and k[1] == protocol}):
-                rows = {k: v for k, v in summary.items() if k[:3] == (dataset, protocol, arch)}
-                panel = [r for r in results if (r["dataset"], r["protocol"], r["arch"]) == (dataset, protocol, arch)]
+        for protocol in sorted({k[1] for k in shown if k[0] == dataset}):
+            for arch in sorted({k[2] for k in shown if k[0] == dataset and k[1] == protocol}):
+                rows = {k: v for k, v in shown.items() if k[:3] == (dataset, protocol, arch)}
+                panel = [r for r in results + stale
+                         if (r["dataset"], r["protocol"], r["arch"]) == (dataset, protocol, arch)]
                 # Said as for the artifacts; the image sets' rows differ only in what they train on.
                 notes = next((r for r in panel if r["method"] in D3_VARIANTS), panel[0])["notes"]
                 fixed = any(r["method"] not in D3_VARIANTS for r in panel)
@@ -118,18 +122,19 @@ def write_report(mode: Mode, command: str) -> str:
               "training; cell s: the cell's wall time as run, which holds the build's seconds only where the cell "
               "made the build, not where it found it made (not recorded for recovered cells).", "",
               "| cell | accuracy | build s | eval s | cell s | CPU |", "|---|---:|---:|---:|---:|---|"]
-    for r in results:
+    stale_ids = {id(r) for r in stale}
+    for r in results + stale:
         cpu = r["machine"]["cpu"] if "machine" in r else "not recorded"
         if r.get("checkpointed_on"):  # resumed from a downstream training begun on another machine
             cpu += " (resumed from " + "; ".join(describe(e) for e in r["checkpointed_on"]) + ")"
         cell_s = f"{r['cell_seconds']:.0f}" if r.get("cell_seconds") is not None else "-"
-        mark = " *" if r.get("prior_draw") == EARLIER_PRIOR_DRAW else ""
+        mark = (" *" if r.get("prior_draw") == EARLIER_PRIOR_DRAW else "") + (f" {EARLIER}" if id(r) in stale_ids else "")
         lines.append(f"| {cell_name(r['dataset'], r['ipc_budget'], r['method'], r['seed'], r['protocol'], r['arch'])}"
                      f"{mark} "
                      f"| {100 * r['accuracy']:.2f} % | {r['build_seconds']:.0f} | {r['eval_seconds']:.0f} | {cell_s} "
                      f"| {cpu} |")
     if mode.name == "full":
-        lines += _other_measurements()
+        lines += _other_measurements(mode.out)
     text = "\n".join(lines) + "\n"
     with open(mode.report, "w") as f:
         f.write(text)
@@ -137,9 +142,12 @@ def write_report(mode: Mode, command: str) -> str:
     return text
 
 
+EARLIER = "†"  # marks a summarised cell made of records scored under earlier settings
+
+
 def _accuracy(c: dict) -> str:
     """A summarised cell as the report's tables and verdicts write it: mean +- std (seeds), in %."""
-    return f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f} ({c['n']})"
+    return f"{100 * c['mean']:.1f} +- {100 * c['std']:.1f} ({c['n']})" + (f" {EARLIER}" if c.get("earlier") else "")
 
 
 GLANCE_METHODS = ("d3", "dm", "peer", "herding", "kcenter", "random", "full")
@@ -156,14 +164,17 @@ def _at_a_glance(summary: dict, datasets: list[str], ipcs: list[int], defined=ME
     """D3 and every baseline side by side in each panel, one table per dataset and budget, and the
     ablations side by side across budgets: the best mean of each column in bold."""
     def column(cells_: list, contenders: list[bool]) -> list[str]:
-        best = max((c["mean"] for c, ok in zip(cells_, contenders) if c and ok), default=None)
+        contenders = [ok and c is not None and not c.get("earlier") for c, ok in zip(cells_, contenders)]
+        best = max((c["mean"] for c, ok in zip(cells_, contenders) if ok), default=None)
         return ["-" if c is None else (f"**{100 * c['mean']:.1f}**" if ok and c["mean"] == best else
                                        f"{100 * c['mean']:.1f}") + (f" +- {100 * c['std']:.1f}" if c["n"] > 1 else "")
-                + f" ({c['n']})" for c, ok in zip(cells_, contenders)]
+                + f" ({c['n']})" + (f" {EARLIER}" if c.get("earlier") else "") for c, ok in zip(cells_, contenders)]
 
     lines = ["## At a glance", "", "Mean +- std test accuracy in % (seeds in brackets); in bold the best stored set of "
              "each column (all real train images are the upper bound, the same cells at every budget); a dash: not "
-             "scored yet, or an ablation that is the recipe itself at that budget.", ""]
+             "scored yet, or an ablation that is the recipe itself at that budget"
+             + (f"; {EARLIER}: scored under earlier settings, not re-scored yet (never in bold)"
+                if any(c.get("earlier") for c in summary.values()) else "") + ".", ""]
     for dataset in datasets:
         panels = _panels(summary, dataset, GLANCE_METHODS)
         for ipc in ipcs:
@@ -211,7 +222,8 @@ def _verdicts(summary: dict, with_targets: bool = True) -> list[str]:
         others = {m: summary[(*TARGET_PANEL, m, ipc)] for m in BASELINES if (*TARGET_PANEL, m, ipc) in summary}
         where = f"{', '.join(TARGET_PANEL)}, ipc_budget {ipc}"
         if d3 is None:
-            lines.append(f"- {where}: D3 not run yet; target >= {100 * floor:.0f} % and ahead of every baseline.")
+            lines.append(f"- {where}: D3 not scored under the current settings yet; target >= {100 * floor:.0f} % and "
+                         "ahead of every baseline.")
             continue
         best = max(others, key=lambda m: others[m]["mean"]) if others else None
         floor_met = "met" if d3["mean"] >= floor else "MISSED"
@@ -289,10 +301,10 @@ OTHER_REPORTS = ("baseline_check.md", "subtasks.md", "iteration_split.md", "unro
                  "cpu_allocator.md", "reproducibility.md")
 
 
-def _other_measurements() -> list[str]:
+def _other_measurements(folder: str) -> list[str]:
     lines = []
     for name in OTHER_REPORTS:
-        path = os.path.join(HERE, name)
+        path = os.path.join(folder, name)
         if os.path.exists(path):
             with open(path) as f:
                 body = f.read().strip().splitlines()
@@ -356,8 +368,10 @@ def machine_text(m: dict) -> str:
     return f"{m['cpu']} ({m['cpu_capability']}), {m['torch_threads']} torch thread(s), torch {m['torch']}"
 
 
-def _rel(path: str) -> str:
-    return os.path.relpath(path, REPO)
+def _rel(path: str, mode: Mode) -> str:
+    """``path`` as the report names it: from the root of the checkout ``mode.out`` is in (not of the
+    code that runs: a grid run from another worktree writes into this one)."""
+    return os.path.relpath(path, os.path.dirname(os.path.abspath(mode.out)))
 
 
 def _torch_version() -> str:

@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -28,6 +29,8 @@ def test_smoke_grid_runs_caches_and_reports(tmp_path, capsys, fresh_accelerate_s
     assert "| d3hf (D3) |" in report and "| D3, MMD term only |" in report and "| herding |" in report
     assert "| prototype images, D3's MTT + MMD objective |" in report
     assert "P-noaug[epochs=2]" in report
+    # Paths are named from the checkout the report is in, wherever the code ran from.
+    assert f"`{tmp_path.name}/results/grid-smoke/`" in report and "../" not in report
     mtimes = {c: os.stat(tmp_path / "results" / "grid-smoke" / c).st_mtime_ns for c in cells}
     grid.main(["--smoke", "--out", str(tmp_path)])  # everything cached: nothing is recomputed
     assert mtimes == {c: os.stat(tmp_path / "results" / "grid-smoke" / c).st_mtime_ns for c in cells}
@@ -41,14 +44,18 @@ def test_smoke_grid_runs_caches_and_reports(tmp_path, capsys, fresh_accelerate_s
     assert [c for c in cells if after[c] != mtimes[c]] == [f"digits_ipc10_{m}_seed0_P-noaug_convnet.json"
                                                            for m in ("d3", "dm")]
     assert len([b for b in os.listdir(tmp_path / "results" / "grid-smoke" / "builds") if "_dm_seed0_" in b]) == 2
-    # Under the smoke settings those two records are stale: the report leaves them out, and the
-    # grid scores them anew from the builds it kept.
+    # Under the smoke settings those two records are stale: the report shows them marked (no
+    # current record of their group) and does not count them; the grid scores them anew from the
+    # builds it kept.
     smoke = dataclasses.replace(grid.SMOKE, out=str(tmp_path))
     report = grid.write_report(smoke, "cmd")
-    assert "Left out: 2 records" in report and "4 of the 6 cells this grid defines are scored" in report
-    assert "| digits_ipc10_dm_seed0_" not in report
+    assert "2 records were scored under settings that have changed" in report
+    assert "4 of the 6 cells this grid defines are scored" in report
+    assert "| digits_ipc10_dm_seed0_P-noaug[epochs=2]_convnet † |" in report
+    assert re.search(r"\| DM \(in-project\) \| [0-9.]+ \(1\) † \|", report)  # marked, and never in bold
     grid.run_grid(smoke, max_minutes=None)
-    assert "Left out" not in grid.write_report(smoke, "cmd")
+    report = grid.write_report(smoke, "cmd")
+    assert "changed since" not in report and "†" not in report
     assert len([b for b in os.listdir(tmp_path / "cache" / "grid-smoke" / "builds") if "_d3_seed0_" in b]) == 2
     # D3, its variants and the prototype ablation trained one set of experts between them.
     assert os.listdir(tmp_path / "cache" / "grid-smoke" / "experts") == ["digits_ipc10_seed0"]
