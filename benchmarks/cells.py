@@ -23,6 +23,23 @@ def cached(path: str, measure: Callable[[], dict]) -> dict:
     return record
 
 
+def parse_settings(text: str, option: str, reserved: tuple[str, ...] = ()) -> dict[str, str]:
+    """``"syn_steps=20, expert_epoch_rows=0"`` -> {key: value as written}, for a benchmark's
+    ``option`` that changes ``d3hf distill`` settings; '' -> {}. Unknown keys and the benchmark's
+    ``reserved`` ones are refused (the values are checked by ``d3hf distill``'s own parser)."""
+    from d3hf.distill.config import SECTION_OF_KEY
+
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or key not in SECTION_OF_KEY:
+            raise SystemExit(f"{option}: {item!r} is not KEY=VALUE with a distillation key (e.g. syn_steps=20)")
+        if key in reserved:
+            raise SystemExit(f"{option}: {key} is set by the benchmark itself")
+        out[key] = value
+    return out
+
+
 def records(folder: str) -> list[dict]:
     """Every record in ``folder`` (its ``*.json`` files, by name)."""
     if not os.path.isdir(folder):

@@ -40,27 +40,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)  # run as a file: the repo root
 
-from benchmarks.cells import cached, records  # noqa: E402
+from benchmarks.cells import cached, parse_settings, records  # noqa: E402
 
 CACHE_ROOT = os.path.join(HERE, "cache", "recipe_sweep")
 D3HF = os.path.join(os.path.dirname(sys.executable), "d3hf")
 SET_BY_THE_SWEEP = ("seed", "validation_size", "eval_seeds", "output_dir", "buffer_dir", "overwrite_output_dir")
-
-
-def parse_variant(text: str) -> dict[str, str]:
-    """``"expert_epoch_rows=0,syn_steps=20"`` -> {key: value as written}; keys are checked by
-    ``d3hf distill``'s own parser in ``arguments``."""
-    from d3hf.distill.config import SECTION_OF_KEY
-
-    out = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in SECTION_OF_KEY:
-            raise SystemExit(f"--variants: {item!r} is not KEY=VALUE with a distillation key (e.g. syn_steps=20)")
-        if key in SET_BY_THE_SWEEP:
-            raise SystemExit(f"--variants: {key} is set by the sweep")
-        out[key] = value
-    return out
 
 
 def variant_name(variant: dict[str, str]) -> str:
@@ -375,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         recipe = os.path.abspath(a.recipe)
         root = os.path.join(cache, sweep_name(recipe))
         kept = os.path.join(results, sweep_name(recipe))
-        variants = [{}] + [parse_variant(v) for v in a.variants.split(";") if v.strip()]
+        variants = [{}] + [parse_settings(v, "--variants", SET_BY_THE_SWEEP) for v in a.variants.split(";") if v.strip()]
         done = []
         for seed in [int(s) for s in a.seeds.split(",")]:
             for variant in variants:

@@ -46,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file: the repo root
 from benchmarks import synthetic  # noqa: E402
+from benchmarks.cells import parse_settings  # noqa: E402
 
 T0 = time.perf_counter()  # this process's start, for the setup time of a measurement
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -500,14 +501,6 @@ def machine() -> dict:
 
 
 # ----------------------------------------------------------------------------- the measurements
-
-
-def parse_overrides(text: str) -> dict[str, str]:
-    """``KEY=VALUE,KEY=VALUE`` (d3hf settings, as in a recipe) as a dict; empty for ''."""
-    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-    if any(len(pair) != 2 for pair in pairs):
-        raise SystemExit(f"--d3hf takes KEY=VALUE pairs separated by commas, not {text!r}")
-    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def run_d3hf(setting: Setting, profile: Profile, paths: Paths, allocator: str, warmup: int, timed: int,
@@ -1151,7 +1144,7 @@ def main(argv: list[str] | None = None) -> None:
     a.warmup = profile.warmup if a.warmup is None else a.warmup
     a.timed = profile.timed if a.timed is None else a.timed
     a.repeats = profile.repeats if a.repeats is None else a.repeats
-    overrides = parse_overrides(a.d3hf)
+    overrides = parse_settings(a.d3hf, "--d3hf")
     slug = "-".join(f"{k}-{v}" for k, v in overrides.items())
     paths = Paths(a.cache, profile, f"w{a.warmup}-t{a.timed}-{a.allocator}" + (f"-{slug}" if slug else ""))
     flags = (["--smoke"] if a.smoke else []) + ["--warmup", str(a.warmup), "--timed", str(a.timed), "--allocator",

@@ -3,14 +3,21 @@
 import pytest
 
 from benchmarks import recipe_sweep
+from benchmarks.cells import parse_settings
 
 
 def test_variants_are_distill_keys_and_the_sweep_keeps_its_own():
-    assert recipe_sweep.parse_variant("syn_steps=20, expert_epoch_rows=0") == {"syn_steps": "20",
-                                                                               "expert_epoch_rows": "0"}
-    for bad in ("nonsense=1", "syn_steps", "seed=3", "output_dir=x"):
-        with pytest.raises(SystemExit):
-            recipe_sweep.parse_variant(bad)
+    def parse(text):
+        return parse_settings(text, "--variants", recipe_sweep.SET_BY_THE_SWEEP)
+
+    assert parse("syn_steps=20, expert_epoch_rows=0") == {"syn_steps": "20", "expert_epoch_rows": "0"}
+    assert parse("") == {}
+    for bad in ("nonsense=1", "syn_steps"):
+        with pytest.raises(SystemExit, match="is not KEY=VALUE with a distillation key"):
+            parse(bad)
+    for bad in ("seed=3", "output_dir=x"):
+        with pytest.raises(SystemExit, match="set by the benchmark itself"):
+            parse(bad)
     assert recipe_sweep.cell_name({}, 0, 0.1, 2) == "recipe_seed0_val0.1_eval2"
     assert recipe_sweep.cell_name({"b": "2", "a": "1"}, 1, 0.25, 1) == "a=1,b=2_seed1_val0.25_eval1"
 

@@ -239,11 +239,10 @@ def test_the_default_mode_reads_cached_cells_and_writes_the_summary(tmp_path, mo
 
 
 def test_d3hf_settings_changed_are_cached_apart_and_named_in_the_summary(tmp_path, monkeypatch):
-    assert rs.parse_overrides("mixed_precision=bf16, checkpoint_steps=true") == {
+    assert rs.parse_settings("mixed_precision=bf16, checkpoint_steps=true", "--d3hf") == {
         "mixed_precision": "bf16", "checkpoint_steps": "true"}
-    assert rs.parse_overrides("") == {}
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
-        rs.parse_overrides("bf16")
+    with pytest.raises(SystemExit, match="--d3hf: 'bf16' is not KEY=VALUE"):
+        rs.parse_settings("bf16", "--d3hf")
     setting = rs.SETTINGS["rgb32_w32_lpc1"]
     cache_cells(tmp_path, "w1-t3-native-mixed_precision-bf16", setting,
                 {"overrides": {"mixed_precision": "bf16"}, "mmd_chunk_classes": 6})
