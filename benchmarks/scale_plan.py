@@ -12,8 +12,11 @@ The time is one subtask of ``--measure_classes`` classes distilled by ``d3hf dis
 on this CPU (3 iterations, the last two timed; a short warm start; one expert trained for the
 matched epochs on ``--measure_rows_per_class`` rows per class), then scaled: iterations linearly
 in classes (both terms decode and train on every class), experts in rows, the warm start in
-steps. Cached per (recipe settings, sizes) under benchmarks/cache/scale_plan/; the report is
-printed and written to benchmarks/scale_plan.md.
+steps. The measurements and each recipe's record are kept (tracked) in
+benchmarks/results/scale_plan/, one per (recipe settings, sizes), so the report is redrawn and the
+memory plan (cheap, from the rules of the code that runs) redone without measuring again; the
+generated data and runs are cached in benchmarks/cache/scale_plan/. The report is printed and
+written to benchmarks/scale_plan.md (`python benchmarks/scale_plan.py` alone redraws it).
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ sys.path.insert(0, REPO)  # run as a file: the repo root
 
 from benchmarks.cells import cached, records  # noqa: E402
 
-CACHE = os.path.join(HERE, "cache", "scale_plan")
 GB = 1e9
 
 
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=HERE)
     a = p.parse_args(argv)
     cache = os.path.join(a.out, "cache", "scale_plan")
+    kept = os.path.join(a.out, "results", "scale_plan")
     if a.recipe:
         from d3hf.commands.distill import parse_distill_args
 
@@ -207,19 +210,19 @@ def main(argv: list[str] | None = None) -> None:
                                          memory["classes_per_subtask"], memory["decoder_spec"], memory["lpc"],
                                          memory["z_dim"], memory["step_checkpointing"]], default=str).encode())
         name = os.path.relpath(recipe, REPO)
-        cpu = cached(os.path.join(cache, "measure", f"{key.hexdigest()[:12]}.json"),
+        cpu = cached(os.path.join(kept, "measure", f"{key.hexdigest()[:12]}.json"),
                      lambda: measure(recipe, shape, a.measure_classes, a.measure_rows_per_class, cache, memory))
         from d3hf.utils.io import atomic_write_json
 
-        os.makedirs(os.path.join(cache, "records"), exist_ok=True)  # the memory plan is cheap: always redone
-        atomic_write_json(os.path.join(cache, "records", f"{name.replace('/', '_')}.json"), {
+        os.makedirs(os.path.join(kept, "records"), exist_ok=True)  # the memory plan is cheap: always redone
+        atomic_write_json(os.path.join(kept, "records", f"{name.replace('/', '_')}.json"), {
             "recipe": name, "device_gb": a.device_gb, "settings": settings, "cpu_measure": cpu, "memory": memory,
             "command": f"python benchmarks/scale_plan.py {name} --num_classes {a.num_classes} --shape {a.shape} "
                        f"--train_per_class {a.train_per_class} --device_gb {a.device_gb:g}"})
     text = "\n".join(["# Recipes at scale: memory and time before the run", "",
                       "Memory from d3hf's own rules (estimates, not measurements on a GPU); time measured on this "
                       "CPU on generated data and scaled (see `benchmarks/scale_plan.py`).", ""]
-                     + [plan_text(r["recipe"], r) for r in records(os.path.join(cache, "records"))])
+                     + [plan_text(r["recipe"], r) for r in records(os.path.join(kept, "records"))])
     with open(os.path.join(a.out, "scale_plan.md"), "w") as f:
         f.write(text)
     print(text)

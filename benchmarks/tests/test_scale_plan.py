@@ -1,6 +1,9 @@
 """benchmarks/scale_plan.py: the memory plan follows d3hf's own rules, and a tiny measurement
 runs the real runner and is scaled into the report."""
 
+import os
+import shutil
+
 import pytest
 import yaml
 
@@ -46,6 +49,12 @@ def test_a_tiny_plan_measures_this_cpu_and_writes_the_report(tmp_path):
     # Measured on 2 classes with the decoder a 4-class subtask gets (checked by the script itself).
     assert "measured at 2 classes with this decoder" in text and "scaled x2 for the classes" in text
     assert "h per subtask on this CPU" in text
+    # The measurement and the record are kept beside the other results: with the cache gone the
+    # report is redrawn unchanged, without measuring.
+    assert len(os.listdir(tmp_path / "results" / "scale_plan" / "measure")) == 1
+    shutil.rmtree(tmp_path / "cache")
+    scale_plan.main(["--out", str(tmp_path)])
+    assert (tmp_path / "scale_plan.md").read_text() == text
 
 
 @pytest.mark.parametrize("recipe, classes, per_class", [("recipes/tiny_imagenet/ipc1.yaml", 200, 500),
