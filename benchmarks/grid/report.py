@@ -50,23 +50,24 @@ def write_report(mode: Mode, command: str) -> str:
     # A group with no record under today's settings shows its stale records, marked, until re-scored:
     # re-scoring a grid takes days, and a row must not vanish meanwhile. Verdicts use current cells only.
     shown = {**{k: {**v, "earlier": True} for k, v in summarise(stale).items() if k not in summary}, **summary}
+    every = results + stale  # every record of this mode, as the Cells table lists them
     timed = [r["cell_seconds"] for r in results if r.get("cell_seconds") is not None]
-    recovered = sorted({r["recovered_from"] for r in results + stale if "recovered_from" in r})
-    datasets = [d for d in ("fashion_mnist", "mnist5k", "digits") if any(r["dataset"] == d for r in results + stale)]
+    recovered = sorted({r["recovered_from"] for r in every if "recovered_from" in r})
+    datasets = [d for d in ("fashion_mnist", "mnist5k", "digits") if any(r["dataset"] == d for r in every)]
     shorter = sorted({(r["dataset"], r["protocol"], r["trained_under"]) for r in results if "trained_under" in r})
-    ipcs = sorted({r["ipc_budget"] for r in results + stale})
-    methods = [m for m in METHODS if any(r["method"] == m for r in results + stale)]
-    machines = Counter(machine_text(r["machine"]) for r in results + stale if "machine" in r)
+    ipcs = sorted({r["ipc_budget"] for r in every})
+    methods = [m for m in METHODS if any(r["method"] == m for r in every)]
+    machines = Counter(machine_text(r["machine"]) for r in every if "machine" in r)
     lines = [f"# d3hf benchmark{'' if mode.name == 'full' else f' ({mode.name} mode)'}", "",
              "## The grid: D3 and baselines at equal storage", "",
              f"Command: `{command}`. Machines: {os.cpu_count()} CPU cores, no GPU, torch {_torch_version()}; "
              "each cell's CPU is named below and in the Cells table.", "",
-             f"- Cells: {len(results) + len(stale)}, one JSON record each in `{_rel(mode.cells_dir, mode)}/`, tracked, with the weights "
+             f"- Cells: {len(every)}, one JSON record each in `{_rel(mode.cells_dir, mode)}/`, tracked, with the weights "
              "of the D3 builds and the learned image sets in its `builds/`; the untracked "
              f"`{_rel(mode.cache, mode)}/` holds the rest (D3 run folders with experts and checkpoints, random and all-real "
              "sets).",
              *[f"- {n} scored on {text}." for text, n in sorted(machines.items())],
-             *[f"- {sum(r.get('recovered_from') == source for r in results + stale)} recovered from {source} "
+             *[f"- {sum(r.get('recovered_from') == source for r in every)} recovered from {source} "
                "(`benchmarks/recover_cells.py`): scored on a 2-core machine whose CPU model was not recorded; their build and "
                "evaluation seconds were kept, their cell time was not." for source in recovered],
              *([f"- Cell time: {sum(timed) / 60:.1f} min over the {len(timed)} cells timed whole."] if timed else []),
@@ -94,7 +95,7 @@ def write_report(mode: Mode, command: str) -> str:
         for protocol in sorted({k[1] for k in shown if k[0] == dataset}):
             for arch in sorted({k[2] for k in shown if k[0] == dataset and k[1] == protocol}):
                 rows = {k: v for k, v in shown.items() if k[:3] == (dataset, protocol, arch)}
-                panel = [r for r in results + stale
+                panel = [r for r in every
                          if (r["dataset"], r["protocol"], r["arch"]) == (dataset, protocol, arch)]
                 # Said as for the artifacts; the image sets' rows differ only in what they train on.
                 notes = next((r for r in panel if r["method"] in D3_VARIANTS), panel[0])["notes"]
@@ -123,7 +124,7 @@ def write_report(mode: Mode, command: str) -> str:
               "made the build, not where it found it made (not recorded for recovered cells).", "",
               "| cell | accuracy | build s | eval s | cell s | CPU |", "|---|---:|---:|---:|---:|---|"]
     stale_ids = {id(r) for r in stale}
-    for r in results + stale:
+    for r in every:
         cpu = r["machine"]["cpu"] if "machine" in r else "not recorded"
         if r.get("checkpointed_on"):  # resumed from a downstream training begun on another machine
             cpu += " (resumed from " + "; ".join(describe(e) for e in r["checkpointed_on"]) + ")"
