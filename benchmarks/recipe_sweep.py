@@ -13,8 +13,9 @@ already written whose records are not here is kept as it was:
     python benchmarks/recipe_sweep.py recipes/fashion_mnist/ipc1.yaml \\
         --variants "expert_epoch_rows=0;iterations=0" --seeds 0
 
-The empty variant (always run first) is the recipe itself. Run it on an otherwise idle machine
-when the seconds matter; the accuracies do not depend on the load.
+The empty variant (always run first) is the recipe itself; ``--variants_only`` leaves it out when
+its cell is known from an earlier sweep and the variants are what the cores should go to. Run it on
+an otherwise idle machine when the seconds matter; the accuracies do not depend on the load.
 
 ``--protocol P-dsa`` also scores each cell's artifact under that protocol on the same validation
 split, ``--eval_seeds`` networks each, every cell's first network before any second (each network
@@ -49,6 +50,15 @@ SET_BY_THE_SWEEP = ("seed", "validation_size", "eval_seeds", "output_dir", "buff
 
 def variant_name(variant: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(variant.items())) or "recipe"
+
+
+def sweep_variants(text: str, variants_only: bool = False) -> list[dict[str, str]]:
+    """The cells' variants, in the order they run: the recipe itself (the empty variant) first,
+    unless ``variants_only``, then each ';'-separated variant of ``text``."""
+    variants = [parse_settings(v, "--variants", SET_BY_THE_SWEEP) for v in text.split(";") if v.strip()]
+    if variants_only and not variants:
+        raise SystemExit("--variants_only needs at least one variant in --variants")
+    return variants if variants_only else [{}, *variants]
 
 
 def cell_name(variant: dict[str, str], seed: int, validation_size: float, eval_seeds: int) -> str:
@@ -345,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--validation_size", type=float, default=0.1)
     p.add_argument("--eval_seeds", type=int, default=2)
     p.add_argument("--out", default=HERE, help="folder for the cache, the kept records and recipe_sweep.md")
+    p.add_argument("--variants_only", action="store_true",
+                   help="run only the variants, not the recipe's own cell")
     p.add_argument("--protocol", help="also score each cell under this named protocol (e.g. P-dsa) on its "
                    "validation split")
     a = p.parse_args(argv)
@@ -359,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         recipe = os.path.abspath(a.recipe)
         root = os.path.join(cache, sweep_name(recipe))
         kept = os.path.join(results, sweep_name(recipe))
-        variants = [{}] + [parse_settings(v, "--variants", SET_BY_THE_SWEEP) for v in a.variants.split(";") if v.strip()]
+        variants = sweep_variants(a.variants, a.variants_only)
         done = []
         for seed in [int(s) for s in a.seeds.split(",")]:
             for variant in variants:

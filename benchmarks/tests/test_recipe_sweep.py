@@ -18,6 +18,10 @@ def test_variants_are_distill_keys_and_the_sweep_keeps_its_own():
     for bad in ("seed=3", "output_dir=x"):
         with pytest.raises(SystemExit, match="set by the benchmark itself"):
             parse(bad)
+    assert recipe_sweep.sweep_variants("syn_steps=20;iterations=0") == [{}, {"syn_steps": "20"}, {"iterations": "0"}]
+    assert recipe_sweep.sweep_variants("iterations=0", variants_only=True) == [{"iterations": "0"}]
+    with pytest.raises(SystemExit, match="needs at least one variant"):
+        recipe_sweep.sweep_variants(" ", variants_only=True)
     assert recipe_sweep.cell_name({}, 0, 0.1, 2) == "recipe_seed0_val0.1_eval2"
     assert recipe_sweep.cell_name({"b": "2", "a": "1"}, 1, 0.25, 1) == "a=1,b=2_seed1_val0.25_eval1"
 
