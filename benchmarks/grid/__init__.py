@@ -53,7 +53,6 @@ from .modes import (
     HERE,
     METHOD_NAMES,
     METHODS,
-    PEER_DIR,
     PROTOTYPE_LR,
     QUICK,
     REPO,
@@ -77,7 +76,7 @@ from .run import (
 
 __all__ = [
     "ABLATIONS", "BASE_MODES", "Busy", "D3_VARIANTS", "EARLIER_PRIOR_DRAW", "FULL_IPC", "HERE", "KEPT_ARTIFACT_FILES",
-    "METHODS", "METHOD_NAMES", "Mode", "NotApplicable", "PEER_DIR", "PRIOR_DRAW", "PROTOTYPE_LR", "QUICK", "REPO",
+    "METHODS", "METHOD_NAMES", "Mode", "NotApplicable", "PRIOR_DRAW", "PROTOTYPE_LR", "QUICK", "REPO",
     "SKIPPED", "SMOKE", "baseline_settings", "build_d3", "build_digest", "build_image_set", "build_name", "cell_name",
     "cells", "coverage", "d3_arguments", "distill_arguments", "exclusive", "keep_build", "load_data", "load_results",
     "machine", "machine_text", "main", "resolved_settings", "run_cell", "run_grid", "settings_digest", "split_stale",

@@ -8,7 +8,6 @@ import os
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # benchmarks/
 REPO = os.path.dirname(HERE)
-PEER_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "peer-baselines"))
 # D3 and its ablations: settings laid over the dataset's recipe. "half-decoder" halves the
 # recipe's decoder width and lets the priors per class fill the budget it frees (skipped where the
 # width is already 1). "lpc1" stores one prior per class and the widest decoder that fits the rest,
@@ -89,6 +88,12 @@ class Mode:
         return os.path.join(self.cells_dir, "scoring")
 
     @property
+    def peer_dir(self) -> str:
+        """The external DM image sets ("peer" rows): beside the checkout the grid writes into (as
+        ``out``), not the one its code runs from, so a run from a worktree defines the same cells."""
+        return os.path.normpath(os.path.join(self.out, "..", "..", "shared", "peer-baselines"))
+
+    @property
     def report(self) -> str:
         return os.path.join(self.out, "RESULTS.md" if self.name == "full" else f"RESULTS-{self.name}.md")
 
@@ -132,7 +137,7 @@ def cells(mode: Mode):
             for method in mode.methods:
                 if method not in DATASET_METHODS.get(dataset, METHODS):
                     continue
-                if method == "peer" and not os.path.exists(os.path.join(PEER_DIR, f"dm_{dataset}_ipc{ipc}.npz")):
+                if method == "peer" and not os.path.exists(os.path.join(mode.peer_dir, f"dm_{dataset}_ipc{ipc}.npz")):
                     continue
                 # The upper bound does not depend on the budget: scored once per dataset, whichever
                 # budgets this run covers, and recorded under FULL_IPC.

@@ -11,7 +11,7 @@ import sys
 import time
 
 from .builds import Busy, NotApplicable, build_d3, build_digest, build_image_set, exclusive, load_data
-from .modes import D3_VARIANTS, METHOD_NAMES, METHODS, PEER_DIR, Mode, cell_name, cells
+from .modes import D3_VARIANTS, METHOD_NAMES, METHODS, Mode, cell_name, cells
 
 
 def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name: str, arch: str, mode: Mode,
@@ -29,7 +29,7 @@ def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name
         model = D3Model.from_pretrained(artifact)
         make_source = lambda s: model_source(model, protocol.num_per_class, s)  # noqa: E731
     elif method == "peer":
-        images = load_image_set(os.path.join(PEER_DIR, f"dm_{dataset}_ipc{ipc}.npz"))
+        images = load_image_set(os.path.join(mode.peer_dir, f"dm_{dataset}_ipc{ipc}.npz"))
         facts = {"storage_scalars": images.storage_scalars, "build_seconds": 0.0}
         make_source = lambda s: fixed_source(images.images, images.labels)  # noqa: E731
     else:

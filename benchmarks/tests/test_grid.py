@@ -427,3 +427,17 @@ def test_a_setting_added_later_keeps_the_digests_while_it_means_as_before():
     assert grid.settings_digest(base) == _digest({**before, "iterations": base.matching.iterations})
     assert grid.settings_digest(base.replace(expert_epoch_rows=4000)) != grid.settings_digest(base)
     assert grid.settings_digest(base.replace(decoder_family="transpose")) != grid.settings_digest(base)
+
+
+def test_the_peer_rows_are_found_beside_the_checkout_written_into_not_the_one_run_from(tmp_path):
+    # A run from a worktree elsewhere (the code's checkout) writing into a checkout's benchmarks/
+    # defines the same cells as a run from that checkout.
+    out = tmp_path / "checkout" / "benchmarks"
+    peer = tmp_path / "shared" / "peer-baselines"
+    peer.mkdir(parents=True)
+    (peer / "dm_digits_ipc1.npz").write_bytes(b"")
+    mode = grid.Mode(name="t", datasets=("digits",), ipcs=(1, 10), methods=("peer",), seeds=1,
+                     protocols=("P-noaug",), archs=("convnet",), out=str(out))
+    assert mode.peer_dir == str(peer)
+    assert [k[1] for k in grid.cells(mode)] == [1]  # only the budget whose images are there
+    assert list(grid.cells(dataclasses.replace(mode, out=str(tmp_path / "deeper" / "checkout" / "benchmarks")))) == []
