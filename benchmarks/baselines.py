@@ -11,6 +11,7 @@ the library (``d3hf.evaluation.image_sets``): ``d3hf evaluate --images`` reads t
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable
@@ -60,19 +61,29 @@ def train_feature_network(
     width: int = 128,
     device: torch.device | str = "cpu",
     show_progress: bool = False,
+    cache_path: str | None = None,
 ) -> ConvNet:
     """A ConvNet trained on all real train images (SGD 0.01 m0.9 wd 5e-4, batch 256), frozen
-    in eval mode: the feature space for herding and k-center. Same seed, same network."""
+    in eval mode: the feature space for herding and k-center. Same seed, same network, so one
+    kept at ``cache_path`` (its weights, written there when trained) is loaded instead of trained:
+    on 60,000 rows it is most of a herding or k-center build."""
     from tqdm.auto import tqdm
 
     from d3hf.distill.experts import ExpertSettings, train_one_expert
     from d3hf.nn.networks import unflatten
 
+    net = ConvNet(data.image_shape, data.num_classes, depth, width).to(device)
+    if cache_path is not None and os.path.exists(cache_path):
+        net.load_state_dict(torch.load(cache_path, map_location=device, weights_only=True), strict=True)
+        return net.eval().requires_grad_(False)
     settings = ExpertSettings(num_experts=1, epochs=epochs, keep_epochs=0, depth=depth, width=width, seed=seed)
     with tqdm(total=epochs, desc="feature net", disable=not show_progress, leave=False) as bar:
         flat = train_one_expert(data, settings, 0, torch.device(device), progress=bar)[0][f"epoch_{epochs}"]
-    net = ConvNet(data.image_shape, data.num_classes, depth, width).to(device)
     net.load_state_dict(unflatten(net, flat.to(device)), strict=True)
+    if cache_path is not None:
+        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+        torch.save(net.state_dict(), cache_path + ".tmp")
+        os.replace(cache_path + ".tmp", cache_path)
     return net.eval().requires_grad_(False)
 
 

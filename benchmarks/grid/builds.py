@@ -247,8 +247,10 @@ def _make_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: 
     if method == "random":
         return random_real_images(data, ipc, seed)
     if method in ("herding", "kcenter"):
+        # One network per (dataset, seed, settings) serves herding and k-center at every budget.
+        kept = os.path.join(mode.cache, "feature_nets", f"{dataset}_seed{seed}_{_digest(settings)}.pt")
         net = baselines.train_feature_network(data, epochs=settings["feature_epochs"], seed=seed,
-                                              depth=settings["depth"])
+                                              depth=settings["depth"], cache_path=kept)
         return (baselines.herding_images if method == "herding" else baselines.k_center_images)(data, ipc, net)
     if method == "dm":
         return baselines.distribution_matching_images(data, ipc, baselines.DMSettings(**settings), show_progress=True)

@@ -2,6 +2,7 @@
 k-center, Distribution Matching and prototype images learned with D3's objective."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -92,6 +93,19 @@ def test_feature_network_is_seeded(digits, feature_net):
     for a, b in zip(feature_net.parameters(), again.parameters()):
         assert torch.equal(a, b)
     assert not any(p.requires_grad for p in again.parameters())
+
+
+def test_a_kept_feature_network_is_loaded_instead_of_trained(digits, feature_net, tmp_path, monkeypatch):
+    path = str(tmp_path / "nets" / "digits_seed0.pt")
+    trained = train_feature_network(digits, epochs=2, width=16, seed=0, cache_path=path)
+    assert os.path.exists(path) and not os.path.exists(path + ".tmp")
+    from d3hf.distill import experts
+
+    monkeypatch.setattr(experts, "train_one_expert", lambda *a, **k: pytest.fail("a kept network is trained again"))
+    loaded = train_feature_network(digits, epochs=2, width=16, seed=0, cache_path=path)
+    for a, b, c in zip(feature_net.parameters(), trained.parameters(), loaded.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
 
 
 # ----------------------------------------------------------------------------- distribution matching
