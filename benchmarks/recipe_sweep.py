@@ -114,9 +114,14 @@ def command(recipe: str, variant: dict[str, str], seed: int, root: str, validati
             "--buffer_dir", os.path.join(root, "experts", experts_key(args))]
 
 
-def run_cell(cmd: list[str], log_path: str) -> dict:
-    from d3hf.utils.environment import cpu_model
+def threads_text(measured_on: dict) -> str:
+    """The CPU and the thread count the run itself used (not the machine's core count: a sweep
+    may run with one thread beside another job)."""
+    n = measured_on["torch_threads"]
+    return f"{measured_on['device_name']}, {n} thread{'s' if n != 1 else ''}"
 
+
+def run_cell(cmd: list[str], log_path: str) -> dict:
     with open(log_path, "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     out = cmd[cmd.index("--output_dir") + 1]
@@ -138,7 +143,7 @@ def run_cell(cmd: list[str], log_path: str) -> dict:
             "experts_s": timings.get("experts_s"), "warm_start_s": timings.get("warm_start_s"),
             "s_per_iteration": timings.get("s_per_iteration"), "distill_s": timings.get("distill_s"),
             "evaluate_s": summary["timings"].get("evaluate_s"), "total_s": summary["timings"]["total_s"],
-            "cpu": f"{cpu_model()}, {os.cpu_count()} threads",
+            "cpu": threads_text(row["measured_on"]),
             "command": shlex.join(["d3hf", *[os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd[1:]]])}
 
 
@@ -246,7 +251,7 @@ def report(sweeps: dict[str, list[dict]], rescored: dict[str, list[dict]] | None
     for name, recs in sorted(sweeps.items()):
         first = recs[0]
         lines += [f"## {name}", "", f"Validation split: {first['validation_size']:.0%} of train; measured on "
-                  f"{first['cpu']}.", "",
+                  f"{'; '.join(sorted({r['cpu'] for r in recs}))}.", "",
                   "| variant | seeds | validation accuracy | priors per class | decoder channels | IPC-eq | experts s "
                   "| warm start s | s / iteration | evaluation s | total s |",
                   "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]

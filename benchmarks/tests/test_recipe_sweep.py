@@ -26,6 +26,12 @@ def test_variants_are_distill_keys_and_the_sweep_keeps_its_own():
     assert recipe_sweep.cell_name({"b": "2", "a": "1"}, 1, 0.25, 1) == "a=1,b=2_seed1_val0.25_eval1"
 
 
+def test_a_cell_names_the_threads_its_run_used_not_the_machines_cores():
+    on = {"device_name": "Intel(R) Xeon(R) Processor", "torch_threads": 1}
+    assert recipe_sweep.threads_text(on) == "Intel(R) Xeon(R) Processor, 1 thread"
+    assert recipe_sweep.threads_text({**on, "torch_threads": 2}) == "Intel(R) Xeon(R) Processor, 2 threads"
+
+
 def test_a_recipe_whose_settings_change_is_a_sweep_of_its_own(tmp_path, monkeypatch):
     recipe = tmp_path / "ipc1.yaml"
     recipe.write_text("# header\ndataset: digits\nsyn_steps: 5\n")
