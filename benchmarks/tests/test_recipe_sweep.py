@@ -1,5 +1,7 @@
 """benchmarks/recipe_sweep.py: variants, cell names and the report (no distillation run)."""
 
+import json
+
 import pytest
 
 from benchmarks import recipe_sweep
@@ -26,10 +28,22 @@ def test_variants_are_distill_keys_and_the_sweep_keeps_its_own():
     assert recipe_sweep.cell_name({"b": "2", "a": "1"}, 1, 0.25, 1) == "a=1,b=2_seed1_val0.25_eval1"
 
 
-def test_a_cell_names_the_threads_its_run_used_not_the_machines_cores():
+def test_a_cell_names_the_threads_its_run_used_not_the_machines_cores(tmp_path):
     on = {"device_name": "Intel(R) Xeon(R) Processor", "torch_threads": 1}
     assert recipe_sweep.threads_text(on) == "Intel(R) Xeon(R) Processor, 1 thread"
     assert recipe_sweep.threads_text({**on, "torch_threads": 2}) == "Intel(R) Xeon(R) Processor, 2 threads"
+    # A finished run's folder, as `d3hf distill` leaves it, read by the cell (the command is a no-op).
+    run = tmp_path / "run"
+    (run / "artifact").mkdir(parents=True)
+    row = {"method": "d3hf artifact", "split": "validation", "accuracies": [0.8], "notes": "P-noaug",
+           "measured_on": {**on, "torch_threads": 3}}
+    (run / "summary.json").write_text(json.dumps({
+        "evaluation": {"results": [row]}, "ledger": {"ipc_equivalent": 0.955},
+        "subtasks": [{"timings": {"experts_s": 1.0}}], "timings": {"total_s": 2.0}}))
+    (run / "artifact" / "config.json").write_text(json.dumps(
+        {"priors_per_class": 4, "z_dim": 8, "decoders": [{"channels": [16, 8]}]}))
+    record = recipe_sweep.run_cell(["true", "--output_dir", str(run)], str(tmp_path / "cell.log"))
+    assert record["cpu"] == "Intel(R) Xeon(R) Processor, 3 threads" and record["accuracies"] == [0.8]
 
 
 def test_a_recipe_whose_settings_change_is_a_sweep_of_its_own(tmp_path, monkeypatch):
