@@ -1,4 +1,4 @@
-"""The d3hf benchmark: D3 against baselines at equal storage, on MNIST-5k and digits.
+"""The d3hf benchmark: D3 against baselines at equal storage, on Fashion-MNIST, MNIST-5k and digits.
 
 Every cell is one (dataset, ipc_budget, method, seed, protocol, arch): a training set is built
 once per (dataset, ipc, method, seed) and cached (D3 artifacts as folders, image sets as .npz,
