@@ -23,6 +23,10 @@ cached beside the records, its training resumable); a cell already distilled is 
 again:
 
     python benchmarks/recipe_sweep.py recipes/fashion_mnist/ipc1.yaml --variants "iterations=0" --protocol P-dsa
+
+A protocol with changed fields is named as the results name it, e.g. ``--protocol
+"P-noaug[num_per_class=50]"`` (50 fresh samples per class per epoch instead of 20): an
+evaluation choice tried on the same artifacts, never distilled again.
 """
 
 from __future__ import annotations
@@ -183,8 +187,10 @@ def run_folder(root: str, record: dict) -> str:
 def rescore_record(root: str, kept: str, record: dict, protocol_name: str, network: int, **overrides) -> dict:
     """``rescore`` of one network on a record's artifact (its run folder under ``root``), kept in
     ``kept``/rescored (its training resumable from ``root``/rescoring)."""
+    from d3hf.evaluation.protocols import named_protocol
+
     folder = run_folder(root, record)
-    cell = f"{os.path.basename(folder)}__{protocol_name}"
+    cell = f"{os.path.basename(folder)}__{named_protocol(protocol_name, **overrides).name}"
     return cached(os.path.join(kept, "rescored", f"{cell}__net{network}.json"), lambda: {
         "variant": record["variant"], "seed": record["seed"],
         **rescore(folder, protocol_name, network, os.path.join(root, "rescoring", cell), **overrides)})
@@ -362,9 +368,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=HERE, help="folder for the cache, the kept records and recipe_sweep.md")
     p.add_argument("--variants_only", action="store_true",
                    help="run only the variants, not the recipe's own cell")
-    p.add_argument("--protocol", help="also score each cell under this named protocol (e.g. P-dsa) on its "
-                   "validation split")
+    p.add_argument("--protocol", help="also score each cell under this named protocol (e.g. P-dsa, or "
+                   "P-noaug[num_per_class=50] for changed fields) on its validation split")
     a = p.parse_args(argv)
+    if a.protocol:
+        from d3hf.evaluation.protocols import named_protocol
+
+        try:
+            named_protocol(a.protocol)
+        except ValueError as e:
+            p.error(str(e))
     cache = os.path.join(a.out, "cache", "recipe_sweep")
     results = os.path.join(a.out, "results", "recipe_sweep")
     if a.recipe:

@@ -136,7 +136,8 @@ def test_a_cell_is_rescored_on_its_own_validation_split_and_never_on_test(tmp_pa
     assert got["accuracies"] == expected["accuracies"][1:]
     kept = tmp_path / "kept"
     first = recipe_sweep.rescore_record(str(root), str(kept), record, "P-noaug", 0, epochs=1)
-    assert (kept / "rescored" / "recipe_seed0_val0.25_eval1__P-noaug__net0.json").exists()
+    # a cell per protocol as trained: its changed fields are in the name
+    assert (kept / "rescored" / "recipe_seed0_val0.25_eval1__P-noaug[epochs=1]__net0.json").exists()
     assert len(first["accuracies"]) == 1 and first["variant"] == "recipe"
     monkeypatch.setattr(recipe_sweep, "rescore", lambda *a, **k: pytest.fail("a scored network is scored again"))
     assert recipe_sweep.rescore_record(str(root), str(kept), record, "P-noaug", 0, epochs=1) == first
@@ -145,6 +146,11 @@ def test_a_cell_is_rescored_on_its_own_validation_split_and_never_on_test(tmp_pa
                                {"x": [{**record, **got, "accuracies": [0.6, 0.7]}]})
     assert "The same artifacts under P-dsa[epochs=2]" in text and "| recipe | 0 | 2 | 65.00 +- 5.00 |" in text
     monkeypatch.undo()
+    bracketed = recipe_sweep.rescore_record(str(root), str(kept), record, "P-noaug[epochs=1,num_per_class=3]", 0)
+    assert bracketed["protocol"] == "P-noaug[epochs=1,num_per_class=3]" and bracketed != first
+    assert (kept / "rescored" / "recipe_seed0_val0.25_eval1__P-noaug[epochs=1,num_per_class=3]__net0.json").exists()
+    with pytest.raises(SystemExit):  # refused before anything is distilled
+        recipe_sweep.main(["recipes/digits/quick.yaml", "--protocol", "P-noaug[epoch=1]", "--out", str(tmp_path)])
     no_validation = tmp_path / "test_only"
     make_model(distillation={"seed": 0, "dataset": "digits"}).save_pretrained(str(no_validation / "artifact"))
     with pytest.raises(SystemExit, match="never scores on test"):

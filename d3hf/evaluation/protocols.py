@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 
 # What a fixed image set (random real images, a coreset, DM images) is said to train on.
@@ -55,16 +56,38 @@ def named_protocol(name: str, **overrides) -> Protocol:
 
     ``overrides`` replace fields, e.g. ``arch="resnet"`` for a cross-architecture row. A change
     to the training recipe (epochs, lr, augmentation, ...) is written into the name, so a
-    result never carries a protocol name it was not trained under.
+    result never carries a protocol name it was not trained under; such a name is read back
+    (``"P-noaug[epochs=100,num_per_class=50]"``), ``overrides`` applied after its own.
     """
-    if name not in _NAMED_PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; use one of {', '.join(_NAMED_PROTOCOLS)}")
+    name, in_name = _split_name(name)
+    overrides = {**in_name, **overrides}
     protocol = Protocol(name=name, **_NAMED_PROTOCOLS[name])
     changed = {k: v for k, v in overrides.items() if getattr(protocol, k) != v}
     recipe = {k: v for k, v in changed.items() if k not in _NETWORK_FIELDS}
     if recipe:
         changed["name"] = name + "[" + ",".join(f"{k}={v}" for k, v in sorted(recipe.items())) + "]"
     return replace(protocol, **changed)
+
+
+def _split_name(name: str) -> tuple[str, dict]:
+    """``"P-noaug[epochs=100]"`` -> ``("P-noaug", {"epochs": 100})``, each value of its field's type."""
+    base, bracket, rest = name.partition("[")
+    if base not in _NAMED_PROTOCOLS or (bracket and not rest.endswith("]")):
+        raise ValueError(f"unknown protocol {name!r}; use one of {', '.join(_NAMED_PROTOCOLS)}, optionally "
+                         f"with changed fields, e.g. P-noaug[epochs=100,num_per_class=50]")
+    fields = {f.name: f for f in dataclasses.fields(Protocol)}
+    overrides = {}
+    for item in filter(None, rest[:-1].split(",")) if bracket else ():
+        key, _, value = item.partition("=")
+        if key not in fields or key == "name" or not value:
+            raise ValueError(f"protocol {name!r}: {item!r} is not FIELD=VALUE with FIELD one of "
+                             f"{', '.join(k for k in fields if k != 'name')}")
+        kind = type(getattr(Protocol(), key))
+        try:
+            overrides[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"protocol {name!r}: {key} needs a {kind.__name__}, got {value!r}") from None
+    return base, overrides
 
 
 def named_protocols() -> dict[str, Protocol]:

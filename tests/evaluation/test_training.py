@@ -1,6 +1,7 @@
 """d3hf.evaluation.training and protocols: networks, named protocols, resumable training."""
 
 import os
+import re
 from dataclasses import replace
 
 import pytest
@@ -33,6 +34,18 @@ def test_named_protocols():
         assert choice in text
     with pytest.raises(ValueError, match="unknown protocol"):
         named_protocol("P-best")
+
+
+def test_a_protocols_name_is_read_back_into_the_same_protocol():
+    changed = named_protocol("P-dsa", epochs=10, num_per_class=50, lr=0.05, arch="resnet")
+    assert changed.name == "P-dsa[epochs=10,lr=0.05,num_per_class=50]"
+    assert named_protocol(changed.name, arch="resnet") == changed
+    assert named_protocol("P-noaug[num_per_class=50]", num_per_class=20).name == "P-noaug"  # overrides last
+    for bad, match in (("P-best[epochs=1]", "unknown protocol"), ("P-noaug[epochs=1", "unknown protocol"),
+                       ("P-noaug[epochs=many]", "epochs needs a int"), ("P-noaug[depht=4]", "not FIELD=VALUE"),
+                       ("P-noaug[name=P-dsa]", "not FIELD=VALUE"), ("P-noaug[epochs=]", "not FIELD=VALUE")):
+        with pytest.raises(ValueError, match=re.escape(match)):
+            named_protocol(bad)
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 32, 32)])
