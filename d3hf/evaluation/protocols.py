@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 # What a fixed image set (random real images, a coreset, DM images) is said to train on.
 FIXED_SET_TRAINING = "a fixed image set, the same images every epoch"
@@ -75,13 +74,12 @@ def _split_name(name: str) -> tuple[str, dict]:
     if base not in _NAMED_PROTOCOLS or (bracket and not rest.endswith("]")):
         raise ValueError(f"unknown protocol {name!r}; use one of {', '.join(_NAMED_PROTOCOLS)}, optionally "
                          f"with changed fields, e.g. P-noaug[epochs=100,num_per_class=50]")
-    fields = {f.name: f for f in dataclasses.fields(Protocol)}
+    settable = [f.name for f in fields(Protocol) if f.name != "name"]
     overrides = {}
     for item in filter(None, rest[:-1].split(",")) if bracket else ():
         key, _, value = item.partition("=")
-        if key not in fields or key == "name" or not value:
-            raise ValueError(f"protocol {name!r}: {item!r} is not FIELD=VALUE with FIELD one of "
-                             f"{', '.join(k for k in fields if k != 'name')}")
+        if key not in settable or not value:
+            raise ValueError(f"protocol {name!r}: {item!r} is not FIELD=VALUE with FIELD one of {', '.join(settable)}")
         kind = type(getattr(Protocol(), key))
         try:
             overrides[key] = kind(value)
