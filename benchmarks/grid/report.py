@@ -54,7 +54,9 @@ def write_report(mode: Mode, command: str) -> str:
     timed = [r["cell_seconds"] for r in results if r.get("cell_seconds") is not None]
     recovered = sorted({r["recovered_from"] for r in every if "recovered_from" in r})
     datasets = [d for d in ("fashion_mnist", "mnist5k", "digits") if any(r["dataset"] == d for r in every)]
-    shorter = sorted({(r["dataset"], r["protocol"], r["trained_under"]) for r in results if "trained_under" in r})
+    # The all-real bound trained shorter than its panel's protocol, with its test curve (seed 0) to show it converged.
+    shorter = sorted({(r["dataset"], r["protocol"], r["trained_under"], _curve_text(r.get("test_curve")))
+                      for r in results if "trained_under" in r and r.get("seed", 0) == 0})
     ipcs = sorted({r["ipc_budget"] for r in every})
     methods = [m for m in METHODS if any(r["method"] == m for r in every)]
     machines = Counter(machine_text(r["machine"]) for r in every if "machine" in r)
@@ -71,7 +73,7 @@ def write_report(mode: Mode, command: str) -> str:
                "(`benchmarks/recover_cells.py`): scored on a 2-core machine whose CPU model was not recorded; their build and "
                "evaluation seconds were kept, their cell time was not." for source in recovered],
              *([f"- Cell time: {sum(timed) / 60:.1f} min over the {len(timed)} cells timed whole."] if timed else []),
-             *[f"- {METHOD_NAMES['full']} on {d}, in the {p} panel: trained under {t}." for d, p, t in shorter],
+             *[f"- {METHOD_NAMES['full']} on {d}, in the {p} panel: trained under {t}{c}." for d, p, t, c in shorter],
              *([f"- {len(stale)} records were scored under settings that have changed since (a recipe or a "
                 f"baseline setting); the grid scores those cells anew. Where a group has no record under today's "
                 f"settings, the tables show its earlier ones marked {EARLIER} (the verdicts leave them out)."]
@@ -367,6 +369,14 @@ def _plot(report: str, methods: list[str], summary: dict) -> None:
 
 def machine_text(m: dict) -> str:
     return f"{m['cpu']} ({m['cpu_capability']}), {m['torch_threads']} torch thread(s), torch {m['torch']}"
+
+
+def _curve_text(curve: list | None) -> str:
+    """"; test accuracy after 2 / 4 / ... epochs: 90.1 / 91.0 / ... %" for an all-real record's test curve."""
+    if not curve:
+        return ""
+    epochs = " / ".join(str(e) for e, _ in curve)
+    return f"; test accuracy after {epochs} epochs: " + " / ".join(f"{100 * a:.1f}" for _, a in curve) + " %"
 
 
 def _rel(path: str, mode: Mode) -> str:

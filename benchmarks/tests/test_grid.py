@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks import grid, recover_cells
+from benchmarks.grid import report as report_module
 
 
 def record_names(mode) -> list[str]:
@@ -226,6 +227,16 @@ def test_the_upper_bound_is_scored_once_whatever_the_budgets():
         assert [k for k in keys if k[2] == "full"] == [("digits", grid.FULL_IPC, "full", 0, "P-noaug", "convnet")]
         # The methods after it keep their own budgets.
         assert [k[1] for k in keys if k[2] == "random"] == list(ipcs)
+
+
+def test_the_upper_bound_records_its_test_curve_and_the_report_shows_it(tmp_path, digits):
+    mode = dataclasses.replace(grid.SMOKE, out=str(tmp_path), methods=("full",))
+    record = grid.run_cell(digits, "digits", grid.FULL_IPC, "full", 0, "P-noaug", "convnet", mode)
+    assert [e for e, _ in record["test_curve"]] == [1, 2] and record["test_curve"][-1][1] == record["accuracy"]
+    assert "test_curve" not in grid.run_cell(digits, "digits", 10, "random", 0, "P-noaug", "convnet", mode)
+    assert report_module._curve_text([(10, 0.9012), (20, 0.92)]) == \
+        "; test accuracy after 10 / 20 epochs: 90.1 / 92.0 %"
+    assert report_module._curve_text(None) == ""
 
 
 def test_coverage_counts_scored_missing_and_cells_that_do_not_exist(tmp_path):

@@ -56,9 +56,14 @@ def train_network(
     show_progress: bool = False,
     checkpoint: str | None = None,
     checkpoint_seconds: float | None = None,
+    test_every: int | None = None,
 ) -> TrainedNetwork:
     """Train one network for ``protocol.epochs`` epochs; ``train_source(epoch)`` gives that
     epoch's (images in pixel scale, labels).
+
+    With ``test_every`` (epochs), the network is tested every that many epochs and after the last
+    one: ``test_curve`` holds (epochs trained, test accuracy), to show a run has converged. The
+    reported number stays the final epoch's.
 
     With ``augment="dsa"`` every normalised batch is augmented, each image with its own
     parameters, as the DSA reference trains its evaluation networks.
@@ -85,6 +90,8 @@ def train_network(
     first_epoch = state.load(checkpoint) if checkpoint else 0
     if checkpoint_seconds is None:
         checkpoint_seconds = CHECKPOINT_SECONDS
+    if test_every is not None and test_every < 1:
+        raise ValueError(f"test_every must be a positive number of epochs, got {test_every}")
     last_save = time.monotonic()
     mean, std = data.normalization_tensors(device)
     epochs = progress_bar("evaluate", range(first_epoch, protocol.epochs), disable=not show_progress, leave=False,
@@ -99,12 +106,15 @@ def train_network(
         images, labels = train_source(epoch)
         train_epoch(net, opt, batches(images, labels, rng.permutation(len(labels))))
         sched.step()
+        if test_every and ((epoch + 1) % test_every == 0 or epoch + 1 == protocol.epochs):
+            state.test_curve.append((epoch + 1, test_accuracy(net, data, mean, std, device)))
         if checkpoint and epoch + 1 < protocol.epochs and time.monotonic() - last_save >= checkpoint_seconds:
             state.save(checkpoint, epoch + 1)
             last_save = time.monotonic()
     if checkpoint and os.path.exists(checkpoint):
         os.remove(checkpoint)
-    return TrainedNetwork(net, state.seconds(), first_epoch, state.seconds_before, state.earlier_environments())
+    return TrainedNetwork(net, state.seconds(), first_epoch, state.seconds_before, state.earlier_environments(),
+                          state.test_curve)
 
 
 class TrainedNetwork(NamedTuple):
@@ -113,6 +123,7 @@ class TrainedNetwork(NamedTuple):
     resumed_from_epoch: int  # 0: trained from scratch
     seconds_before_resume: float
     checkpointed_on: list[dict]  # other machines (d3hf.environment.measured_on) it ran on before a resume
+    test_curve: list[tuple[int, float]]  # (epochs trained, test accuracy) with ``test_every``; else empty
 
 
 class _TrainingState:
@@ -126,6 +137,7 @@ class _TrainingState:
         self.identity = json.dumps(identity, sort_keys=True)
         self.seconds_before, self.started = 0.0, time.monotonic()
         self.environment, self.environments = environment, [environment]
+        self.test_curve: list[tuple[int, float]] = []  # carried across a resume
 
     def earlier_environments(self) -> list[dict]:
         return [e for e in self.environments if e != self.environment]
@@ -139,7 +151,7 @@ class _TrainingState:
                     "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                     "rng": self.rng.bit_generator.state, "augment_rng": self.augment_rng.get_state(),
                     "torch_rng": torch.get_rng_state(), "seconds": self.seconds(),
-                    "environments": self.environments}, buffer)
+                    "environments": self.environments, "test_curve": self.test_curve}, buffer)
         write_checked(path, buffer.getvalue())
 
     def load(self, path: str) -> int:
@@ -162,6 +174,7 @@ class _TrainingState:
         torch.set_rng_state(saved["torch_rng"])  # a train_source may draw from it (the CPU generator)
         self.seconds_before = float(saved["seconds"])
         self.environments = saved.get("environments", [])  # absent from checkpoints written before it was kept
+        self.test_curve = [(int(e), float(a)) for e, a in saved.get("test_curve", [])]
         if self.environment not in self.environments:
             self.environments.append(self.environment)
         logger.info("resuming downstream training from %s at epoch %d", path, saved["next_epoch"])
@@ -207,10 +220,12 @@ def fixed_source(images: torch.Tensor, labels: torch.Tensor) -> TrainSource:
 
 
 def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificationData, protocol: Protocol,
-             seeds: int = 1, device="cpu", show_progress: bool = False, checkpoint_dir: str | None = None) -> dict:
+             seeds: int = 1, device="cpu", show_progress: bool = False, checkpoint_dir: str | None = None,
+             test_every: int | None = None) -> dict:
     """Mean and std (over ``seeds``) of the final test accuracy; ``make_source(seed)``. ``split``
     names the split scored: "validation" when it was carved from train for tuning. With
-    ``checkpoint_dir`` (one per training source), each seed's training resumes from there."""
+    ``checkpoint_dir`` (one per training source), each seed's training resumes from there; with
+    ``test_every``, ``test_curves`` holds each seed's curve (``train_network``)."""
     device = torch.device(device)
     mean, std = data.normalization_tensors(device)
     accs, runs, fixed_set = [], [], False
@@ -218,7 +233,8 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
         checkpoint = os.path.join(checkpoint_dir, f"eval-seed{s}.pt") if checkpoint_dir else None
         source = make_source(s)
         fixed_set = isinstance(source, FixedSource)
-        runs.append(train_network(source, data, protocol, s, device, show_progress, checkpoint))
+        runs.append(train_network(source, data, protocol, s, device, show_progress, checkpoint,
+                                  test_every=test_every))
         accs.append(test_accuracy(runs[-1].net, data, mean, std, device))
     result = {
         "split": data.source_info.get("test_split", "test"),
@@ -235,6 +251,8 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
         "notes": protocol.describe(fixed_set),
         "measured_on": measured_on(device),
     }
+    if test_every:
+        result["test_curves"] = [run.test_curve for run in runs]
     # A run resumed from a checkpoint made elsewhere trained partly on another machine.
     for environment in (e for run in runs for e in run.checkpointed_on):
         if environment not in result.setdefault("checkpointed_on", []):

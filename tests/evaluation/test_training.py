@@ -137,6 +137,37 @@ def test_an_interrupted_downstream_training_resumes_to_the_same_network(digits, 
     assert epochs_run == [0, 1, 2, 3] and "not a d3hf checked file" in caplog.text
 
 
+def test_a_test_curve_ends_at_the_final_accuracy_and_survives_a_resume(digits, tmp_path):
+    images = random_real_images(digits, 3, seed=0)
+    protocol = replace(named_protocol("P-noaug", epochs=5, width=8), batch_size=8)
+    plain = train_network(fixed_source(*images), digits, protocol, seed=3)
+    assert plain.test_curve == []
+    traced = evaluate(lambda s: fixed_source(*images), digits, protocol, test_every=2)
+    assert [e for e, _ in traced["test_curves"][0]] == [2, 4, 5]  # and after the last epoch
+    assert traced["test_curves"][0][-1][1] == traced["accuracies"][0]
+    # Testing along the way leaves the training as it was: the same final network.
+    curved = train_network(fixed_source(*images), digits, protocol, seed=3, test_every=2)
+    for name, value in plain.net.state_dict().items():
+        assert torch.equal(value, curved.net.state_dict()[name]), name
+    checkpoint = str(tmp_path / "eval-seed3.pt")
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupted_at_epoch_3(epoch):
+        if epoch == 3:
+            raise Interrupted
+        return images
+
+    with pytest.raises(Interrupted):
+        train_network(interrupted_at_epoch_3, digits, protocol, seed=3, checkpoint=checkpoint, checkpoint_seconds=0,
+                      test_every=2)
+    resumed = train_network(fixed_source(*images), digits, protocol, seed=3, checkpoint=checkpoint, test_every=2)
+    assert resumed.resumed_from_epoch == 3 and resumed.test_curve == curved.test_curve
+    with pytest.raises(ValueError, match="test_every"):
+        train_network(fixed_source(*images), digits, protocol, seed=3, test_every=0)
+
+
 def test_a_result_resumed_from_another_machines_checkpoint_names_both(digits, tmp_path, monkeypatch):
     images = random_real_images(digits, 1, seed=0)
     protocol = named_protocol("P-noaug", epochs=3, width=8)
