@@ -88,6 +88,19 @@ def test_p_dsa_augments_the_training_batches(digits, monkeypatch):
         train_and_test(fixed_source(*images), digits, Protocol(epochs=1, width=8, augment="mixup"), seed=0)
 
 
+class Interrupted(Exception):
+    """A training killed mid-run."""
+
+
+def interrupted_at(epoch: int, source):
+    """``source``, but the run dies as epoch ``epoch`` starts."""
+    def interrupted(e):
+        if e == epoch:
+            raise Interrupted
+        return source(e)
+    return interrupted
+
+
 def test_an_interrupted_downstream_training_resumes_to_the_same_network(digits, tmp_path, caplog):
     real_images, labels = random_real_images(digits, 3, seed=0)
 
@@ -100,15 +113,7 @@ def test_an_interrupted_downstream_training_resumes_to_the_same_network(digits, 
     protocol = replace(named_protocol("P-dsa", epochs=4, width=8), batch_size=8)
     reference = train_network(jittered, digits, protocol, seed=1)
     checkpoint = str(tmp_path / "eval-seed1.pt")
-
-    class Interrupted(Exception):
-        pass
-
-    def interrupted_at_epoch_1(epoch):
-        if epoch == 1:
-            raise Interrupted
-        return jittered(epoch)
-
+    interrupted_at_epoch_1 = interrupted_at(1, jittered)
     with pytest.raises(Interrupted):
         train_network(interrupted_at_epoch_1, digits, protocol, seed=1, checkpoint=checkpoint, checkpoint_seconds=0)
     epochs_run = []
@@ -150,18 +155,9 @@ def test_a_test_curve_ends_at_the_final_accuracy_and_survives_a_resume(digits, t
     for name, value in plain.net.state_dict().items():
         assert torch.equal(value, curved.net.state_dict()[name]), name
     checkpoint = str(tmp_path / "eval-seed3.pt")
-
-    class Interrupted(Exception):
-        pass
-
-    def interrupted_at_epoch_3(epoch):
-        if epoch == 3:
-            raise Interrupted
-        return images
-
     with pytest.raises(Interrupted):
-        train_network(interrupted_at_epoch_3, digits, protocol, seed=3, checkpoint=checkpoint, checkpoint_seconds=0,
-                      test_every=2)
+        train_network(interrupted_at(3, fixed_source(*images)), digits, protocol, seed=3, checkpoint=checkpoint,
+                      checkpoint_seconds=0, test_every=2)
     resumed = train_network(fixed_source(*images), digits, protocol, seed=3, checkpoint=checkpoint, test_every=2)
     assert resumed.resumed_from_epoch == 3 and resumed.test_curve == curved.test_curve
     with pytest.raises(ValueError, match="test_every"):
