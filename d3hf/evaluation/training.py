@@ -76,6 +76,8 @@ def train_network(
     """
     from ..utils.progress import bar as progress_bar
 
+    if test_every is not None and test_every < 1:
+        raise ValueError(f"test_every must be a positive number of epochs, got {test_every}")
     augment = named_augmentation(protocol.augment)
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -90,8 +92,6 @@ def train_network(
     first_epoch = state.load(checkpoint) if checkpoint else 0
     if checkpoint_seconds is None:
         checkpoint_seconds = CHECKPOINT_SECONDS
-    if test_every is not None and test_every < 1:
-        raise ValueError(f"test_every must be a positive number of epochs, got {test_every}")
     last_save = time.monotonic()
     mean, std = data.normalization_tensors(device)
     epochs = progress_bar("evaluate", range(first_epoch, protocol.epochs), disable=not show_progress, leave=False,
@@ -235,7 +235,9 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
         fixed_set = isinstance(source, FixedSource)
         runs.append(train_network(source, data, protocol, s, device, show_progress, checkpoint,
                                   test_every=test_every))
-        accs.append(test_accuracy(runs[-1].net, data, mean, std, device))
+        # With a test curve its last point is the final epoch's test: not run a second time.
+        curve = runs[-1].test_curve
+        accs.append(curve[-1][1] if curve else test_accuracy(runs[-1].net, data, mean, std, device))
     result = {
         "split": data.source_info.get("test_split", "test"),
         "protocol": protocol.name,

@@ -154,6 +154,9 @@ def test_a_test_curve_ends_at_the_final_accuracy_and_survives_a_resume(digits, t
     curved = train_network(fixed_source(*images), digits, protocol, seed=3, test_every=2)
     for name, value in plain.net.state_dict().items():
         assert torch.equal(value, curved.net.state_dict()[name]), name
+    # The curve's last point is the trained network's own test (evaluate reports it, not testing twice).
+    assert curved.test_curve[-1] == (5, evaluation.test_accuracy(curved.net, digits, *digits.normalization_tensors("cpu"),
+                                                                "cpu"))
     checkpoint = str(tmp_path / "eval-seed3.pt")
     with pytest.raises(Interrupted):
         train_network(interrupted_at(3, fixed_source(*images)), digits, protocol, seed=3, checkpoint=checkpoint,
