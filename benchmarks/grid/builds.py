@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 
-from .modes import D3_VARIANTS, FULL_EPOCHS, PROTOTYPE_LR, REPO, Mode
+from .modes import D3_VARIANTS, FULL_EPOCHS, MATCHING_ROWS, PROTOTYPE_LR, REPO, Mode
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,7 +34,10 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
     variant = dict(D3_VARIANTS[method])
     # Variants of one dataset, budget and seed train identical experts: they share one buffer.
     buffer_dir = os.path.join(mode.cache, "experts", f"{dataset}_ipc{ipc}_seed{seed}")
-    args = recipe.replace(**mode.d3_overrides, seed=seed, eval_epochs=0, eval_every=0, buffer_dir=buffer_dir)
+    overrides = dict(mode.d3_overrides)
+    if recipe.matching.iterations == 0:  # a mode shortens the matching; it does not add one the recipe chose against
+        overrides.pop("iterations", None)
+    args = recipe.replace(**overrides, seed=seed, eval_epochs=0, eval_every=0, buffer_dir=buffer_dir)
     if variant.get("decoder") == "half":
         width = build_config(args, data).decoder_specs()[0].channels[-1]
         if width < 2:
@@ -46,7 +49,16 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
         raise NotApplicable(f"{variant} is not a valid run of this recipe: {err}") from None
     if method != "d3" and resolved_settings(variant_args, data) == resolved_settings(args, data):
         raise NotApplicable(f"{variant} resolves to the recipe's own settings: the d3 row scores them")
+    if method in MATCHING_ROWS:
+        _check_matches(args)
     return variant_args
+
+
+def _check_matches(recipe_args) -> None:
+    """A row about the matching phase (one term alone, another start, prototype images) does not
+    exist for a recipe whose validation split chose no matching phase."""
+    if recipe_args.matching.iterations == 0:
+        raise NotApplicable("the recipe has no matching phase (iterations: 0): there is no matching to vary")
 
 
 def resolved_settings(args, data) -> dict:
@@ -68,7 +80,9 @@ def distill_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode
     if method in D3_VARIANTS:
         return d3_arguments(data, dataset, ipc, method, seed, mode)
     if method == "d3-prototypes":
-        return d3_arguments(data, dataset, ipc, "d3", seed, mode).replace(lr_decoder=PROTOTYPE_LR[dataset])
+        args = d3_arguments(data, dataset, ipc, "d3", seed, mode)
+        _check_matches(args)
+        return args.replace(lr_decoder=PROTOTYPE_LR[dataset])
     return None
 
 

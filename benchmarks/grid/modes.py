@@ -22,6 +22,8 @@ D3_VARIANTS = {
     "d3-lpc1": {"lpc": "1", "decoder": "auto"},
     "d3-half-decoder": {"decoder": "half", "lpc": "auto"},  # the halved budget goes to priors
 }
+# The rows that vary the matching phase: none of them exists for a recipe without one.
+MATCHING_ROWS = ("d3-random-init", "d3-mtt-only", "d3-mmd-only", "d3-prototypes")
 # Learned prototype images under D3's own MTT + MMD objective (same experts and settings as the
 # recipe): the "distributional vs prototype images at equal storage" ablation. Pixels take Adam
 # steps of this size, chosen per dataset on its validation split at ipc 1 (P-noaug, 1 seed;

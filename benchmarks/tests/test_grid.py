@@ -209,6 +209,17 @@ def test_a_variant_is_skipped_exactly_when_it_resolves_to_the_recipe(digits, mon
         grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK)
     recipe_with(mmd_weight=1.0)
     assert grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK).matching.mtt_weight == 0
+    # A recipe that chose no matching phase: it is its own warm-start row, the rows that vary the
+    # matching do not exist, and the representation's rows still do. A mode that shortens the
+    # matching (QUICK: 100 iterations) does not turn it on.
+    recipe_with(iterations=0)
+    assert grid.d3_arguments(digits, "digits", 10, "d3", 0, grid.QUICK).matching.iterations == 0
+    with pytest.raises(grid.NotApplicable, match="own settings"):
+        grid.d3_arguments(digits, "digits", 10, "d3-vae-only", 0, grid.QUICK)
+    for method in ("d3-random-init", "d3-mtt-only", "d3-mmd-only", "d3-prototypes"):
+        with pytest.raises(grid.NotApplicable, match="no matching phase"):
+            grid.builds.distill_arguments(digits, "digits", 10, method, 0, grid.QUICK)
+    assert grid.d3_arguments(digits, "digits", 10, "d3-half-decoder", 0, grid.QUICK).matching.iterations == 0
 
 
 def test_only_seeds_splits_a_run_over_streams():
