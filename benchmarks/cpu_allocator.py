@@ -120,7 +120,7 @@ def main() -> None:
     if a.cell:
         kind, what, keep = a.cell[0], a.cell[1], bool(int(a.cell[2]))
         if kind == "experts":
-            run_distill(what, keep, iterations=0)
+            run_distill(what, keep, iterations=1)  # experts are trained only for a run that matches
         else:
             print(json.dumps(measure_distill(what, keep) if kind == "distill" else measure(kind, what, keep)))
         return

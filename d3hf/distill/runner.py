@@ -237,33 +237,63 @@ def distill_subtask(
     # Decoded once (in memory, or over memory_mb into a file beside the checkpoints), read by every phase below.
     if view.keep_train_in_memory(args.run.memory_mb * 2**20, workdir if args.run.memory_mb else None):
         timings["decode_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    buffer = build_expert_buffer(view, expert_settings(sub_args, view.image_shape),
-                                 _buffer_dir(args, index, num_subtasks, workdir), device=device,
-                                 show_progress=show_progress, callbacks=callbacks,
-                                 workers=args.run.expert_workers or torch.get_num_threads())
-    timings["experts_s"] = time.perf_counter() - t
-    timings["expert_buffer_bytes"] = buffer.size_on_disk()
-    task.log_experts(buffer.history)  # those trained by an earlier, interrupted run too
+    # A run without a matching phase (iterations: 0, no curve, no soft labels) never reads experts:
+    # none are trained. A checkpoint left by a matching run is resumed as before.
+    needs_experts = uses_experts(args, config.soft_labels) or os.path.exists(os.path.join(workdir, CHECKPOINT_NAME))
+    buffer = distiller = None
+    if needs_experts:
+        t = time.perf_counter()
+        buffer = build_expert_buffer(view, expert_settings(sub_args, view.image_shape),
+                                     _buffer_dir(args, index, num_subtasks, workdir), device=device,
+                                     show_progress=show_progress, callbacks=callbacks,
+                                     workers=args.run.expert_workers or torch.get_num_threads())
+        timings["experts_s"] = time.perf_counter() - t
+        timings["expert_buffer_bytes"] = buffer.size_on_disk()
+        task.log_experts(buffer.history)  # those trained by an earlier, interrupted run too
 
     torch.manual_seed(sub_args.run.seed)
-    part = D3Model(subtask_config(config, index))
-    distiller = Distiller(part, view, buffer, sub_args.matching, seed=sub_args.run.seed, device=device,
-                          autocast=autocast, callbacks=callbacks, memory_bytes=args.run.memory_mb * 2**20)
-    resumed = distiller.load_checkpoint(workdir)
-    task.resume_at(distiller.iteration)
+    part = D3Model(subtask_config(config, index)).to(device).train()
+    resumed = False
+    if buffer is not None:
+        distiller = Distiller(part, view, buffer, sub_args.matching, seed=sub_args.run.seed, device=device,
+                              autocast=autocast, callbacks=callbacks, memory_bytes=args.run.memory_mb * 2**20)
+        resumed = distiller.load_checkpoint(workdir)
+        task.resume_at(distiller.iteration)
     if resumed:
         logger.info("Subtask %d: resuming at iteration %d", index, distiller.iteration)
     elif sub_args.representation.init == "vae":
-        timings.update(warm_start(distiller.model, view, WarmStartSettings(steps=sub_args.representation.init_steps,
-                                                                           seed=sub_args.run.seed), show_progress))
+        timings.update(warm_start(part, view, WarmStartSettings(steps=sub_args.representation.init_steps,
+                                                                seed=sub_args.run.seed), show_progress))
+    if distiller is not None:
+        _run_matching(distiller, view, task, args, sub_args.run.seed, workdir, device, timings, show_progress)
+    part = part.cpu().eval()
+    if config.soft_labels:
+        _fit_soft_labels(part, buffer, view)
+    with atomic_directory(artifact_dir) as tmp:
+        save_artifact(part, tmp)
+        write_marker(tmp, "artifact")
+    atomic_write_json(finished, {"iterations": distiller.iteration if distiller is not None else 0})
+    view.remove_decoded_file()
+    timings["subtask_s"] = time.perf_counter() - started
+    return part, timings
+
+
+def uses_experts(args: DistillArguments, soft_labels: bool) -> bool:
+    """Whether a subtask trains experts: to match their trajectories, to record the validation
+    curve's trajectory-matching loss, or to fit soft labels."""
+    return args.matching.iterations > 0 or args.evaluation.eval_every > 0 or soft_labels
+
+
+def _run_matching(distiller: Distiller, view: ImageClassificationData, task, args: DistillArguments, seed: int,
+                  workdir: str, device, timings: dict, show_progress: bool) -> None:
+    """The matching phase, from the warm start or the checkpoint ``distiller`` resumed, with the
+    validation curve when ``eval_every`` asks for one; its seconds go to ``timings``."""
     curve = None
     if args.evaluation.eval_every and view.test is not None:
         from .diagnostics import ValidationCurve
 
         curve = ValidationCurve(distiller, view, task, args.evaluation.eval_every, args.evaluation.eval_epochs,
-                                args.evaluation.eval_num_per_class, _real_images_per_class(args),
-                                sub_args.run.seed, device)
+                                args.evaluation.eval_num_per_class, _real_images_per_class(args), seed, device)
         distiller.callbacks.append(curve)
         curve.start()
     curve_before = curve.seconds if curve is not None else 0.0
@@ -278,16 +308,6 @@ def distill_subtask(
         timings["curve_s"] = curve.seconds
     timings["s_per_iteration"] = timings["distill_s"] / done if done else None
     timings.update({f"{k}_per_iteration": v for k, v in distiller.seconds_per_iteration().items()} if done else {})
-    part = distiller.model.cpu().eval()
-    if config.soft_labels:
-        _fit_soft_labels(part, buffer, view)
-    with atomic_directory(artifact_dir) as tmp:
-        save_artifact(part, tmp)
-        write_marker(tmp, "artifact")
-    atomic_write_json(finished, {"iterations": distiller.iteration})
-    view.remove_decoded_file()
-    timings["subtask_s"] = time.perf_counter() - started
-    return part, timings
 
 
 def _buffer_dir(args: DistillArguments, index: int, num_subtasks: int, workdir: str) -> str:
@@ -461,7 +481,8 @@ def run_distillation(args: DistillArguments, accelerator=None, show_progress: bo
 def _planned_phases(args: DistillArguments, num_subtasks: int, evaluates: bool) -> list[tuple[str, int]]:
     """The phases this process will show, with their units (a resumed run corrects them as it goes)."""
     rep, ev = args.representation, args.evaluation
-    per_subtask = [("experts", args.experts.num_experts * args.experts.expert_epochs_total),
+    experts = args.experts.num_experts * args.experts.expert_epochs_total if uses_experts(args, rep.soft_labels) else 0
+    per_subtask = [("experts", experts),
                    ("warm start", rep.init_steps if rep.init == "vae" else 0), ("distill", args.matching.iterations)]
     # The final evaluation trains one network per seed on the artifact, then as many on random real images.
     evaluation = [("evaluate", ev.eval_epochs)] * (2 * ev.eval_seeds) if evaluates else []

@@ -4,7 +4,7 @@ from d3hf.distill.aggregation import subtask_config
 from d3hf.distill.runner import build_config
 from d3hf.distill.warm_start import WarmStartSettings, kmeans, warm_start
 from d3hf.modeling.modeling_d3 import D3Model
-from tests.helpers import tiny_args
+from tests.helpers import assert_same_weights, tiny_args, weights
 
 
 def test_kmeans_finds_separated_blobs_and_is_seeded():
@@ -63,6 +63,27 @@ def test_distill_warm_starts_only_with_init_vae(tmp_path):
         timings[init] = summary["subtasks"][0]["timings"]
     assert timings["vae"]["warm_start_s"] > 0 and "warm_start_s" not in timings["random"]
 
+
+
+def test_a_run_without_matching_trains_no_experts_and_gives_the_same_artifact(tmp_path, monkeypatch):
+    from d3hf.distill import runner
+
+    args = tiny_args(iterations=0, output_dir=str(tmp_path / "plain"))
+    _, summary = runner.run_distillation(args, show_progress=False)
+    timings = summary["subtasks"][0]["timings"]
+    assert "experts_s" not in timings and timings["warm_start_s"] > 0
+    assert not (tmp_path / "plain" / "subtasks" / "0" / "experts").exists()
+    # The same run through the matching path (experts built, zero iterations) writes the same tensors.
+    monkeypatch.setattr(runner, "uses_experts", lambda *_: True)
+    _, summary = runner.run_distillation(args.replace(output_dir=str(tmp_path / "through")), show_progress=False)
+    assert summary["subtasks"][0]["timings"]["experts_s"] > 0
+    assert_same_weights(weights(tmp_path / "plain"), weights(tmp_path / "through"))
+    # What asks for experts: matching, the validation curve's MTT loss, soft labels.
+    monkeypatch.undo()
+    assert not runner.uses_experts(args, soft_labels=False)
+    assert runner.uses_experts(args.replace(iterations=1), soft_labels=False)
+    assert runner.uses_experts(args.replace(eval_every=5, validation_size=0.1, eval_epochs=2), soft_labels=False)
+    assert runner.uses_experts(args, soft_labels=True)
 
 def test_the_warm_start_reads_its_rows_a_batch_at_a_time(digits, monkeypatch):
     """Memory bounded by the batch, not by classes x rows_per_class (1,000 classes at ImageNet size)."""
