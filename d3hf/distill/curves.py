@@ -50,7 +50,8 @@ def plot_curves(records: list[dict], path: str, title: str = "") -> str:
         elif r.get("phase") == "evaluation":
             evaluation.append(r)
     panels = [p for p in DISTILL_PANELS if any(p[0] in r for rows in distill.values() for r in rows)]
-    count = len(panels) + 2 + (2 if curve else 0)
+    # A run without a matching phase trains no experts: no empty panel for them.
+    count = len(panels) + (2 if curve else 0) + (1 if experts else 0) + 1
     cols = 3
     rows = -(-count // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
@@ -66,13 +67,14 @@ def plot_curves(records: list[dict], path: str, title: str = "") -> str:
             ax.set_yscale("log")
     if curve:
         _curve_panels(curve, flat[len(panels)], flat[len(panels) + 1])
-    ax = flat[count - 2]
-    for subtask in sorted(experts):
-        epochs = sorted(experts[subtask])
-        ax.plot(epochs, [100 * sum(experts[subtask][e]) / len(experts[subtask][e]) for e in epochs],
-                label=f"subtask {subtask}", linewidth=1.2)
-    ax.set_title("experts: train accuracy (%, mean)", fontsize=10)
-    ax.set_xlabel("epoch", fontsize=8)
+    if experts:
+        ax = flat[count - 2]
+        for subtask in sorted(experts):
+            epochs = sorted(experts[subtask])
+            ax.plot(epochs, [100 * sum(experts[subtask][e]) / len(experts[subtask][e]) for e in epochs],
+                    label=f"subtask {subtask}", linewidth=1.2)
+        ax.set_title("experts: train accuracy (%, mean)", fontsize=10)
+        ax.set_xlabel("epoch", fontsize=8)
     ax = flat[count - 1]
     if evaluation:
         names = [f"{r['method']}\n({r['split']})" for r in evaluation]

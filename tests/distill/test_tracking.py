@@ -173,3 +173,19 @@ def test_accelerate_trackers_get_the_config_and_every_subtask_tag_on_one_increas
     before = len(recorder.logged)
     RunTracker(str(tmp_path / "run"), [], accelerator).replay(1, str(task_dir))
     assert recorder.logged[before][1] == {"subtask_01/mtt_normalised": 0.5}
+
+
+def test_the_curves_show_an_experts_panel_only_for_a_run_that_trained_experts(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from d3hf.distill.curves import plot_curves
+
+    drawn = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (drawn.append([a.get_title() for a in fig.axes if a.axison]),
+                                                        close(fig)))
+    evaluation = {"phase": "evaluation", "method": "d3hf artifact", "split": "test", "accuracy": 0.9}
+    expert = {"phase": "experts", "subtask": 0, "expert": 0, "epoch": 1, "accuracy": 0.5}
+    plot_curves([evaluation], str(tmp_path / "warm_start_only.png"))
+    plot_curves([expert, evaluation], str(tmp_path / "with_experts.png"))
+    assert drawn == [["evaluation accuracy (%)"], ["experts: train accuracy (%, mean)", "evaluation accuracy (%)"]]
