@@ -23,6 +23,18 @@ def load_data(dataset: str):
     return load_image_classification(dataset)
 
 
+def recipe_path(dataset: str, ipc: int) -> str:
+    return os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")
+
+
+def has_matching_phase(dataset: str, ipc: int) -> bool:
+    """Whether the dataset's recipe at ``ipc`` distils with MTT + MMD (its validation split may have
+    chosen the warm start alone)."""
+    from d3hf.commands.distill import parse_distill_args
+
+    return parse_distill_args([recipe_path(dataset, ipc)]).matching.iterations > 0
+
+
 def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode):
     """The recipe's settings (read as ``d3hf distill`` reads them) with the mode's and the
     variant's overrides (output_dir unset)."""
@@ -30,7 +42,7 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
     from d3hf.distill.runner import build_config
     from d3hf.errors import ConfigError
 
-    recipe = parse_distill_args([os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")])
+    recipe = parse_distill_args([recipe_path(dataset, ipc)])
     variant = dict(D3_VARIANTS[method])
     # Variants of one dataset, budget and seed train identical experts: they share one buffer.
     buffer_dir = os.path.join(mode.cache, "experts", f"{dataset}_ipc{ipc}_seed{seed}")

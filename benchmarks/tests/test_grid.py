@@ -419,6 +419,49 @@ def test_the_report_names_every_ablation_that_scores_as_well_as_the_whole_method
     assert alone.split("Ablations level with or ahead of the whole method:")[1].strip() == "- none so far."
 
 
+def test_the_report_judges_the_matching_phase_against_its_ablations_seed_by_seed():
+    def cell(*accuracies):
+        import numpy as np
+
+        return {"mean": float(np.mean(accuracies)), "std": float(np.std(accuracies)), "n": len(accuracies),
+                "storage": 1, "by_seed": dict(enumerate(accuracies))}
+
+    fashion, mnist = ("fashion_mnist", "P-dsa", "convnet"), ("mnist5k", "P-noaug", "convnet")
+    summary = {(*fashion, "d3", 1): cell(0.82, 0.81, 0.83), (*fashion, "d3-vae-only", 1): cell(0.80, 0.80, 0.80),
+               (*fashion, "d3-mtt-only", 1): cell(0.79, 0.78, 0.79), (*fashion, "d3-mmd-only", 1): cell(0.79),
+               (*fashion, "d3", 10): cell(0.84, 0.84, 0.84), (*fashion, "d3-vae-only", 10): cell(0.80, 0.80, 0.80),
+               (*mnist, "d3", 1): cell(0.94, 0.95, 0.93), (*mnist, "d3-vae-only", 1): cell(0.95, 0.95, 0.94),
+               (*mnist, "d3", 10): cell(0.97, 0.97, 0.97)}
+    lines = grid.report._matching_verdicts(summary, lambda dataset, ipc: dataset == "fashion_mnist" or ipc == 1)
+    by_panel = {line.split(":")[0]: line for line in lines if line.startswith("- ")}
+    ipc1 = by_panel["- fashion_mnist, P-dsa, convnet, ipc_budget 1"]
+    # +2.0 over the warm start but the spreads (0.82 +- 0.008 against 0.80 +- 0) hold it: met.
+    assert "warm start only (VAE fit, no MTT/MMD) 80.0 +- 0.0 (3): +2.0, spreads apart by 1.18, seed by seed +2.0 / +1.0 / +3.0" in ipc1
+    assert "(needed: +1.5 and spreads apart): met" in ipc1
+    assert "MTT term only 78.7 +- 0.5 (3): +3.3" in ipc1 and "(needed: spreads apart): met" in ipc1
+    assert "MMD term only 79.0 +- 0.0 (1): +3.0" in ipc1 and "not decided (1 of 3 seeds)" in ipc1
+    ipc10 = by_panel["- fashion_mnist, P-dsa, convnet, ipc_budget 10"]
+    assert "+4.0, spreads apart by 4.00" in ipc10 and ipc10.count("not scored yet") == 2
+    # MNIST-5k asks only that D3 not fall below its warm start; its ipc 10 recipe has no matching.
+    assert "-0.7, seed by seed -1.0 / +0.0 / -1.0 (needed: not below): MISSED" in by_panel["- mnist5k, P-noaug, convnet, ipc_budget 1"]
+    assert "no matching phase at this budget" in by_panel["- mnist5k, P-noaug, convnet, ipc_budget 10"]
+    # Overlapping spreads miss even with a lead in the mean.
+    summary[(*fashion, "d3-mmd-only", 1)] = cell(0.80, 0.82, 0.83)
+    ipc1 = "\n".join(grid.report._matching_verdicts(summary, lambda *_: True))
+    assert "MMD term only 81.7 +- 1.2 (3): +0.3, spreads overlapping by 1.73" in ipc1 and "): MISSED" in ipc1
+
+
+def test_the_targets_cover_fashion_mnist_under_the_published_protocol():
+    cell = {"mean": 0.84, "std": 0.004, "n": 3, "storage": 1, "by_seed": {}}
+    summary = {("fashion_mnist", "P-dsa", "convnet", "d3", 10): cell,
+               ("fashion_mnist", "P-dsa", "convnet", "dm", 10): {**cell, "mean": 0.805}}
+    text = "\n".join(grid.report._verdicts(summary, datasets=("fashion_mnist",)))
+    assert ("fashion_mnist, P-dsa, convnet, ipc_budget 10: D3 84.0 +- 0.4 (3). Target >= 90 %: MISSED. "
+            "Ahead of every baseline: met") in text
+    assert "ipc_budget 1: D3 not scored under the current settings yet; target >= 85 %" in text
+    assert "mnist5k" not in text.split("Panels where")[0]
+
+
 def test_at_a_glance_sets_methods_side_by_side_and_bolds_the_best_stored_set():
     cell = lambda mean, n=3: {"mean": mean, "std": 0.01, "n": n, "storage": 1}  # noqa: E731
     summary = {("mnist5k", "P-noaug", "convnet", "d3", 1): cell(0.945),
