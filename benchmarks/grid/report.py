@@ -288,9 +288,7 @@ MATCHING_SEEDS = 3
 def _matching_verdicts(summary: dict, has_matching: Callable[[str, int], bool]) -> list[str]:
     """Whether the matching phase earns its place, budget by budget, against MATCHING_CRITERIA,
     with the seed-by-seed differences (each seed's D3 and ablation share their experts)."""
-    lines = ["", f"The matching phase against its own ablations (needed: D3's lead over each row, mean over "
-             f"{MATCHING_SEEDS} seeds, with the spreads mean +- std apart; 'not below': D3's mean at least the row's):",
-             ""]
+    lines = []
     for panel, rows in MATCHING_CRITERIA.items():
         for ipc in sorted(k[4] for k in summary if k[:4] == (*panel, "d3")):
             d3 = summary[(*panel, "d3", ipc)]
@@ -302,7 +300,11 @@ def _matching_verdicts(summary: dict, has_matching: Callable[[str, int], bool]) 
             parts = [_against(d3, method, summary.get((*panel, method, ipc)), lead)
                      for method, lead in rows.items()]
             lines.append(f"{where}. " + " ".join(parts))
-    return lines + [""]
+    if not lines:  # e.g. a quick grid, on digits only
+        return []
+    return ["", f"The matching phase against its own ablations (needed: D3's lead over each row, mean over "
+            f"{MATCHING_SEEDS} seeds, with the spreads mean +- std apart; 'not below': D3's mean at least the row's):",
+            "", *lines, ""]
 
 
 def _against(d3: dict, method: str, other: dict | None, lead: float | None) -> str:

@@ -449,6 +449,8 @@ def test_the_report_judges_the_matching_phase_against_its_ablations_seed_by_seed
     summary[(*fashion, "d3-mmd-only", 1)] = cell(0.80, 0.82, 0.83)
     ipc1 = "\n".join(grid.report._matching_verdicts(summary, lambda *_: True))
     assert "MMD term only 81.7 +- 1.2 (3): +0.3, spreads overlapping by 1.73" in ipc1 and "): MISSED" in ipc1
+    # A grid without those panels (a quick run on digits) has no such section.
+    assert grid.report._matching_verdicts({("digits", "P-noaug", "convnet", "d3", 1): cell(0.9)}, lambda *_: True) == []
 
 
 def test_the_targets_cover_fashion_mnist_under_the_published_protocol():
