@@ -59,10 +59,10 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
         variant_args = args.replace(**variant)
     except ConfigError as err:  # e.g. the MMD-only row of a recipe without the MMD term: no term left
         raise NotApplicable(f"{variant} is not a valid run of this recipe: {err}") from None
+    if method in MATCHING_ROWS:  # first: without a matching phase every such row computes the recipe
+        _check_matches(args)
     if method != "d3" and resolved_settings(variant_args, data) == resolved_settings(args, data):
         raise NotApplicable(f"{variant} resolves to the recipe's own settings: the d3 row scores them")
-    if method in MATCHING_ROWS:
-        _check_matches(args)
     return variant_args
 
 
@@ -126,11 +126,15 @@ def settings_digest(args) -> str:
 
 
 def _computed_settings(args) -> dict:
-    """The run's identity and iterations, without the settings added since the first release
-    that are at the value meaning 'as before them', so adding a setting keeps every digest."""
+    """The run's identity and iterations, without the settings it never reads (a recipe change to
+    the matching leaves its warm-start and single-term cells scored) and without the settings
+    added since the first release that are at the value meaning 'as before them', so adding a
+    setting keeps every digest."""
     from d3hf.distill.config import ADDED_SETTINGS
 
-    identity = {k: v for k, v in args.run_identity().items() if k not in ADDED_SETTINGS or v != ADDED_SETTINGS[k]}
+    unread = args.unread_settings()
+    identity = {k: v for k, v in args.run_identity().items()
+                if k not in unread and (k not in ADDED_SETTINGS or v != ADDED_SETTINGS[k])}
     return {**identity, "iterations": args.matching.iterations}
 
 

@@ -165,6 +165,12 @@ def test_variants_change_only_their_settings(digits):
     assert grid.settings_digest(mmd_only) != grid.settings_digest(base)
     # Where files go and how often to log do not change what is computed.
     assert grid.settings_digest(base.replace(log_every=1, num_threads=2)) == grid.settings_digest(base)
+    # Nor does a setting the variant never reads: a recipe that matches with more inner steps
+    # re-keys D3 and MTT only, not the warm start or MMD only.
+    for method, reads in (("d3", True), ("d3-mtt-only", True), ("d3-vae-only", False), ("d3-mmd-only", False)):
+        args = grid.d3_arguments(digits, "digits", 10, method, 0, grid.QUICK)
+        changed = args.replace(syn_steps=args.matching.syn_steps + 1)
+        assert (grid.settings_digest(changed) != grid.settings_digest(args)) == reads, method
     half = grid.d3_arguments(digits, "digits", 10, "d3-half-decoder", 0, grid.QUICK)
     from d3hf.distill.runner import build_config
 

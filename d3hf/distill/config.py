@@ -193,6 +193,13 @@ class ExpertArguments(_Section):
         0, "ConvNet blocks of experts and student; 0 = auto (up to 3, each seeing >= 4x4 maps)")
     student_width: int = setting(32, "channels of the experts' and student's ConvNet")
 
+# What only the MTT term reads (its segments, inner steps and step size) and what only the MMD
+# term reads: DistillArguments.unread_settings leaves them out when the term's weight is 0.
+MTT_SETTINGS = frozenset({"syn_steps", "expert_epochs", "min_start_epoch", "max_start_epoch", "samples_per_class",
+                          "mtt_augment", "lr_step_size", "init_step_size", "checkpoint_steps", "compile_inner_step"})
+MMD_SETTINGS = frozenset({"mmd_samples", "mmd_bandwidths", "mmd_kernel_scale", "mmd_augment", "mmd_classes_per_iter",
+                          "mmd_chunk_classes"})
+
 
 @dataclass
 class MatchingArguments(_Section):
@@ -417,6 +424,26 @@ class DistillArguments:
         """The settings that change what is computed; a resumed run must match on all of them."""
         return {f.name: getattr(section, f.name) for section in self.sections().values() for f in fields(section)
                 if f.name not in section.BOOKKEEPING}
+
+    def unread_settings(self) -> frozenset[str]:
+        """The keys this run never reads, given its other settings, so that changing one leaves the
+        artifact's tensors as they are: with no matching phase (``iterations`` 0) every matching
+        setting, and the experts' too unless soft labels need them; without the MTT term
+        (``mtt_weight`` 0) the trajectory settings; without the MMD term (``mmd_weight`` 0) its own.
+        Soft labels and the MMD term's features come from expert 0's last snapshot, whatever the
+        matched segments: the expert settings stay read."""
+        m = self.matching
+        if m.iterations == 0:
+            unread = {f.name for f in fields(MatchingArguments)} - {"iterations"}
+            if not self.representation.soft_labels:
+                unread |= {f.name for f in fields(ExpertArguments)}
+            return frozenset(unread)
+        unread = set()
+        if m.mtt_weight == 0:
+            unread |= MTT_SETTINGS
+        if m.mmd_weight == 0:
+            unread |= MMD_SETTINGS
+        return frozenset(unread)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DistillArguments) and self.sections() == other.sections()

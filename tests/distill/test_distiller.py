@@ -426,3 +426,36 @@ def test_activation_scalars_count_every_feature_map():
     assert spec.activation_scalars() == 4 * 16 + 2 * 64 + 1 * 64
     net = ConvNet((1, 8, 8), 10, depth=2, width=3)
     assert net.activation_scalars((1, 8, 8)) == 3 * 64 + 3 * 16
+
+
+# A valid value other than tiny_args' for every key a run may leave unread (the test below
+# demands one for each key DistillArguments.unread_settings names).
+OTHER_VALUES = dict(
+    syn_steps=2, expert_epochs=2, min_start_epoch=1, max_start_epoch=3, samples_per_class=3, mtt_augment="dsa",
+    lr_step_size=0.05, init_step_size=0.02, checkpoint_steps="true", compile_inner_step=True, mtt_weight=0.5,
+    mmd_weight=2.0, mmd_samples=6, mmd_bandwidths="1,3", mmd_kernel_scale="absolute", mmd_augment="dsa",
+    mmd_classes_per_iter=3, mmd_chunk_classes="2", lr_priors=0.5, lr_decoder=2e-3, num_experts=1,
+    expert_epochs_total=5, expert_lr=0.02, expert_batch_size=64, expert_epoch_rows=300, expert_augment="dsa",
+    expert_dtype="float16", buffer_dir="elsewhere", student_depth=1, student_width=4,
+)
+
+
+@pytest.mark.parametrize("run", [dict(iterations=0), dict(iterations=2, mtt_weight=0), dict(iterations=2, mmd_weight=0)],
+                         ids=["no matching", "MMD only", "MTT only"])
+def test_settings_a_run_leaves_unread_do_not_change_its_artifact(tmp_path, run):
+    from tests.helpers import assert_same_weights, weights
+
+    base = tiny_args(expert_epochs_total=6, **run, output_dir=str(tmp_path / "base"))
+    unread = base.unread_settings()
+    assert unread and unread <= set(OTHER_VALUES)
+    other = {k: OTHER_VALUES[k] if k != "buffer_dir" else str(tmp_path / k) for k in unread}
+    assert all(other[k] != v for k, v in base.to_dict().items() if k in other)
+    run_distillation(base, show_progress=False)
+    run_distillation(base.replace(**other, output_dir=str(tmp_path / "other")), show_progress=False)
+    assert_same_weights(weights(tmp_path / "base"), weights(tmp_path / "other"))
+    # A setting the run reads does change it: the comparison above can fail.
+    read = "init_steps" if run["iterations"] == 0 else "lr_decoder"
+    run_distillation(base.replace(**{read: OTHER_VALUES.get(read, 20)}, output_dir=str(tmp_path / "read")),
+                     show_progress=False)
+    changed = weights(tmp_path / "read")
+    assert any(not torch.equal(changed[k], v) for k, v in weights(tmp_path / "base").items())
