@@ -193,6 +193,7 @@ class ExpertArguments(_Section):
         0, "ConvNet blocks of experts and student; 0 = auto (up to 3, each seeing >= 4x4 maps)")
     student_width: int = setting(32, "channels of the experts' and student's ConvNet")
 
+
 # What only the MTT term reads (its segments, inner steps and step size) and what only the MMD
 # term reads: DistillArguments.unread_settings leaves them out when the term's weight is 0.
 MTT_SETTINGS = frozenset({"syn_steps", "expert_epochs", "min_start_epoch", "max_start_epoch", "samples_per_class",
