@@ -191,9 +191,14 @@ def rescore_record(root: str, kept: str, record: dict, protocol_name: str, netwo
 
     folder = run_folder(root, record)
     cell = f"{os.path.basename(folder)}__{named_protocol(protocol_name, **overrides).name}"
-    return cached(os.path.join(kept, "rescored", f"{cell}__net{network}.json"), lambda: {
+    checkpoints = os.path.join(root, "rescoring", cell)
+    result = cached(os.path.join(kept, "rescored", f"{cell}__net{network}.json"), lambda: {
         "variant": record["variant"], "seed": record["seed"],
-        **rescore(folder, protocol_name, network, os.path.join(root, "rescoring", cell), **overrides)})
+        **rescore(folder, protocol_name, network, checkpoints, **overrides)})
+    finished = os.path.join(checkpoints, f"eval-seed{network}.pt")
+    if os.path.exists(finished):  # the record is kept: its training's state is no longer needed
+        os.remove(finished)
+    return result
 
 
 def matching_summary(records: list[dict]) -> dict | None:

@@ -139,6 +139,8 @@ def test_a_cell_is_rescored_on_its_own_validation_split_and_never_on_test(tmp_pa
     # a cell per protocol as trained: its changed fields are in the name
     assert (kept / "rescored" / "recipe_seed0_val0.25_eval1__P-noaug[epochs=1]__net0.json").exists()
     assert len(first["accuracies"]) == 1 and first["variant"] == "recipe"
+    # its training's finished state goes once the record is kept
+    assert list((root / "rescoring").rglob("*.pt")) == []
     monkeypatch.setattr(recipe_sweep, "rescore", lambda *a, **k: pytest.fail("a scored network is scored again"))
     assert recipe_sweep.rescore_record(str(root), str(kept), record, "P-noaug", 0, epochs=1) == first
     text = recipe_sweep.report({"x": [{**record, "validation_size": 0.25, "lpc": 2, "channels": [[4]],

@@ -70,9 +70,10 @@ def train_network(
 
     With ``checkpoint`` (a file path, one per training set and seed), the whole training state is
     saved there at an epoch's end at most every ``checkpoint_seconds`` (default
-    ``CHECKPOINT_SECONDS``), a run that finds it resumes from it, and it is removed when training
-    finishes: a resumed run gives the same network as an uninterrupted one (same device and
-    thread count).
+    ``CHECKPOINT_SECONDS``) and after the last one, and a run that finds it resumes from it: a
+    resumed run gives the same network as an uninterrupted one (same device and thread count).
+    The finished state stays there, so a run stopped before its result is kept trains nothing
+    again; the caller removes the file once the result is safe.
     """
     from ..utils.progress import bar as progress_bar
 
@@ -108,11 +109,9 @@ def train_network(
         sched.step()
         if test_every and ((epoch + 1) % test_every == 0 or epoch + 1 == protocol.epochs):
             state.test_curve.append((epoch + 1, test_accuracy(net, data, mean, std, device)))
-        if checkpoint and epoch + 1 < protocol.epochs and time.monotonic() - last_save >= checkpoint_seconds:
+        if checkpoint and (epoch + 1 == protocol.epochs or time.monotonic() - last_save >= checkpoint_seconds):
             state.save(checkpoint, epoch + 1)
             last_save = time.monotonic()
-    if checkpoint and os.path.exists(checkpoint):
-        os.remove(checkpoint)
     return TrainedNetwork(net, state.seconds(), first_epoch, state.seconds_before, state.earlier_environments(),
                           state.test_curve)
 
@@ -224,8 +223,9 @@ def evaluate(make_source: Callable[[int], TrainSource], data: ImageClassificatio
              test_every: int | None = None) -> dict:
     """Mean and std (over ``seeds``) of the final test accuracy; ``make_source(seed)``. ``split``
     names the split scored: "validation" when it was carved from train for tuning. With
-    ``checkpoint_dir`` (one per training source), each seed's training resumes from there; with
-    ``test_every``, ``test_curves`` holds each seed's curve (``train_network``)."""
+    ``checkpoint_dir`` (one per training source), each seed's training resumes from there (the
+    caller removes the folder once the result is kept); with ``test_every``, ``test_curves``
+    holds each seed's curve (``train_network``)."""
     device = torch.device(device)
     mean, std = data.normalization_tensors(device)
     accs, runs, fixed_set = [], [], False

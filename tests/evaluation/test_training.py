@@ -123,11 +123,18 @@ def test_an_interrupted_downstream_training_resumes_to_the_same_network(digits, 
         return jittered(epoch)
 
     resumed = train_network(counting, digits, protocol, seed=1, checkpoint=checkpoint, checkpoint_seconds=0)
-    assert epochs_run == [1, 2, 3] and not os.path.exists(checkpoint)
+    assert epochs_run == [1, 2, 3] and os.path.exists(checkpoint)
     assert resumed.resumed_from_epoch == 1 and resumed.seconds > resumed.seconds_before_resume > 0
     assert reference.resumed_from_epoch == 0 and reference.seconds_before_resume == 0
     for name, value in reference.net.state_dict().items():
         assert torch.equal(value, resumed.net.state_dict()[name]), name
+    # The finished state is kept until the caller has its result: stopped after the last epoch
+    # (say while testing), a run trains nothing again and gives the same network.
+    epochs_run.clear()
+    finished = train_network(counting, digits, protocol, seed=1, checkpoint=checkpoint)
+    assert epochs_run == [] and finished.resumed_from_epoch == protocol.epochs
+    for name, value in reference.net.state_dict().items():
+        assert torch.equal(value, finished.net.state_dict()[name]), name
     # A checkpoint of another seed, or a damaged one, is not resumed from: training starts over.
     with pytest.raises(Interrupted):
         train_network(interrupted_at_epoch_1, digits, protocol, seed=2, checkpoint=checkpoint, checkpoint_seconds=0)
@@ -189,6 +196,7 @@ def test_a_result_resumed_from_another_machines_checkpoint_names_both(digits, tm
                                            f"{torch.__version__}, {torch.get_num_threads()} thread"
                                            + ("s" if torch.get_num_threads() != 1 else ""))
     # Resumed on the machine that made the checkpoint: one machine, nothing else to name.
+    os.remove(tmp_path / "eval-seed0.pt")  # as a caller does once it has kept the result
     with pytest.raises(KeyboardInterrupt):
         evaluate(lambda s: interrupted_at_epoch_1, digits, protocol, checkpoint_dir=str(tmp_path))
     result = evaluate(lambda s: fixed_source(*images), digits, protocol, checkpoint_dir=str(tmp_path))
