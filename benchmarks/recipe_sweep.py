@@ -151,11 +151,12 @@ def run_cell(cmd: list[str], log_path: str) -> dict:
             "command": shlex.join(["d3hf", *[os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd[1:]]])}
 
 
-def rescore(run_dir: str, protocol_name: str, network: int, checkpoint_dir: str | None = None,
+def rescore(run_dir: str, protocol_name: str, network: int, checkpoint: str | None = None,
             **overrides) -> dict:
     """The accuracy of one network (seed ``network``, as the run's own evaluation numbers them)
     trained on the artifact in ``run_dir`` under ``protocol_name`` (``overrides``: its fields,
-    e.g. ``epochs``), on the validation split the run carved."""
+    e.g. ``epochs``), on the validation split the run carved; its training resumes from
+    ``checkpoint`` (a file) when given."""
     import torch
 
     from d3hf import D3Model
@@ -169,7 +170,6 @@ def rescore(run_dir: str, protocol_name: str, network: int, checkpoint_dir: str 
         raise SystemExit(f"{run_dir} has no validation split: the sweep never scores on test")
     data = load_recorded_data(model.config.distillation)
     protocol = named_protocol(protocol_name, **overrides)
-    checkpoint = os.path.join(checkpoint_dir, f"eval-seed{network}.pt") if checkpoint_dir else None
     run = train_network(model_source(model, protocol.num_per_class, network), data, protocol, network,
                         checkpoint=checkpoint)
     mean, std = data.normalization_tensors("cpu")
@@ -191,13 +191,12 @@ def rescore_record(root: str, kept: str, record: dict, protocol_name: str, netwo
 
     folder = run_folder(root, record)
     cell = f"{os.path.basename(folder)}__{named_protocol(protocol_name, **overrides).name}"
-    checkpoints = os.path.join(root, "rescoring", cell)
+    checkpoint = os.path.join(root, "rescoring", cell, f"eval-seed{network}.pt")
     result = cached(os.path.join(kept, "rescored", f"{cell}__net{network}.json"), lambda: {
         "variant": record["variant"], "seed": record["seed"],
-        **rescore(folder, protocol_name, network, checkpoints, **overrides)})
-    finished = os.path.join(checkpoints, f"eval-seed{network}.pt")
-    if os.path.exists(finished):  # the record is kept: its training's state is no longer needed
-        os.remove(finished)
+        **rescore(folder, protocol_name, network, checkpoint, **overrides)})
+    if os.path.exists(checkpoint):  # the record is kept: its training's state is no longer needed
+        os.remove(checkpoint)
     return result
 
 
