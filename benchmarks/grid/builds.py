@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 
-from .modes import D3_VARIANTS, FULL_EPOCHS, MATCHING_ROWS, PROTOTYPE_LR, REPO, Mode
+from .modes import D3_VARIANTS, FULL_EPOCHS, MATCHING_ROWS, MMD_ROWS, MMD_WHEN_DROPPED, PROTOTYPE_LR, REPO, Mode
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,12 +27,15 @@ def recipe_path(dataset: str, ipc: int) -> str:
     return os.path.join(REPO, "recipes", dataset, f"ipc{ipc}.yaml")
 
 
-def has_matching_phase(dataset: str, ipc: int) -> bool:
-    """Whether the dataset's recipe at ``ipc`` distils with MTT + MMD (its validation split may have
-    chosen the warm start alone)."""
+def matching_terms(dataset: str, ipc: int) -> frozenset[str]:
+    """The terms the dataset's recipe at ``ipc`` matches with, of "mtt" and "mmd": none where its
+    validation split chose the warm start alone, one where it dropped the other."""
     from d3hf.commands.distill import parse_distill_args
 
-    return parse_distill_args([recipe_path(dataset, ipc)]).matching.iterations > 0
+    m = parse_distill_args([recipe_path(dataset, ipc)]).matching
+    if m.iterations == 0:
+        return frozenset()
+    return frozenset(term for term, weight in (("mtt", m.mtt_weight), ("mmd", m.mmd_weight)) if weight > 0)
 
 
 def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode):
@@ -44,6 +47,8 @@ def d3_arguments(data, dataset: str, ipc: int, method: str, seed: int, mode: Mod
 
     recipe = parse_distill_args([recipe_path(dataset, ipc)])
     variant = dict(D3_VARIANTS[method])
+    if method in MMD_ROWS and recipe.matching.mmd_weight == 0:
+        variant = {**MMD_WHEN_DROPPED, **variant}
     # Variants of one dataset, budget and seed train identical experts: they share one buffer.
     buffer_dir = os.path.join(mode.cache, "experts", f"{dataset}_ipc{ipc}_seed{seed}")
     overrides = dict(mode.d3_overrides)
@@ -206,10 +211,15 @@ def keep_build(out: str, kept: str) -> None:
 
     if os.path.exists(os.path.join(kept, "summary.json")):
         return
+    _install({**{name: os.path.join(out, ARTIFACT_DIR, name) for name in KEPT_ARTIFACT_FILES},
+              "summary.json": os.path.join(out, "summary.json")}, kept)
+
+
+def _install(sources: dict[str, str], kept: str) -> None:
+    """Copy ``sources`` (file name -> path) into the folder ``kept``, whole or not at all."""
     os.makedirs(kept + ".tmp", exist_ok=True)
-    for name in KEPT_ARTIFACT_FILES:
-        shutil.copyfile(os.path.join(out, ARTIFACT_DIR, name), os.path.join(kept + ".tmp", name))
-    shutil.copyfile(os.path.join(out, "summary.json"), os.path.join(kept + ".tmp", "summary.json"))
+    for name, source in sources.items():
+        shutil.copyfile(source, os.path.join(kept + ".tmp", name))
     shutil.rmtree(kept, ignore_errors=True)
     os.replace(kept + ".tmp", kept)
 
@@ -228,6 +238,10 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
         keep_build(out, kept)
     elif os.path.exists(os.path.join(kept, "summary.json")):
         out = artifact = kept
+    elif twin := kept_twin(mode, dataset, ipc, seed, name):
+        # Another row with the same settings made it: the same build, not made twice.
+        _install({name: os.path.join(twin, name) for name in (*KEPT_ARTIFACT_FILES, "summary.json")}, kept)
+        out = artifact = kept
     else:
         with exclusive(out):  # one stream at a time; the next resumes a killed run from its folder
             if not os.path.exists(os.path.join(artifact, "config.json")):  # unless one finished it meanwhile
@@ -238,6 +252,18 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
     return artifact, {"storage_scalars": summary["ledger"]["total_scalars"],
                       "build_seconds": summary["timings"]["subtasks_s"], "ledger": summary["ledger"],
                       "per_subtask": summary["subtasks"]}
+
+
+def kept_twin(mode: Mode, dataset: str, ipc: int, seed: int, name: str) -> str | None:
+    """A kept D3 build of another row (method) with the same settings digest as build ``name``:
+    e.g. the MTT-only row's, once the recipe itself drops the MMD term."""
+    folder = os.path.join(mode.cells_dir, "builds")
+    digest = name.rsplit("_", 1)[1]
+    for method in D3_VARIANTS:
+        twin = os.path.join(folder, build_name(dataset, ipc, method, seed, digest))
+        if twin != os.path.join(folder, name) and os.path.exists(os.path.join(twin, "summary.json")):
+            return twin
+    return None
 
 
 def build_image_set(data, dataset: str, method: str, ipc: int, seed: int, mode: Mode):

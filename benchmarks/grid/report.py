@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 
-from .builds import has_matching_phase
+from .builds import matching_terms
 from .modes import (
     ABLATION_PROTOCOLS,
     ABLATIONS,
@@ -121,7 +121,7 @@ def write_report(mode: Mode, command: str) -> str:
     if not results:
         lines += ["No grid cell has been run yet: `python -m benchmarks.grid` (resumable) fills this section.", ""]
     lines += _verdicts(summary, datasets=grid_mode.datasets)
-    lines += _matching_verdicts(summary, has_matching_phase)
+    lines += _matching_verdicts(summary, matching_terms)
     lines += coverage(grid_mode, results)
     lines += _ledger(results)
     lines += ["### Cells", "", "Build s: making the cell's training set (one build serves every protocol and "
@@ -277,26 +277,39 @@ def _verdicts(summary: dict, datasets: tuple[str, ...] | None = None) -> list[st
 
 # What the matching phase (MTT + MMD after the warm start) must show against its own ablations, per
 # panel: D3's least lead in points over each row, with the spreads (mean +- std over MATCHING_SEEDS
-# seeds) apart; None: D3's mean only must not fall below the row's.
+# seeds) apart; None: D3's mean only must not fall below the row's. Where the recipe dropped the MMD
+# term, D3 is its MTT-only row, and the claim that the terms work together is judged on the
+# both-terms row against it.
 MATCHING_CRITERIA = {("fashion_mnist", "P-dsa", "convnet"): {"d3-vae-only": 0.015, "d3-mtt-only": 0.0,
                                                              "d3-mmd-only": 0.0},
                      ("mnist5k", "P-noaug", "convnet"): {"d3-vae-only": None}}
 MATCHING_SEEDS = 3
 
 
-def _matching_verdicts(summary: dict, has_matching: Callable[[str, int], bool]) -> list[str]:
+def _matching_verdicts(summary: dict, terms: Callable[[str, int], frozenset[str]]) -> list[str]:
     """Whether the matching phase earns its place, budget by budget, against MATCHING_CRITERIA,
-    with the seed-by-seed differences (each seed's D3 and ablation share their experts)."""
+    with the seed-by-seed differences (each seed's D3 and ablation share their experts); ``terms``:
+    the terms a dataset's recipe matches with at a budget."""
     lines = []
     for panel, rows in MATCHING_CRITERIA.items():
         for ipc in sorted(k[4] for k in summary if k[:4] == (*panel, "d3")):
             d3 = summary[(*panel, "d3", ipc)]
             where = f"- {', '.join(panel)}, ipc_budget {ipc}: D3 {_accuracy(d3)}"
-            if not has_matching(panel[0], ipc):
+            recipe_terms = terms(panel[0], ipc)
+            if not recipe_terms:
                 lines.append(f"{where}: the recipe runs no matching phase at this budget (its validation split chose "
                              "the warm start alone), so D3 is its warm start.")
                 continue
-            parts = [_against(d3, method, summary.get((*panel, method, ipc)), lead)
+            if recipe_terms == {"mtt"}:
+                parts = [_against(d3, "d3", method, summary.get((*panel, method, ipc)), lead)
+                         for method, lead in rows.items() if method != "d3-mtt-only"]
+                both = summary.get((*panel, "d3-both-terms", ipc))
+                together = (f"The terms together ({METHOD_NAMES['d3-both-terms']}) against MTT alone: not scored yet."
+                            if both is None else "The terms together: " + _against(both, "d3-both-terms", "d3", d3, 0.0))
+                lines.append(f"{where}: the recipe runs the MTT term alone (its validation split dropped the MMD term), "
+                             "so D3 is its MTT-only row. " + " ".join(parts) + " " + together)
+                continue
+            parts = [_against(d3, "d3", method, summary.get((*panel, method, ipc)), lead)
                      for method, lead in rows.items()]
             lines.append(f"{where}. " + " ".join(parts))
     if not lines:  # e.g. a quick grid, on digits only
@@ -306,26 +319,27 @@ def _matching_verdicts(summary: dict, has_matching: Callable[[str, int], bool]) 
             "", *lines, ""]
 
 
-def _against(d3: dict, method: str, other: dict | None, lead: float | None) -> str:
-    """One verdict of D3 against one ablation row, as a sentence."""
+def _against(lead_row: dict, lead_method: str, method: str, other: dict | None, lead: float | None) -> str:
+    """One verdict of ``lead_method`` (D3, or a row judged against it) against one other row, as a sentence."""
     name = METHOD_NAMES[method]
     if other is None:
         return f"Against {name}: not scored yet."
-    gap = 100 * (d3["mean"] - other["mean"])
+    gap = 100 * (lead_row["mean"] - other["mean"])
     facts = [f"{gap:+.1f}"]
     if lead is None:
         need, met = "not below", gap >= 0
     else:
-        apart = 100 * ((d3["mean"] - d3["std"]) - (other["mean"] + other["std"]))
+        apart = 100 * ((lead_row["mean"] - lead_row["std"]) - (other["mean"] + other["std"]))
         need = "spreads apart" if lead == 0 else f"+{100 * lead:.1f} and spreads apart"
         met = gap >= 100 * lead and apart > 0
         facts.append(f"spreads {'apart' if apart > 0 else 'overlapping'} by {abs(apart):.2f}")
-    if shared := sorted(set(d3["by_seed"]) & set(other["by_seed"])):
-        facts.append("seed by seed " + " / ".join(f"{100 * (d3['by_seed'][s] - other['by_seed'][s]):+.1f}"
+    if shared := sorted(set(lead_row["by_seed"]) & set(other["by_seed"])):
+        facts.append("seed by seed " + " / ".join(f"{100 * (lead_row['by_seed'][s] - other['by_seed'][s]):+.1f}"
                                                    for s in shared))
-    seeds = min(d3["n"], other["n"])
+    seeds = min(lead_row["n"], other["n"])
     verdict = ("met" if met else "MISSED") if seeds >= MATCHING_SEEDS else f"not decided ({seeds} of {MATCHING_SEEDS} seeds)"
-    return f"Against {name} {_accuracy(other)}: {', '.join(facts)} (needed: {need}): {verdict}."
+    subject = "Against" if lead_method == "d3" else f"{METHOD_NAMES[lead_method]} {_accuracy(lead_row)} against"
+    return f"{subject} {name} {_accuracy(other)}: {', '.join(facts)} (needed: {need}): {verdict}."
 
 
 def _ledger(results: list[dict]) -> list[str]:

@@ -58,6 +58,7 @@ def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name
 def run_grid(mode: Mode, max_minutes: float | None) -> None:
     os.makedirs(mode.cells_dir, exist_ok=True)
     start = time.perf_counter()
+    twins = _d3_records_by_settings(mode)  # read before this run re-scores or removes any
     for key in cells(mode):
         dataset, ipc, method, seed = key[:4]
         path = os.path.join(mode.cells_dir, cell_name(*key) + ".json")
@@ -71,6 +72,17 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
                 os.remove(path)
             continue
         if _scored(path, digest):
+            continue
+        twin = twins.get((*key[:2], *key[3:], digest)) if method in D3_VARIANTS else None
+        if twin is not None and twin["method"] != method:
+            # Another D3 row computed these very settings (e.g. MTT only, once the recipe drops the
+            # MMD term): the same build and the same network, so its record is this row's too.
+            build_d3(load_data(dataset), dataset, ipc, method, seed, mode)  # keeps the build under this row's name
+            twin_name = cell_name(dataset, ipc, twin["method"], seed, *key[4:])
+            _write_json(path, {**twin, "method": method, "same_as": twin_name})
+            if os.path.exists(skipped):
+                os.remove(skipped)
+            print(f"{cell_name(*key)}: the same settings as {twin_name}; its record is this row's", file=sys.stderr)
             continue
         if os.path.exists(path):
             with open(path) as f:
@@ -107,6 +119,13 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
 # next run; cells scored since carry PRIOR_DRAW.
 PRIOR_DRAW = "balanced"
 EARLIER_PRIOR_DRAW = "cyclic"
+
+
+def _d3_records_by_settings(mode: Mode) -> dict:
+    """The D3 rows' records under the current prior draw, by (dataset, ipc_budget, seed, protocol,
+    arch, settings digest)."""
+    return {(r["dataset"], r["ipc_budget"], r["seed"], r["protocol"].split("[")[0], r["arch"], r.get("settings_digest")): r
+            for r in load_results(mode) if r.get("method") in D3_VARIANTS and r.get("prior_draw") != EARLIER_PRIOR_DRAW}
 
 
 def _scored(path: str, digest: str | None) -> bool:

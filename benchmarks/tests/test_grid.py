@@ -139,8 +139,8 @@ def test_fashion_mnist_has_its_own_rows_ablations_under_p_dsa_and_a_shorter_all_
 
     keys = list(grid.cells(grid.Mode(name="full", datasets=("fashion_mnist",))))
     methods = {k[2] for k in keys}
-    assert methods == {"d3", "d3-random-init", "d3-vae-only", "d3-mtt-only", "d3-mmd-only", "random", "herding",
-                       "kcenter", "dm", "full"}
+    assert methods == {"d3", "d3-random-init", "d3-vae-only", "d3-mtt-only", "d3-mmd-only", "d3-both-terms", "random",
+                       "herding", "kcenter", "dm", "full"}
     assert {(k[4], k[5]) for k in keys if k[2] == "d3-mtt-only"} == {("P-noaug", "convnet"), ("P-dsa", "convnet")}
     assert {(k[4], k[5]) for k in keys if k[2] == "full"} == {("P-noaug", "convnet"), ("P-dsa", "convnet")}
     assert {k[1] for k in keys if k[2] == "d3"} == {1, 10} and len([k for k in keys if k[2] == "d3"]) == 3 * 2 * 2 * 2
@@ -206,15 +206,28 @@ def test_a_variant_is_skipped_exactly_when_it_resolves_to_the_recipe(digits, mon
     recipe_with(lpc="1", decoder="auto")
     with pytest.raises(grid.NotApplicable):
         grid.d3_arguments(digits, "digits", 10, "d3-lpc1", 0, grid.QUICK)
-    # A recipe without the MMD term is its own MTT-only row.
+    # A recipe without the MMD term is its own MTT-only row; the rows that keep the term (MMD
+    # only, both terms) run it at the weight it was dropped from, and compute what the recipe did
+    # before it dropped the term.
     recipe_with(mmd_weight=0.0)
     with pytest.raises(grid.NotApplicable):
         grid.d3_arguments(digits, "digits", 10, "d3-mtt-only", 0, grid.QUICK)
-    # ... and its MMD-only row would keep no term at all: a setting d3hf refuses.
-    with pytest.raises(grid.NotApplicable, match="both 0"):
-        grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK)
+    dropped = grid.modes.MMD_WHEN_DROPPED["mmd_weight"]
+    mmd_only = grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK).matching
+    both = grid.d3_arguments(digits, "digits", 10, "d3-both-terms", 0, grid.QUICK)
+    assert (mmd_only.mtt_weight, mmd_only.mmd_weight) == (0, dropped)
+    assert (both.matching.mtt_weight, both.matching.mmd_weight) == (1, dropped)
+    recipe_with(mmd_weight=dropped)
+    assert grid.settings_digest(both) == grid.settings_digest(grid.d3_arguments(digits, "digits", 10, "d3", 0, grid.QUICK))
+    # With both terms in the recipe, the both-terms row is the recipe.
+    with pytest.raises(grid.NotApplicable, match="own settings"):
+        grid.d3_arguments(digits, "digits", 10, "d3-both-terms", 0, grid.QUICK)
     recipe_with(mmd_weight=1.0)
-    assert grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK).matching.mtt_weight == 0
+    assert grid.d3_arguments(digits, "digits", 10, "d3-mmd-only", 0, grid.QUICK).matching.mmd_weight == 1
+    # A recipe without the MTT term has no MTT-only row: it would keep no term at all, which d3hf refuses.
+    recipe_with(mtt_weight=0.0, mmd_weight=1.0)
+    with pytest.raises(grid.NotApplicable, match="both 0"):
+        grid.d3_arguments(digits, "digits", 10, "d3-mtt-only", 0, grid.QUICK)
     # A recipe that chose no matching phase: it is its own warm-start row, the rows that vary the
     # matching do not exist, and the representation's rows still do. A mode that shortens the
     # matching (QUICK: 100 iterations) does not turn it on.
@@ -222,7 +235,7 @@ def test_a_variant_is_skipped_exactly_when_it_resolves_to_the_recipe(digits, mon
     assert grid.d3_arguments(digits, "digits", 10, "d3", 0, grid.QUICK).matching.iterations == 0
     with pytest.raises(grid.NotApplicable, match="own settings"):
         grid.d3_arguments(digits, "digits", 10, "d3-vae-only", 0, grid.QUICK)
-    for method in ("d3-random-init", "d3-mtt-only", "d3-mmd-only", "d3-prototypes"):
+    for method in ("d3-random-init", "d3-mtt-only", "d3-mmd-only", "d3-both-terms", "d3-prototypes"):
         with pytest.raises(grid.NotApplicable, match="no matching phase"):
             grid.builds.distill_arguments(digits, "digits", 10, method, 0, grid.QUICK)
     assert grid.d3_arguments(digits, "digits", 10, "d3-half-decoder", 0, grid.QUICK).matching.iterations == 0
@@ -254,6 +267,17 @@ def test_the_upper_bound_records_its_test_curve_and_the_report_shows_it(tmp_path
     assert report_module._curve_text([(10, 0.9012), (20, 0.92)]) == \
         "; test accuracy after 10 / 20 epochs: 90.1 / 92.0 %"
     assert report_module._curve_text(None) == ""
+
+
+def fake_build(artifact_dir: str, summary_dir: str, content: str | None = None) -> None:
+    """A finished D3 build's files (each holding ``content``, or its own name) and its summary:
+    123 scalars, 4.5 s."""
+    os.makedirs(artifact_dir)
+    for file in grid.KEPT_ARTIFACT_FILES:
+        with open(os.path.join(artifact_dir, file), "w") as f:
+            f.write(content or file)
+    with open(os.path.join(summary_dir, "summary.json"), "w") as f:
+        json.dump({"ledger": {"total_scalars": 123}, "timings": {"subtasks_s": 4.5}, "subtasks": []}, f)
 
 
 def test_coverage_counts_scored_missing_and_cells_that_do_not_exist(tmp_path):
@@ -389,12 +413,7 @@ def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_o
     @contextlib.contextmanager
     def lock_after_the_other_stream_finished(build):
         # Between this stream's first look and its lock, the other stream finishes the distillation.
-        os.makedirs(artifact_dir)
-        for file in grid.KEPT_ARTIFACT_FILES:
-            with open(os.path.join(artifact_dir, file), "w") as f:
-                f.write(file)
-        with open(os.path.join(out, "summary.json"), "w") as f:
-            json.dump({"ledger": {"total_scalars": 123}, "timings": {"subtasks_s": 4.5}, "subtasks": []}, f)
+        fake_build(artifact_dir, out)
         with real_lock(build):
             yield
 
@@ -409,6 +428,54 @@ def test_a_stream_that_locks_a_d3_build_another_just_finished_keeps_it_instead_o
     # ... and keeps it in the tracked results like a build of its own.
     kept = os.path.join(mode.cells_dir, "builds", name)
     assert sorted(os.listdir(kept)) == sorted([*grid.KEPT_ARTIFACT_FILES, "summary.json"])
+
+
+def test_a_row_that_now_has_another_rows_settings_takes_its_record_and_build(tmp_path, monkeypatch, digits):
+    import d3hf.commands.distill
+    import d3hf.distill.runner
+
+    parse = d3hf.commands.distill.parse_distill_args
+    mode = grid.Mode(name="t", datasets=("digits",), ipcs=(10,), methods=("d3", "d3-mtt-only", "d3-both-terms"),
+                     seeds=1, protocols=("P-noaug",), archs=("convnet",), out=str(tmp_path))
+
+    def scored(method: str, accuracy: float) -> str:
+        """A record and a kept build of ``method`` under the recipe of the moment; its digest."""
+        digest = grid.build_digest(digits, "digits", 10, method, 0, mode)
+        kept = os.path.join(mode.cells_dir, "builds", grid.build_name("digits", 10, method, 0, digest))
+        fake_build(kept, kept, content=method)
+        record = {"dataset": "digits", "ipc_budget": 10, "method": method, "seed": 0, "protocol": "P-noaug",
+                  "arch": "convnet", "accuracy": accuracy, "settings_digest": digest, "prior_draw": grid.PRIOR_DRAW}
+        with open(os.path.join(mode.cells_dir, grid.cell_name("digits", 10, method, 0, "P-noaug", "convnet") + ".json"),
+                  "w") as f:
+            json.dump(record, f)
+        return digest
+
+    def recipe_with(**settings):
+        monkeypatch.setattr(d3hf.commands.distill, "parse_distill_args", lambda argv: parse(argv).replace(**settings))
+
+    # Scored while the recipe ran both terms: D3 and its MTT-only row. Then the recipe drops the MMD term.
+    recipe_with(mmd_weight=grid.modes.MMD_WHEN_DROPPED["mmd_weight"])
+    both_digest, mtt_digest = scored("d3", 0.8), scored("d3-mtt-only", 0.9)
+    recipe_with(mmd_weight=0.0)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a cell with another row's settings was scored again")
+
+    monkeypatch.setattr(sys.modules["benchmarks.grid.run"], "run_cell", never)
+    monkeypatch.setattr(d3hf.distill.runner, "run_distillation", never)
+    grid.run_grid(mode, max_minutes=None)
+    records = {r["method"]: r for r in grid.load_results(mode)}
+    # D3 is now the MTT-only row's settings, the both-terms row D3's earlier ones: each takes that record.
+    assert (records["d3"]["accuracy"], records["d3"]["settings_digest"]) == (0.9, mtt_digest)
+    assert records["d3"]["same_as"] == "digits_ipc10_d3-mtt-only_seed0_P-noaug_convnet"
+    assert (records["d3-both-terms"]["accuracy"], records["d3-both-terms"]["settings_digest"]) == (0.8, both_digest)
+    assert "d3-mtt-only" not in records  # it is the recipe now: the D3 row scores it
+    # ... and the builds behind them are kept under the rows' own names.
+    for method, digest, made_by in (("d3", mtt_digest, "d3-mtt-only"), ("d3-both-terms", both_digest, "d3")):
+        kept = os.path.join(mode.cells_dir, "builds", grid.build_name("digits", 10, method, 0, digest))
+        with open(os.path.join(kept, grid.KEPT_ARTIFACT_FILES[0])) as f:
+            assert f.read() == made_by
+    assert grid.split_stale(mode, grid.load_results(mode))[1] == []
 
 
 def test_the_report_names_every_ablation_that_scores_as_well_as_the_whole_method():
@@ -438,7 +505,9 @@ def test_the_report_judges_the_matching_phase_against_its_ablations_seed_by_seed
                (*fashion, "d3", 10): cell(0.84, 0.84, 0.84), (*fashion, "d3-vae-only", 10): cell(0.80, 0.80, 0.80),
                (*mnist, "d3", 1): cell(0.94, 0.95, 0.93), (*mnist, "d3-vae-only", 1): cell(0.95, 0.95, 0.94),
                (*mnist, "d3", 10): cell(0.97, 0.97, 0.97)}
-    lines = grid.report._matching_verdicts(summary, lambda dataset, ipc: dataset == "fashion_mnist" or ipc == 1)
+    both = frozenset({"mtt", "mmd"})
+    lines = grid.report._matching_verdicts(
+        summary, lambda dataset, ipc: both if dataset == "fashion_mnist" or ipc == 1 else frozenset())
     by_panel = {line.split(":")[0]: line for line in lines if line.startswith("- ")}
     ipc1 = by_panel["- fashion_mnist, P-dsa, convnet, ipc_budget 1"]
     # +2.0 over the warm start but the spreads (0.82 +- 0.008 against 0.80 +- 0) hold it: met.
@@ -453,10 +522,20 @@ def test_the_report_judges_the_matching_phase_against_its_ablations_seed_by_seed
     assert "no matching phase at this budget" in by_panel["- mnist5k, P-noaug, convnet, ipc_budget 10"]
     # Overlapping spreads miss even with a lead in the mean.
     summary[(*fashion, "d3-mmd-only", 1)] = cell(0.80, 0.82, 0.83)
-    ipc1 = "\n".join(grid.report._matching_verdicts(summary, lambda *_: True))
+    ipc1 = "\n".join(grid.report._matching_verdicts(summary, lambda *_: both))
     assert "MMD term only 81.7 +- 1.2 (3): +0.3, spreads overlapping by 1.73" in ipc1 and "): MISSED" in ipc1
+    # A recipe that dropped the MMD term: D3 is its MTT-only row (no verdict against itself), and the
+    # terms together are judged on the both-terms row against it.
+    lines = grid.report._matching_verdicts(summary, lambda dataset, ipc: frozenset({"mtt"}))
+    ipc10 = next(line for line in lines if line.startswith("- fashion_mnist, P-dsa, convnet, ipc_budget 10"))
+    assert "runs the MTT term alone" in ipc10 and "Against D3, MTT term only" not in ipc10
+    assert "The terms together (D3, both terms (MTT + MMD)) against MTT alone: not scored yet." in ipc10
+    summary[(*fashion, "d3-both-terms", 10)] = cell(0.835, 0.84, 0.83)
+    ipc10 = "\n".join(grid.report._matching_verdicts(summary, lambda dataset, ipc: frozenset({"mtt"})))
+    assert ("The terms together: D3, both terms (MTT + MMD) 83.5 +- 0.4 (3) against d3hf (D3) 84.0 +- 0.0 (3): -0.5, "
+            "spreads overlapping by 0.91, seed by seed -0.5 / +0.0 / -1.0 (needed: spreads apart): MISSED.") in ipc10
     # A grid without those panels (a quick run on digits) has no such section.
-    assert grid.report._matching_verdicts({("digits", "P-noaug", "convnet", "d3", 1): cell(0.9)}, lambda *_: True) == []
+    assert grid.report._matching_verdicts({("digits", "P-noaug", "convnet", "d3", 1): cell(0.9)}, lambda *_: both) == []
 
 
 def test_the_targets_cover_fashion_mnist_under_the_published_protocol():
