@@ -25,8 +25,10 @@ D3_VARIANTS = {
 }
 # Where a recipe's validation split dropped the MMD term (`mmd_weight: 0`), the rows that keep it
 # (MMD only, both terms) run it at the weight it was chosen at before: the recipe's history, so that
-# those rows still measure what the recipe left out (Fashion-MNIST ipc10 ran it at 10).
-MMD_WHEN_DROPPED = {"mmd_weight": 10.0}
+# those rows still measure what the recipe left out (Fashion-MNIST ipc10 ran it at 10). Written as the
+# recipe wrote it (YAML's 10, not 10.0): digests hash the parsed values, and the records scored
+# before the recipe dropped the term carry the recipe's 10.
+MMD_WHEN_DROPPED = {"mmd_weight": 10}
 MMD_ROWS = ("d3-mmd-only", "d3-both-terms")
 # The rows that vary the matching phase: none of them exists for a recipe without one.
 MATCHING_ROWS = ("d3-random-init", "d3-mtt-only", "d3-mmd-only", "d3-both-terms", "d3-prototypes")
