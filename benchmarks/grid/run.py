@@ -58,7 +58,7 @@ def run_cell(data, dataset: str, ipc: int, method: str, seed: int, protocol_name
 def run_grid(mode: Mode, max_minutes: float | None) -> None:
     os.makedirs(mode.cells_dir, exist_ok=True)
     start = time.perf_counter()
-    twins = _d3_records_by_settings(mode)  # read before this run re-scores or removes any
+    twins = _d3_records_by_settings(mode)
     for key in cells(mode):
         dataset, ipc, method, seed = key[:4]
         path = os.path.join(mode.cells_dir, cell_name(*key) + ".json")
@@ -68,8 +68,7 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
         except NotApplicable as e:
             print(f"{cell_name(*key)}: skipped, {e}", file=sys.stderr)
             _write_json(skipped, {"skipped": str(e)})
-            if os.path.exists(path):  # scored when the recipe still had the variant
-                os.remove(path)
+            _set_aside(mode, path)  # scored when the recipe still had the variant
             continue
         if _scored(path, digest):
             continue
@@ -79,6 +78,7 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
             # MMD term): the same build and the same network, so its record is this row's too.
             build_d3(load_data(dataset), dataset, ipc, method, seed, mode)  # keeps the build under this row's name
             twin_name = cell_name(dataset, ipc, twin["method"], seed, *key[4:])
+            _set_aside(mode, path)
             _write_json(path, {**twin, "method": method, "same_as": twin_name})
             if os.path.exists(skipped):
                 os.remove(skipped)
@@ -103,6 +103,7 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
                 result["cell_seconds"] = time.perf_counter() - t + result.get("seconds_before_resume", 0.0)
                 result["settings_digest"] = digest
                 result["machine"] = machine()
+                _set_aside(mode, path)
                 _write_json(path, result)
         except Busy as e:
             print(f"{cell_name(*key)}: left for a later run, {e}", file=sys.stderr)
@@ -122,10 +123,29 @@ EARLIER_PRIOR_DRAW = "cyclic"
 
 
 def _d3_records_by_settings(mode: Mode) -> dict:
-    """The D3 rows' records under the current prior draw, by (dataset, ipc_budget, seed, protocol,
-    arch, settings digest)."""
+    """The D3 rows' records under the current prior draw, the set-aside ones too, by (dataset,
+    ipc_budget, seed, protocol, arch, settings digest)."""
+    records = load_results(mode, _superseded_dir(mode)) + load_results(mode)  # a current record wins
     return {(r["dataset"], r["ipc_budget"], r["seed"], r["protocol"].split("[")[0], r["arch"], r.get("settings_digest")): r
-            for r in load_results(mode) if r.get("method") in D3_VARIANTS and r.get("prior_draw") != EARLIER_PRIOR_DRAW}
+            for r in records if r.get("method") in D3_VARIANTS and r.get("prior_draw") != EARLIER_PRIOR_DRAW}
+
+
+def _superseded_dir(mode: Mode) -> str:
+    return os.path.join(mode.cells_dir, "superseded")
+
+
+def _set_aside(mode: Mode, path: str) -> None:
+    """Move the record at ``path`` (a recipe change made it stale) under superseded/, named by its
+    digest, where a row that has its settings later finds it (see run_grid); one without a digest goes."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        digest = json.load(f).get("settings_digest")
+    if digest is None:
+        os.remove(path)
+        return
+    os.makedirs(_superseded_dir(mode), exist_ok=True)
+    os.replace(path, os.path.join(_superseded_dir(mode), f"{os.path.basename(path).removesuffix('.json')}_{digest}.json"))
 
 
 def _scored(path: str, digest: str | None) -> bool:
@@ -147,9 +167,9 @@ def _write_json(path: str, record: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def load_results(mode: Mode) -> list[dict]:
-    """Every scored cell's record."""
-    folder = mode.cells_dir
+def load_results(mode: Mode, folder: str | None = None) -> list[dict]:
+    """Every scored cell's record (in ``folder``, by default the mode's records)."""
+    folder = folder or mode.cells_dir
     if not os.path.isdir(folder):
         return []
     results = []

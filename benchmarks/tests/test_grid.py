@@ -463,6 +463,10 @@ def test_a_row_that_now_has_another_rows_settings_takes_its_record_and_build(tmp
 
     monkeypatch.setattr(sys.modules["benchmarks.grid.run"], "run_cell", never)
     monkeypatch.setattr(d3hf.distill.runner, "run_distillation", never)
+    # D3's row first, alone: the record it replaces is set aside, where the both-terms row, run later, finds it.
+    grid.run_grid(dataclasses.replace(mode, methods=("d3",)), max_minutes=None)
+    assert os.listdir(os.path.join(mode.cells_dir, "superseded")) == [
+        f"digits_ipc10_d3_seed0_P-noaug_convnet_{both_digest}.json"]
     grid.run_grid(mode, max_minutes=None)
     records = {r["method"]: r for r in grid.load_results(mode)}
     # D3 is now the MTT-only row's settings, the both-terms row D3's earlier ones: each takes that record.
