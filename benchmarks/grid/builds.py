@@ -211,7 +211,7 @@ def keep_build(out: str, kept: str) -> None:
 
     if os.path.exists(os.path.join(kept, "summary.json")):
         return
-    _install({**{name: os.path.join(out, ARTIFACT_DIR, name) for name in KEPT_ARTIFACT_FILES},
+    _install({**{file: os.path.join(out, ARTIFACT_DIR, file) for file in KEPT_ARTIFACT_FILES},
               "summary.json": os.path.join(out, "summary.json")}, kept)
 
 
@@ -231,16 +231,17 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
     from d3hf.distill.runner import ARTIFACT_DIR, run_distillation
 
     args = d3_arguments(data, dataset, ipc, method, seed, mode)
-    name = build_name(dataset, ipc, method, seed, settings_digest(args))
+    digest = settings_digest(args)
+    name = build_name(dataset, ipc, method, seed, digest)
     out, kept = os.path.join(mode.cache, "builds", name), os.path.join(mode.cells_dir, "builds", name)
     artifact = os.path.join(out, ARTIFACT_DIR)
     if os.path.exists(os.path.join(artifact, "config.json")):
         keep_build(out, kept)
     elif os.path.exists(os.path.join(kept, "summary.json")):
         out = artifact = kept
-    elif twin := kept_twin(mode, dataset, ipc, seed, name):
+    elif twin := kept_twin(mode, dataset, ipc, method, seed, digest):
         # Another row with the same settings made it: the same build, not made twice.
-        _install({name: os.path.join(twin, name) for name in (*KEPT_ARTIFACT_FILES, "summary.json")}, kept)
+        _install({file: os.path.join(twin, file) for file in (*KEPT_ARTIFACT_FILES, "summary.json")}, kept)
         out = artifact = kept
     else:
         with exclusive(out):  # one stream at a time; the next resumes a killed run from its folder
@@ -254,14 +255,12 @@ def build_d3(data, dataset: str, ipc: int, method: str, seed: int, mode: Mode) -
                       "per_subtask": summary["subtasks"]}
 
 
-def kept_twin(mode: Mode, dataset: str, ipc: int, seed: int, name: str) -> str | None:
-    """A kept D3 build of another row (method) with the same settings digest as build ``name``:
-    e.g. the MTT-only row's, once the recipe itself drops the MMD term."""
-    folder = os.path.join(mode.cells_dir, "builds")
-    digest = name.rsplit("_", 1)[1]
-    for method in D3_VARIANTS:
-        twin = os.path.join(folder, build_name(dataset, ipc, method, seed, digest))
-        if twin != os.path.join(folder, name) and os.path.exists(os.path.join(twin, "summary.json")):
+def kept_twin(mode: Mode, dataset: str, ipc: int, method: str, seed: int, digest: str) -> str | None:
+    """A kept D3 build of another row than ``method`` with the same settings ``digest``: e.g. the
+    MTT-only row's, once the recipe itself drops the MMD term."""
+    for other in D3_VARIANTS:
+        twin = os.path.join(mode.cells_dir, "builds", build_name(dataset, ipc, other, seed, digest))
+        if other != method and os.path.exists(os.path.join(twin, "summary.json")):
             return twin
     return None
 
