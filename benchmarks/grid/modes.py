@@ -19,7 +19,7 @@ D3_VARIANTS = {
     "d3-vae-only": {"iterations": 0},
     "d3-mtt-only": {"mmd_weight": 0.0},
     "d3-mmd-only": {"mtt_weight": 0.0},
-    "d3-both-terms": {"mtt_weight": 1.0},  # exists where the recipe dropped the MMD term (MMD_WHEN_DROPPED)
+    "d3-both-terms": {},  # the recipe with the MMD term it dropped (MMD_WHEN_DROPPED); elsewhere the recipe itself
     "d3-lpc1": {"lpc": "1", "decoder": "auto"},
     "d3-half-decoder": {"decoder": "half", "lpc": "auto"},  # the halved budget goes to priors
 }
