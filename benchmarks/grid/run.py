@@ -78,10 +78,7 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
             # MMD term): the same build and the same network, so its record is this row's too.
             build_d3(load_data(dataset), dataset, ipc, method, seed, mode)  # keeps the build under this row's name
             twin_name = cell_name(dataset, ipc, twin["method"], seed, *key[4:])
-            _set_aside(mode, path)
-            _write_json(path, {**twin, "method": method, "same_as": twin_name})
-            if os.path.exists(skipped):
-                os.remove(skipped)
+            _keep_record(mode, path, {**twin, "method": method, "same_as": twin_name})
             print(f"{cell_name(*key)}: the same settings as {twin_name}; its record is this row's", file=sys.stderr)
             continue
         if os.path.exists(path):
@@ -103,14 +100,11 @@ def run_grid(mode: Mode, max_minutes: float | None) -> None:
                 result["cell_seconds"] = time.perf_counter() - t + result.get("seconds_before_resume", 0.0)
                 result["settings_digest"] = digest
                 result["machine"] = machine()
-                _set_aside(mode, path)
-                _write_json(path, result)
+                _keep_record(mode, path, result)
         except Busy as e:
             print(f"{cell_name(*key)}: left for a later run, {e}", file=sys.stderr)
             continue
         shutil.rmtree(scoring, ignore_errors=True)
-        if os.path.exists(skipped):  # the variant exists again
-            os.remove(skipped)
         print(f"{cell_name(*key)}: {100 * result['accuracy']:.2f} % ({result['cell_seconds']:.0f} s)", file=sys.stderr)
 
 
@@ -128,6 +122,16 @@ def _d3_records_by_settings(mode: Mode) -> dict:
     records = load_results(mode, _superseded_dir(mode)) + load_results(mode)  # a current record wins
     return {(r["dataset"], r["ipc_budget"], r["seed"], r["protocol"].split("[")[0], r["arch"], r.get("settings_digest")): r
             for r in records if r.get("method") in D3_VARIANTS and r.get("prior_draw") != EARLIER_PRIOR_DRAW}
+
+
+def _keep_record(mode: Mode, path: str, record: dict) -> None:
+    """Write a cell's record at ``path``: the stale one it replaces is set aside, and the mark that
+    the cell did not exist goes (the variant exists again)."""
+    _set_aside(mode, path)
+    _write_json(path, record)
+    skipped = path.removesuffix(".json") + SKIPPED
+    if os.path.exists(skipped):
+        os.remove(skipped)
 
 
 def _superseded_dir(mode: Mode) -> str:
