@@ -72,7 +72,8 @@ def cell_name(variant: dict[str, str], seed: int, validation_size: float, eval_s
 # Settings d3hf gained after the first sweeps were recorded, with the value that means "as before":
 # left out at that value, so the earlier sweeps keep their names (and records) and their variants
 # their expert buffers.
-ADDED_SINCE_FIRST_SWEEP = {"eval_every": 0, "expert_augment": "none", "mmd_augment": "none", "mtt_augment": "none"}
+ADDED_SINCE_FIRST_SWEEP = {"eval_every": 0, "expert_augment": "none", "mmd_augment": "none", "mtt_augment": "none",
+                           "mmd_feature_net": "expert"}
 ADDED_SINCE_FIRST_EXPERTS = {"image_size": None, "channels": "auto", "expert_augment": "none"}
 
 

@@ -70,7 +70,7 @@ class _Section:
 # with it, and a digest of settings (the benchmark grid's) can leave a setting at it out.
 ADDED_SETTINGS = {"data_dir": None, "compile_inner_step": False, "decoder_family": "nearest", "expert_epoch_rows": 0,
                   "image_size": None, "channels": "auto", "expert_augment": "none", "mmd_augment": "none",
-                  "mtt_augment": "none"}
+                  "mtt_augment": "none", "mmd_feature_net": "expert"}
 
 
 @dataclass
@@ -198,8 +198,8 @@ class ExpertArguments(_Section):
 # term reads: DistillArguments.unread_settings leaves them out when the term's weight is 0.
 MTT_SETTINGS = frozenset({"syn_steps", "expert_epochs", "min_start_epoch", "max_start_epoch", "samples_per_class",
                           "mtt_augment", "lr_step_size", "init_step_size", "checkpoint_steps", "compile_inner_step"})
-MMD_SETTINGS = frozenset({"mmd_samples", "mmd_bandwidths", "mmd_kernel_scale", "mmd_augment", "mmd_classes_per_iter",
-                          "mmd_chunk_classes"})
+MMD_SETTINGS = frozenset({"mmd_samples", "mmd_bandwidths", "mmd_kernel_scale", "mmd_augment", "mmd_feature_net",
+                          "mmd_classes_per_iter", "mmd_chunk_classes"})
 
 
 @dataclass
@@ -235,6 +235,10 @@ class MatchingArguments(_Section):
     mmd_augment: str = setting("none", "none, or dsa: each class's real and decoded MMD samples under one shared "
                                "DSA draw (siamese, as in DM); the real side is then embedded every iteration",
                                choices=["none", "dsa"])
+    mmd_feature_net: str = setting("expert", "the network whose features the MMD term compares: expert (expert 0 "
+                                   "at its last epoch, as the D3 reference code) or random (a freshly initialised "
+                                   "network of the experts' shape each iteration, as DM)",
+                                   choices=["expert", "random"])
     mmd_classes_per_iter: int = setting(0, "classes in the MMD term per iteration (0 = all)")
     mmd_chunk_classes: str = setting("auto", "classes the MMD term decodes and embeds at once, each chunk "
                                      "backpropagated before the next (bounds its memory): auto (what fits a "
@@ -431,8 +435,8 @@ class DistillArguments:
         artifact's tensors as they are: with no matching phase (``iterations`` 0) every matching
         setting, and the experts' too unless soft labels need them; without the MTT term
         (``mtt_weight`` 0) the trajectory settings; without the MMD term (``mmd_weight`` 0) its own.
-        Soft labels and the MMD term's features come from expert 0's last snapshot, whatever the
-        matched segments: the expert settings stay read."""
+        Soft labels and the MMD term's features come from expert 0's last snapshot (or a network
+        of the experts' shape), whatever the matched segments: the expert settings stay read."""
         m = self.matching
         if m.iterations == 0:
             unread = {f.name for f in fields(MatchingArguments)} - {"iterations"}

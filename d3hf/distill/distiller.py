@@ -231,10 +231,11 @@ class Distiller:
         self.bandwidths = args.bandwidths()
         self.seconds: dict[str, float] = {}  # wall time per part of the iteration, for the speed report
         self._first_iteration = 0
-        # Augmented real images are embedded afresh each iteration: there is nothing to embed once.
+        # Augmented real images, or any under a network drawn afresh each iteration, are embedded
+        # every iteration: there is nothing to embed once.
         self.mmd_augment = named_augmentation(args.mmd_augment)
         self.mtt_augment = named_augmentation(args.mtt_augment)
-        embed_once = args.mmd_weight > 0 and self.mmd_augment is None
+        embed_once = args.mmd_weight > 0 and self.mmd_augment is None and args.mmd_feature_net == "expert"
         self.real_features = self._embed_train_rows(memory_bytes) if embed_once else None
         classes = args.mmd_classes_per_iter if 0 < args.mmd_classes_per_iter < data.num_classes else data.num_classes
         per_class = MMD_BYTES_PER_SCALAR * max(2, args.mmd_samples) * mmd_activation_scalars(
@@ -364,7 +365,7 @@ class Distiller:
         summed over those classes, with their kernel means summed too."""
         with self.autocast():
             syn_feat = self.feature_net.embed(self._siamese(self._decode(ids, noise), n, augments)).float()
-            if self.real_features is not None:  # the network is fixed: the real side was embedded once
+            if self.real_features is not None:  # a fixed network: the real side was embedded once
                 real_feat = self.real_features[torch.from_numpy(rows.reshape(-1)).to(self.device)]
             else:
                 real = (self.data.images(rows.reshape(-1), device=self.device) - self.mean) / self.std
@@ -379,11 +380,24 @@ class Distiller:
                 stats[key] += st[key]
         return total, stats
 
+    def _redraw_feature_net(self) -> None:
+        """Fresh weights for the MMD feature network (``mmd_feature_net: random``), seeded from the
+        run's generator so that a resumed run draws the same networks, and built on the CPU so
+        that every device draws the same ones."""
+        seed = int(torch.randint(2**62, (1,), generator=self.generator))
+        s = self.buffer.settings
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = ConvNet(self.data.image_shape, self.data.num_classes, s.depth, s.width)
+        self.feature_net.load_state_dict(fresh.state_dict())
+
     def mmd_chunks(self) -> Iterator[tuple[torch.Tensor, dict]]:
         """The MMD term (the mean over classes of MMD^2) in parts that add up to it, each part
         ``mmd_chunk_classes`` classes decoded and embedded together with their kernel means
         (shares of the whole's): a caller that backpropagates each part before asking for the next
         holds one part's graph at a time, so the term's memory is bounded by the chunk size."""
+        if self.args.mmd_feature_net == "random":
+            self._redraw_feature_net()
         classes, n, ids, noise, rows, augments = self._mmd_draw()
         chunk = self.mmd_chunk_classes
         for start in range(0, len(classes), chunk):

@@ -96,8 +96,9 @@ def test_matched_segments_start_inside_the_start_epoch_window(digits, digits_buf
     assert requested == [2, 2 + args.matching.expert_epochs] * 5  # the only start epoch in [2, 3), and its target
 
 
-def test_resume_from_checkpoint_equals_an_uninterrupted_run(digits, digits_buffer, tmp_path):
-    args = tiny_args(iterations=6)
+@pytest.mark.parametrize("feature_net", ["expert", "random"])
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(digits, digits_buffer, tmp_path, feature_net):
+    args = tiny_args(iterations=6, mmd_feature_net=feature_net)
     straight = make_distiller(digits, digits_buffer, args)
     straight.run(6, show_progress=False)
 
@@ -105,7 +106,7 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(digits, digits_buffe
     first.run(3, show_progress=False)
     first.save_checkpoint(str(tmp_path))
     del first
-    resumed = make_distiller(digits, digits_buffer, tiny_args(iterations=6, seed=123))  # another init
+    resumed = make_distiller(digits, digits_buffer, tiny_args(iterations=6, seed=123, mmd_feature_net=feature_net))
     resumed.args = args.matching
     assert resumed.load_checkpoint(str(tmp_path))
     assert resumed.iteration == 3
@@ -329,6 +330,26 @@ def test_mmd_reads_real_features_embedded_once_as_it_would_compute_them(digits, 
         assert a["mmd"] == pytest.approx(b["mmd"], rel=1e-4, abs=1e-6)
 
 
+def test_a_random_mmd_feature_net_is_drawn_afresh_each_iteration_from_the_run_seed(digits, digits_buffer):
+    def weights(net):  # the convolutions' and the classifier's (norm layers start at 1 and 0 in any network)
+        return torch.cat([p.detach().flatten().clone() for p in net.parameters() if p.dim() > 1])
+
+    args = tiny_args(mtt_weight=0.0, mmd_feature_net="random")
+    drawn = make_distiller(digits, digits_buffer, args)
+    assert drawn.real_features is None  # a network that changes cannot embed the real side once
+    nets, losses = [weights(drawn.feature_net)], []
+    for _ in range(2):
+        losses.append(drawn.step()["mmd"])
+        nets.append(weights(drawn.feature_net))
+    assert not torch.equal(nets[1], nets[0]) and not torch.equal(nets[2], nets[1])  # not the expert, not reused
+    assert abs(float(torch.corrcoef(torch.stack(nets[:2]))[0, 1])) < 0.1  # drawn anew, not the expert moved
+    again = make_distiller(digits, digits_buffer, args)  # the same seed draws the same networks and losses
+    assert [again.step()["mmd"] for _ in range(2)] == pytest.approx(losses, rel=1e-6)
+    assert torch.equal(weights(again.feature_net), nets[2])
+    expert = make_distiller(digits, digits_buffer, tiny_args(mtt_weight=0.0)).step()["mmd"]
+    assert expert != pytest.approx(losses[0], rel=1e-3)
+
+
 def test_the_one_off_embedding_batches_fit_their_memory_budget(digits, digits_buffer, monkeypatch):
     from d3hf.nn.networks import ConvNet
 
@@ -434,7 +455,7 @@ OTHER_VALUES = dict(
     syn_steps=2, expert_epochs=2, min_start_epoch=1, max_start_epoch=3, samples_per_class=3, mtt_augment="dsa",
     lr_step_size=0.05, init_step_size=0.02, checkpoint_steps="true", compile_inner_step=True, mtt_weight=0.5,
     mmd_weight=2.0, mmd_samples=6, mmd_bandwidths="1,3", mmd_kernel_scale="absolute", mmd_augment="dsa",
-    mmd_classes_per_iter=3, mmd_chunk_classes="2", lr_priors=0.5, lr_decoder=2e-3, num_experts=1,
+    mmd_feature_net="random", mmd_classes_per_iter=3, mmd_chunk_classes="2", lr_priors=0.5, lr_decoder=2e-3, num_experts=1,
     expert_epochs_total=5, expert_lr=0.02, expert_batch_size=64, expert_epoch_rows=300, expert_augment="dsa",
     expert_dtype="float16", buffer_dir="elsewhere", student_depth=1, student_width=4,
 )
